@@ -1,0 +1,26 @@
+"""Shared test set-up: a per-session reference cache and the `cuda` marker."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip `cuda`-marked tests on machines without a CUDA GPU."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def reference_cache(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """toyworld references are cached once per test session, never in the user's cache."""
+    path = str(tmp_path_factory.mktemp("toyworld-cache"))
+    os.environ["THREEDISTILL_CACHE"] = path
+    return path

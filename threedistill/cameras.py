@@ -1,0 +1,261 @@
+"""Camera batches, the random orbit sampler and view-direction labels.
+
+Conventions (DESIGN.md section 3/4): world is right-handed with z up; `c2w` uses OpenCV
+camera axes (x right, y down, z forward); angles in degrees except `fov_y` (radians).
+Azimuth 0 looks at the object's front (camera on +x), azimuth grows counter-clockwise
+seen from above.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Cameras:
+    """A batch of B pinhole cameras sharing one image size."""
+
+    c2w: Tensor  # [B,4,4], OpenCV axes
+    fov_y: Tensor  # [B], radians
+    width: int
+    height: int
+    elevation: Tensor  # [B], degrees
+    azimuth: Tensor  # [B], degrees
+    distance: Tensor  # [B]
+    time: Optional[Tensor] = None  # [B] in [0,1] for 4D
+
+    def __len__(self) -> int:
+        return self.c2w.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.c2w.device
+
+    def to(self, device: torch.device | str) -> "Cameras":
+        """The same cameras on another device."""
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return replace(
+            self,
+            c2w=move(self.c2w),
+            fov_y=move(self.fov_y),
+            elevation=move(self.elevation),
+            azimuth=move(self.azimuth),
+            distance=move(self.distance),
+            time=move(self.time),
+        )
+
+    def __getitem__(self, index: slice | Tensor | Sequence[int] | int) -> "Cameras":
+        """A sub-batch (an int index keeps the batch dimension)."""
+        if isinstance(index, int):
+            index = slice(index, index + 1)
+        pick = lambda t: None if t is None else t[index]  # noqa: E731
+        return replace(
+            self,
+            c2w=pick(self.c2w),
+            fov_y=pick(self.fov_y),
+            elevation=pick(self.elevation),
+            azimuth=pick(self.azimuth),
+            distance=pick(self.distance),
+            time=pick(self.time),
+        )
+
+    def with_size(self, width: int, height: int) -> "Cameras":
+        """The same cameras rendering at another resolution (same field of view)."""
+        return replace(self, width=width, height=height)
+
+    @property
+    def focal(self) -> Tensor:
+        """Focal length in pixels [B] (square pixels)."""
+        return 0.5 * self.height / torch.tan(0.5 * self.fov_y)
+
+    def intrinsics(self) -> Tensor:
+        """Pinhole intrinsics K [B,3,3] with the principal point at the image centre."""
+        B = len(self)
+        K = torch.zeros(B, 3, 3, device=self.device, dtype=self.c2w.dtype)
+        f = self.focal.to(self.c2w.dtype)
+        K[:, 0, 0] = f
+        K[:, 1, 1] = f
+        K[:, 0, 2] = 0.5 * self.width
+        K[:, 1, 2] = 0.5 * self.height
+        K[:, 2, 2] = 1.0
+        return K
+
+    def viewmats(self) -> Tensor:
+        """World-to-camera matrices [B,4,4] (OpenCV axes)."""
+        return torch.linalg.inv(self.c2w)
+
+    @property
+    def positions(self) -> Tensor:
+        """Camera centres in world space [B,3]."""
+        return self.c2w[:, :3, 3]
+
+    def directions(self) -> Tensor:
+        """Unit vectors from the origin toward each camera [B,3]."""
+        return torch.nn.functional.normalize(self.positions, dim=-1)
+
+    def ray_directions(self) -> tuple[Tensor, Tensor]:
+        """Per-pixel ray origins and unit directions in world space, each [B,H,W,3]."""
+        B, H, W = len(self), self.height, self.width
+        dev, dt = self.device, self.c2w.dtype
+        ys, xs = torch.meshgrid(
+            torch.arange(H, device=dev, dtype=dt) + 0.5,
+            torch.arange(W, device=dev, dtype=dt) + 0.5,
+            indexing="ij",
+        )
+        f = self.focal.to(dt).view(B, 1, 1)
+        d_cam = torch.stack(
+            [(xs - 0.5 * W).expand(B, H, W) / f, (ys - 0.5 * H).expand(B, H, W) / f, torch.ones(B, H, W, device=dev, dtype=dt)],
+            dim=-1,
+        )
+        d_world = torch.einsum("bij,bhwj->bhwi", self.c2w[:, :3, :3], d_cam)
+        d_world = torch.nn.functional.normalize(d_world, dim=-1)
+        origins = self.positions.view(B, 1, 1, 3).expand(B, H, W, 3)
+        return origins, d_world
+
+
+def look_at_c2w(positions: Tensor, target: Optional[Tensor] = None) -> Tensor:
+    """OpenCV-axes camera-to-world matrices [B,4,4] looking from `positions` [B,3] at `target`."""
+    if target is None:
+        target = torch.zeros_like(positions)
+    forward = torch.nn.functional.normalize(target - positions, dim=-1)
+    up = torch.tensor([0.0, 0.0, 1.0], device=positions.device, dtype=positions.dtype).expand_as(forward)
+    right = torch.cross(forward, up, dim=-1)
+    # Straight above or below: any horizontal right vector will do.
+    degenerate = right.norm(dim=-1, keepdim=True) < 1e-6
+    fallback = torch.tensor([0.0, 1.0, 0.0], device=positions.device, dtype=positions.dtype).expand_as(right)
+    right = torch.nn.functional.normalize(torch.where(degenerate, fallback, right), dim=-1)
+    down = torch.cross(forward, right, dim=-1)
+    c2w = torch.eye(4, device=positions.device, dtype=positions.dtype).repeat(positions.shape[0], 1, 1)
+    c2w[:, :3, 0] = right
+    c2w[:, :3, 1] = down
+    c2w[:, :3, 2] = forward
+    c2w[:, :3, 3] = positions
+    return c2w
+
+
+def orbit_cameras(
+    elevation: Tensor,
+    azimuth: Tensor,
+    distance: Tensor,
+    fov_y_deg: Tensor,
+    width: int,
+    height: int,
+    time: Optional[Tensor] = None,
+) -> Cameras:
+    """Cameras on spheres around the origin, looking at it (angles in degrees)."""
+    el, az = torch.deg2rad(elevation), torch.deg2rad(azimuth)
+    positions = torch.stack(
+        [distance * torch.cos(el) * torch.cos(az), distance * torch.cos(el) * torch.sin(az), distance * torch.sin(el)],
+        dim=-1,
+    )
+    return Cameras(
+        c2w=look_at_c2w(positions),
+        fov_y=torch.deg2rad(fov_y_deg),
+        width=width,
+        height=height,
+        elevation=elevation,
+        azimuth=azimuth,
+        distance=distance,
+        time=time,
+    )
+
+
+@dataclass
+class OrbitSamplerConfig:
+    """Ranges of the random training cameras (degrees; distance in world units)."""
+
+    batch_size: int = 4
+    """Views rendered per optimisation step."""
+    width: int = 64
+    height: int = 64
+    elevation_range: tuple[float, float] = (-10.0, 60.0)
+    azimuth_range: tuple[float, float] = (-180.0, 180.0)
+    distance_range: tuple[float, float] = (2.6, 3.0)
+    fov_range: tuple[float, float] = (38.0, 42.0)
+    """Vertical field of view range in degrees."""
+    stratified_azimuth: bool = True
+    """Spread each batch's azimuths over equal sectors of the range."""
+
+
+class OrbitSampler:
+    """Random cameras on an orbit around the object, drawn from one seeded generator."""
+
+    def __init__(self, config: OrbitSamplerConfig, device: torch.device | str = "cpu") -> None:
+        self.config = config
+        self.device = torch.device(device)
+
+    def _uniform(self, lo_hi: tuple[float, float], n: int, gen: torch.Generator) -> Tensor:
+        lo, hi = lo_hi
+        return lo + (hi - lo) * torch.rand(n, generator=gen)
+
+    def sample(self, generator: torch.Generator, batch_size: Optional[int] = None, time: Optional[Tensor] = None) -> Cameras:
+        """Draw a batch of cameras. Uses `generator` (a CPU generator) for all randomness."""
+        cfg = self.config
+        B = batch_size or cfg.batch_size
+        lo, hi = cfg.azimuth_range
+        if cfg.stratified_azimuth:
+            u = (torch.arange(B, dtype=torch.float32) + torch.rand(B, generator=generator)) / B
+            azimuth = lo + (hi - lo) * u
+        else:
+            azimuth = self._uniform(cfg.azimuth_range, B, generator)
+        # Wrap into [-180, 180) so labels and kernels see one range.
+        azimuth = torch.remainder(azimuth + 180.0, 360.0) - 180.0
+        elevation = self._uniform(cfg.elevation_range, B, generator)
+        distance = self._uniform(cfg.distance_range, B, generator)
+        fov = self._uniform(cfg.fov_range, B, generator)
+        cams = orbit_cameras(elevation, azimuth, distance, fov, cfg.width, cfg.height, time=time)
+        return cams.to(self.device)
+
+
+def heldout_cameras(
+    n: int = 16,
+    width: int = 64,
+    height: int = 64,
+    elevations: tuple[float, ...] = (10.0, 35.0),
+    distance: float = 2.8,
+    fov_deg: float = 40.0,
+) -> Cameras:
+    """Fixed evaluation cameras: evenly spaced azimuths, alternating elevations."""
+    azimuth = torch.arange(n, dtype=torch.float32) * (360.0 / n) - 180.0 + 180.0 / n
+    elevation = torch.tensor([elevations[i % len(elevations)] for i in range(n)], dtype=torch.float32)
+    return orbit_cameras(elevation, azimuth, torch.full((n,), distance), torch.full((n,), fov_deg), width, height)
+
+
+def turntable_cameras(n: int, width: int, height: int, elevation: float = 20.0, distance: float = 2.8, fov_deg: float = 40.0) -> Cameras:
+    """One full turn around the object at a fixed elevation."""
+    azimuth = torch.arange(n, dtype=torch.float32) * (360.0 / n) - 180.0
+    return orbit_cameras(torch.full((n,), elevation), azimuth, torch.full((n,), distance), torch.full((n,), fov_deg), width, height)
+
+
+VIEW_LABELS = ("front", "side", "back", "overhead")
+
+
+@dataclass
+class ViewLabelConfig:
+    """Where one view-direction label ends and the next begins (degrees)."""
+
+    overhead_elevation: float = 60.0
+    front_half_span: float = 45.0
+    back_half_span: float = 45.0
+
+
+def view_direction_labels(cams: Cameras, config: Optional[ViewLabelConfig] = None) -> list[str]:
+    """Label each camera front / side / back / overhead (threestudio-style view prompts)."""
+    config = config or ViewLabelConfig()
+    labels = []
+    for el, az in zip(cams.elevation.tolist(), cams.azimuth.tolist()):
+        az = (az + 180.0) % 360.0 - 180.0
+        if el > config.overhead_elevation:
+            labels.append("overhead")
+        elif abs(az) <= config.front_half_span:
+            labels.append("front")
+        elif abs(az) >= 180.0 - config.back_half_span:
+            labels.append("back")
+        else:
+            labels.append("side")
+    return labels

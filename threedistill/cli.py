@@ -1,0 +1,178 @@
+"""Command line: run, resume, export, toyworld list / scene.
+
+Bad input ends with one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+from rich.console import Console
+
+from .errors import UserError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def _console() -> Console:
+    return Console(stderr=True)
+
+
+def _print_summary(console: Console, run_dir: Path, summary: dict) -> None:
+    scores = ", ".join(f"{k} {summary[k]:.3f}" for k in ("mask_iou", "psnr") if k in summary)
+    console.print(f"[green]done[/] in {summary['seconds']:.1f} s{'; ' + scores if scores else ''}")
+    console.print(f"run folder: {run_dir}")
+    print(run_dir)
+
+
+def _train_to_end(trainer, console: Console) -> int:
+    if not trainer.train():
+        console.print(
+            f"[yellow]interrupted[/] at step {trainer.step}/{trainer.cfg.steps}; checkpoint saved. "
+            f"Continue with: threedistill resume {trainer.run_dir}"
+        )
+        return EXIT_INTERRUPTED
+    _print_summary(console, trainer.run_dir, trainer.finish())
+    return 0
+
+
+def cmd_run(argv: list[str]) -> int:
+    from .config import parse_run_args
+    from .run_dir import new_run_dir
+    from .train import Trainer
+
+    names, cfg = parse_run_args(argv)
+    console = _console()
+    run_dir = new_run_dir(cfg.out, cfg.prompt, names.guidance, names.representation)
+    try:
+        trainer = Trainer(names, cfg, run_dir, console)
+    except BaseException:
+        _remove_if_empty(run_dir)
+        raise
+    trainer.save_config()
+    console.print(f"run folder: {run_dir}")
+    return _train_to_end(trainer, console)
+
+
+def _remove_if_empty(run_dir: Path) -> None:
+    """A run that failed before it wrote anything leaves no folder behind."""
+    if run_dir.exists() and not any(p.is_file() for p in run_dir.rglob("*")):
+        for sub in sorted(run_dir.rglob("*"), reverse=True):
+            sub.rmdir()
+        run_dir.rmdir()
+
+
+def cmd_resume(argv: list[str]) -> int:
+    from .train import Trainer
+
+    p = argparse.ArgumentParser(prog="threedistill resume", description="Continue a run from its last checkpoint.")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--checkpoint", type=Path, default=None, help="a step-NNNNNN.pt to resume from instead of last.pt")
+    args = p.parse_args(argv)
+    console = _console()
+    trainer = Trainer.resume(args.run_dir, console, args.checkpoint)
+    console.print(f"resuming {args.run_dir} at step {trainer.step}/{trainer.cfg.steps}")
+    return _train_to_end(trainer, console)
+
+
+def cmd_export(argv: list[str]) -> int:
+    from .train import Trainer
+
+    p = argparse.ArgumentParser(prog="threedistill export", description="Export a run's asset into RUN_DIR/export.")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--format", dest="formats", action="append", choices=["splat", "video"], help="repeatable; default: all")
+    args = p.parse_args(argv)
+    trainer = Trainer.resume(args.run_dir, _console())
+    for path in trainer.export(args.formats or ["splat", "video"]):
+        print(path)
+    return 0
+
+
+def cmd_toyworld(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="threedistill toyworld", description="The built-in ground-truth prior.")
+    sub = p.add_subparsers(dest="action", required=True)
+    sub.add_parser("list", help="list the catalogue prompts")
+    scene = sub.add_parser("scene", help="write an object's ground-truth renders as a nerfstudio scene")
+    scene.add_argument("prompt")
+    scene.add_argument("out_dir", type=Path)
+    scene.add_argument("--views", type=int, default=48)
+    scene.add_argument("--resolution", type=int, default=256)
+    scene.add_argument("--mesh", default=None, help="a user mesh to render instead of a catalogue object")
+    args = p.parse_args(argv)
+    if args.action == "list":
+        from .priors.toyworld_catalogue import describe_catalogue
+
+        for prompt, description in describe_catalogue():
+            print(f"{prompt:<24} {description}")
+        return 0
+    return _write_toyworld_scene(args)
+
+
+def _write_toyworld_scene(args: argparse.Namespace) -> int:
+    import torch
+
+    from .cameras import orbit_cameras
+    from .export.scene import write_nerfstudio_scene
+    from .render.mesh_torch import render_mesh
+    from .priors.toyworld_catalogue import load_user_mesh, resolve_prompt
+
+    if args.views < 1 or args.resolution < 8:
+        raise UserError("--views must be >= 1 and --resolution >= 8")
+    mesh = load_user_mesh(args.mesh, name=args.prompt) if args.mesh else resolve_prompt(args.prompt)[0]
+    n = args.views
+    azimuth = torch.arange(n, dtype=torch.float32) * (360.0 / n) * 3.0 % 360.0 - 180.0  # three interleaved turns
+    elevation = torch.tensor([(-5.0, 20.0, 45.0)[i % 3] for i in range(n)])
+    cams = orbit_cameras(elevation, azimuth, torch.full((n,), 2.8), torch.full((n,), 40.0), args.resolution, args.resolution)
+    v, f, c = mesh.to_torch("cpu")
+    images, alphas = [], []
+    with torch.no_grad():
+        for i in range(0, n, 8):
+            out = render_mesh(v, f, c, cams[i : i + 8])
+            images.append(out.rgb)
+            alphas.append(out.alpha)
+    path = write_nerfstudio_scene(args.out_dir, torch.cat(images), cams, torch.cat(alphas))
+    print(path)
+    return 0
+
+
+COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
+    "run": (cmd_run, "optimise a 3D asset for a prompt"),
+    "resume": (cmd_resume, "continue a run from its last checkpoint"),
+    "export": (cmd_export, "export a run's splats (.ply) or turntable video"),
+    "toyworld": (cmd_toyworld, "the built-in ground-truth prior: list, scene"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: threedistill COMMAND [ARGS]", "", "commands:"]
+    lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "`threedistill COMMAND --help` shows a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Entry point of the `threedistill` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else EXIT_USER_ERROR
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"error: unknown command '{command}'; valid commands: {', '.join(COMMANDS)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    try:
+        return COMMANDS[command][0](rest)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,222 @@
+"""Run configuration: dataclasses are the single source of truth.
+
+A run config is built for the chosen components (prior, guidance, representation): each
+section's type is that component's `Config` dataclass. YAML presets (configs/*.yaml) and
+saved run configs use the same layout, with a `name` key in each component section:
+
+    prompt: a red mug
+    guidance: {name: sds, cfg_scale: 1.0}
+
+They are validated against the schema (a misspelt key is an error naming it), then CLI
+flags (tyro) override them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, NamedTuple, Optional
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .cameras import OrbitSamplerConfig
+from .errors import UserError
+from .guidance.registry import GUIDANCES, guidance_entry
+from .priors.registry import PRIORS, prior_entry
+from .representations.registry import REPRESENTATIONS, representation_entry
+
+CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+COMPONENTS = ("prior", "guidance", "representation")
+
+
+class ComponentNames(NamedTuple):
+    prior: str = "toyworld"
+    guidance: str = "sds"
+    representation: str = "gaussians"
+
+
+@dataclass
+class RenderConfig:
+    """How training views are rendered."""
+
+    backend: Literal["auto", "cuda", "torch"] = "auto"
+    """auto: gsplat/nerfacc kernels on CUDA when they load, else the torch reference."""
+    background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+
+@dataclass
+class LogConfig:
+    """Progress, previews, checkpoints and evaluation."""
+
+    progress: bool = True
+    """Show the progress bar (step, loss, it/s, ETA)."""
+    log_every: int = 10
+    """Write a metrics.jsonl row every N steps."""
+    preview_every: int = 100
+    """Save a preview grid every N steps (0: only at the end)."""
+    checkpoint_every: int = 100
+    """Write step-NNNNNN.pt and last.pt every N steps (0: only at the end)."""
+    turntable_frames: int = 60
+    turntable_resolution: int = 256
+    eval_views: int = 16
+    """Held-out cameras for toyworld metrics."""
+
+
+def _component_types(names: ComponentNames) -> dict[str, type]:
+    return {
+        "prior": prior_entry(names.prior).config,
+        "guidance": guidance_entry(names.guidance).config,
+        "representation": representation_entry(names.representation).config,
+    }
+
+
+def run_config_type(names: ComponentNames) -> type:
+    """The run dataclass whose component sections have the chosen components' config types."""
+    types = _component_types(names)
+    fields = [
+        ("prompt", str, field(default="a red mug", metadata={"help": "Text prompt (toyworld: see `threedistill toyworld list`)."})),
+        ("negative_prompt", str, field(default="")),
+        ("steps", int, field(default=300)),
+        ("seed", int, field(default=0)),
+        ("device", Literal["auto", "cpu", "cuda"], field(default="auto")),
+        ("out", str, field(default="outputs")),
+        ("view_dependent_prompts", Optional[bool], field(default=None)),
+        ("prior", types["prior"], field(default_factory=types["prior"])),
+        ("guidance", types["guidance"], field(default_factory=types["guidance"])),
+        ("representation", types["representation"], field(default_factory=types["representation"])),
+        ("sampler", OrbitSamplerConfig, field(default_factory=OrbitSamplerConfig)),
+        ("render", RenderConfig, field(default_factory=RenderConfig)),
+        ("log", LogConfig, field(default_factory=LogConfig)),
+    ]
+    key = "_".join(names)
+    return dataclasses.make_dataclass(f"RunConfig_{key}", fields)
+
+
+def default_run_config(names: ComponentNames = ComponentNames()) -> Any:
+    return run_config_type(names)()
+
+
+# ---------------------------------------------------------------------- YAML
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise UserError(f"cannot read config '{path}': {exc.strerror}; pass a readable YAML file") from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where else ""
+        raise UserError(f"config '{path}' is not valid YAML{line}; fix the syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config '{path}' must be a mapping of keys to values, got {type(data).__name__}")
+    return data
+
+
+def resolve_config_path(name_or_path: str) -> Path:
+    """A preset name (configs/NAME.yaml) or a path to a YAML file."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.exists():
+            raise UserError(f"config file not found: '{path}'; pass an existing YAML file or a preset name")
+        return path
+    preset = CONFIGS_DIR / f"{name_or_path}.yaml"
+    if not preset.exists():
+        names = sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml"))
+        raise UserError(f"unknown config preset '{name_or_path}'; presets: {', '.join(names)} (or pass a .yaml path)")
+    return preset
+
+
+def split_component_names(data: dict[str, Any], overrides: dict[str, Optional[str]]) -> ComponentNames:
+    """Pop `name` from each component section; CLI overrides win."""
+    chosen = {}
+    for comp in COMPONENTS:
+        section = data.get(comp)
+        name = None
+        if isinstance(section, dict):
+            name = section.pop("name", None)
+        elif isinstance(section, str):  # `guidance: vsd` shorthand
+            name = section
+            data.pop(comp)
+        chosen[comp] = overrides.get(comp) or name or getattr(ComponentNames(), comp)
+    return ComponentNames(**chosen)
+
+
+def config_from_dict(data: dict[str, Any], names: ComponentNames, source: str) -> Any:
+    """Validate a nested dict against the schema and return the run dataclass."""
+    base = OmegaConf.structured(default_run_config(names))
+    try:
+        merged = OmegaConf.merge(base, OmegaConf.create(data))
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        msg = str(exc).splitlines()[0]
+        key = getattr(exc, "full_key", None)
+        where = f" (key '{key}')" if key else ""
+        raise UserError(f"invalid config {source}{where}: {msg}; fix or remove that key") from None
+
+
+def load_config(name_or_path: Optional[str], overrides: dict[str, Optional[str]]) -> tuple[ComponentNames, Any]:
+    """Load a preset/YAML (or defaults) with component names overridden from the CLI."""
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if name_or_path:
+        path = resolve_config_path(name_or_path)
+        data = _read_yaml(path)
+        source = f"'{path}'"
+    names = split_component_names(data, overrides)
+    return names, config_from_dict(data, names, source)
+
+
+def config_to_dict(names: ComponentNames, cfg: Any) -> dict[str, Any]:
+    """Plain nested dict with component names, ready for YAML."""
+    data = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    assert isinstance(data, dict)
+    for comp in COMPONENTS:
+        data[comp] = {"name": getattr(names, comp), **data[comp]}
+    return data
+
+
+def config_to_yaml(names: ComponentNames, cfg: Any) -> str:
+    return yaml.safe_dump(config_to_dict(names, cfg), sort_keys=False)
+
+
+def load_run_config(path: Path) -> tuple[ComponentNames, Any]:
+    """Read a run folder's config.yaml."""
+    if not path.exists():
+        raise UserError(f"'{path.parent}' has no config.yaml; pass a run folder made by `threedistill run`")
+    data = _read_yaml(path)
+    names = split_component_names(data, {})
+    return names, config_from_dict(data, names, f"'{path}'")
+
+
+# ---------------------------------------------------------------------- CLI
+def name_flag_parser() -> argparse.ArgumentParser:
+    """Reads the flags that choose component classes before tyro parses the rest."""
+    p = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    p.add_argument("--config", default=None)
+    p.add_argument("--prior", default=None)
+    p.add_argument("--guidance", default=None)
+    p.add_argument("--representation", default=None)
+    return p
+
+
+def parse_run_args(argv: list[str], prog: str = "threedistill run") -> tuple[ComponentNames, Any]:
+    """Parse `threedistill run` flags: name flags first, then tyro for every field."""
+    import tyro
+
+    known, rest = name_flag_parser().parse_known_args(argv)
+    overrides = {"prior": known.prior, "guidance": known.guidance, "representation": known.representation}
+    names, defaults = load_config(known.config, overrides)
+    cfg_type = type(defaults)
+    description = (
+        "Optimise a 3D representation so its renders score well under a frozen 2D diffusion prior.\n"
+        f"Choose components with --prior {{{','.join(PRIORS)}}} --guidance {{{','.join(GUIDANCES)}}} "
+        f"--representation {{{','.join(REPRESENTATIONS)}}} and a preset with --config NAME_OR_PATH; "
+        "dotted flags set their fields."
+    )
+    cfg = tyro.cli(cfg_type, args=rest, default=defaults, prog=prog, description=description)
+    return names, cfg

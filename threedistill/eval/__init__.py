@@ -1,0 +1,1 @@
+"""Metrics against toyworld ground truth and the benchmark harness."""

@@ -1,0 +1,1 @@
+"""Score-distillation objectives, selected by name from `registry.GUIDANCES`."""

@@ -1,0 +1,37 @@
+"""Score Distillation Sampling (DreamFusion; GUIDANCE.md section 1).
+
+grad_x0 = w(t) * (CFG(e(x_t; y), e(x_t; neg), s) - eps),  x_t = alpha_t x0 + sigma_t eps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..cameras import Cameras
+from ..priors.base import TextEmbeddings, add_noise
+from .base import BaseGuidanceConfig, Guidance, GuidanceOutput, reparameterised_loss
+
+
+@dataclass
+class SDSConfig(BaseGuidanceConfig):
+    """SDS: the defaults of threestudio's stable-diffusion-guidance, in the diffusers CFG form."""
+
+
+class SDSGuidance(Guidance):
+    """Plain SDS."""
+
+    config: SDSConfig
+
+    def __call__(self, images: Tensor, cams: Cameras, emb: TextEmbeddings, step: int) -> GuidanceOutput:
+        x0 = self.prior.encode(images)
+        t = self.sample_timesteps(x0.shape[0], step, x0.device)
+        noise = self.sample_noise(x0)
+        with torch.no_grad():
+            x_t = add_noise(self.prior.alphas_cumprod, x0.detach(), noise, t)
+            eps_hat = self.guided_eps(x_t, t, emb, cams)
+            grad = self.config.grad_scale * self.weight(t, x0.ndim) * (eps_hat - noise)
+        loss = reparameterised_loss(x0, grad, self.clip_value(step))
+        return GuidanceOutput(loss=loss, logs={"t_mean": float(t.float().mean()), "grad_norm": float(grad.norm() / x0.shape[0])})

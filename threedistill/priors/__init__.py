@@ -1,0 +1,1 @@
+"""Frozen 2D diffusion priors behind one interface (see `base.DiffusionPrior`)."""

@@ -1,0 +1,218 @@
+"""toyworld: a diffusion prior whose data distribution is known exactly (DESIGN.md section 5).
+
+The data are renders of catalogue objects (or a user mesh) from the training camera
+distribution. The denoiser is the exact posterior mean of that empirical distribution with
+a camera kernel:
+
+    w = softmax((-|x_t - a_t x_i|^2 / (2 s_t^2) + kappa * cos(angle(c, c_i))) / T)
+    D = sum_i w_i x_i,     eps = (x_t - a_t D) / s_t
+
+with Stable Diffusion's noise schedule. x lives in pixel space scaled to [-1, 1] at
+`resolution` px. Text embeddings are ids of reference sets: id 0 is the unconditional set
+(the union of the catalogue), every other prompt gets its own set, built on first use and
+cached on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..atomic import atomic_path
+from ..cameras import Cameras, OrbitSampler, OrbitSamplerConfig
+from ..errors import UserError
+from ..render.mesh_torch import render_mesh
+from ..render.types import RenderOutput
+from .base import GuidanceDefaults, noise_coefficients, scaled_linear_alphas_cumprod
+from .toyworld_catalogue import ToyMesh, catalogue_prompts, load_user_mesh, resolve_prompt
+
+REFERENCE_FORMAT_VERSION = 1
+UNCOND_ID = 0
+
+
+def default_cache_dir() -> str:
+    """Where toyworld references are cached (THREEDISTILL_CACHE overrides)."""
+    return os.environ.get("THREEDISTILL_CACHE", str(Path.home() / ".cache" / "threedistill"))
+
+
+@dataclass
+class ToyworldConfig:
+    """The built-in ground-truth prior."""
+
+    resolution: int = 64
+    """Pixel resolution of the references; renders are resized to it."""
+    num_references: int = 150
+    """References per prompt (split over the modes of a multi-modal prompt)."""
+    uncond_references_per_object: int = 24
+    """References per catalogue object in the unconditional (union) set."""
+    kappa: float = 50.0
+    """Strength of the camera kernel (0: the prior does not know the view)."""
+    temperature: float = 1.0
+    """Softmax temperature of the posterior (1 = exact; larger softens it, for CSD/CSM)."""
+    mesh: Optional[str] = None
+    """A user mesh (.glb/.obj/.ply/.stl) that any prompt then names."""
+    reference_seed: int = 0
+    """Seed of the reference cameras (independent of the run seed)."""
+    cache_dir: Optional[str] = None
+    """Reference cache folder (default: $THREEDISTILL_CACHE or ~/.cache/threedistill)."""
+
+
+@dataclass
+class ReferenceSet:
+    """Rendered references of one prompt: images in [-1,1] and camera directions."""
+
+    x: Tensor  # [N, D] float64
+    sq_norm: Tensor  # [N] float64
+    dirs: Tensor  # [N, 3] float64
+
+
+class ToyworldPrior:
+    """Exact empirical-posterior denoiser over rendered references (see module docstring)."""
+
+    num_train_timesteps = 1000
+
+    def __init__(self, config: ToyworldConfig, sampler_config: OrbitSamplerConfig, device: torch.device | str = "cpu") -> None:
+        self.config = config
+        self.device = torch.device(device)
+        self.resolution = config.resolution
+        self.alphas_cumprod = scaled_linear_alphas_cumprod(self.num_train_timesteps).to(self.device)
+        self.defaults = GuidanceDefaults(cfg_scale=1.0, min_step=20, max_step=[(0.0, 980.0), (0.5, 500.0)])
+        self.sampler_config = sampler_config
+        self.cache_dir = Path(config.cache_dir or default_cache_dir()) / "toyworld"
+        self._user_mesh: Optional[ToyMesh] = load_user_mesh(config.mesh, name="user mesh") if config.mesh else None
+        self._prompt_ids: dict[str, int] = {"": UNCOND_ID}
+        self._sets: dict[int, ReferenceSet] = {}
+        self._meshes: dict[int, list[ToyMesh]] = {}
+
+    # ------------------------------------------------------------------ prompts
+    def modes(self, prompt: str) -> list[ToyMesh]:
+        """The object(s) a prompt names: one mesh per mode (user mesh when configured)."""
+        if self._user_mesh is not None:
+            return [self._user_mesh]
+        return resolve_prompt(prompt)
+
+    def embed(self, texts: list[str]) -> Tensor:
+        """Reference-set ids [len(texts)]; empty text means unconditional. Unknown prompts raise."""
+        ids = []
+        for text in texts:
+            key = text.strip().lower()
+            if key not in self._prompt_ids:
+                self._meshes[len(self._prompt_ids)] = self.modes(text)  # validates the prompt now
+                self._prompt_ids[key] = len(self._prompt_ids)
+            ids.append(self._prompt_ids[key])
+        return torch.tensor(ids, dtype=torch.long, device=self.device)
+
+    # ------------------------------------------------------------------ encoding
+    def encode(self, images: Tensor) -> Tensor:
+        """Renders [B,3,H,W] in [0,1] -> x0 in [-1,1] at the prior resolution (differentiable)."""
+        if images.shape[-1] != self.resolution or images.shape[-2] != self.resolution:
+            images = F.interpolate(images, size=(self.resolution, self.resolution), mode="bilinear", antialias=True, align_corners=False)
+        return images * 2.0 - 1.0
+
+    def decode(self, x0: Tensor) -> Tensor:
+        """x0 in [-1,1] -> images in [0,1]."""
+        return ((x0 + 1.0) * 0.5).clamp(0.0, 1.0)
+
+    # ------------------------------------------------------------------ references
+    def reference_cameras(self, n: int, seed: int) -> Cameras:
+        """Reference cameras drawn from the training camera distribution at the prior resolution."""
+        cfg = OrbitSamplerConfig(**{**asdict(self.sampler_config), "width": self.resolution, "height": self.resolution})
+        gen = torch.Generator().manual_seed(seed)
+        return OrbitSampler(cfg).sample(gen, batch_size=n)
+
+    def render_ground_truth(self, mesh: ToyMesh, cams: Cameras) -> RenderOutput:
+        """Render a catalogue mesh with the reference renderer (Lambertian, white background)."""
+        v, f, c = mesh.to_torch(self.device)
+        with torch.no_grad():
+            return render_mesh(v, f, c, cams.to(self.device))
+
+    def _cache_key(self, meshes: list[ToyMesh], counts: list[int], seed: int) -> str:
+        h = hashlib.sha1()
+        h.update(f"v{REFERENCE_FORMAT_VERSION}|{self.resolution}|{counts}|{seed}|{asdict(self.sampler_config)}".encode())
+        for m in meshes:
+            for arr in (m.vertices, m.faces, m.face_colors):
+                h.update(np.ascontiguousarray(arr).tobytes())
+        return h.hexdigest()[:20]
+
+    def _render_references(self, meshes: list[ToyMesh], counts: list[int], seed: int) -> tuple[Tensor, Tensor]:
+        """Images [N,3,R,R] in [0,1] and camera directions [N,3]: counts[i] views of meshes[i]."""
+        path = self.cache_dir / f"{self._cache_key(meshes, counts, seed)}.pt"
+        if path.exists():
+            try:
+                cached = torch.load(path, map_location="cpu", weights_only=True)
+                return cached["images"].float(), cached["dirs"].float()
+            except Exception:  # a corrupt cache entry is re-rendered, never fatal
+                pass
+        cams = self.reference_cameras(sum(counts), seed)
+        images, start = [], 0
+        for mesh, n in zip(meshes, counts):
+            images.append(self.render_ground_truth(mesh, cams[start : start + n]).rgb.cpu())
+            start += n
+        images_t, dirs = torch.cat(images), cams.directions().cpu()
+        try:
+            with atomic_path(path) as tmp:
+                torch.save({"images": images_t.half(), "dirs": dirs}, tmp)
+        except OSError:
+            pass  # read-only cache: keep going without it
+        return images_t.half().float(), dirs
+
+    def _build_set(self, set_id: int) -> ReferenceSet:
+        cfg = self.config
+        if set_id == UNCOND_ID:
+            meshes = [m for p in catalogue_prompts() for m in resolve_prompt(p)]
+            if self._user_mesh is not None:
+                meshes.append(self._user_mesh)
+            counts = [cfg.uncond_references_per_object] * len(meshes)
+        else:
+            meshes = self._meshes[set_id]
+            base, extra = divmod(cfg.num_references, len(meshes))
+            counts = [base + (1 if i < extra else 0) for i in range(len(meshes))]
+        images, dirs = self._render_references(meshes, counts, cfg.reference_seed + set_id * 7919)
+        x = (images * 2.0 - 1.0).flatten(1).to(self.device, torch.float64)
+        return ReferenceSet(x=x, sq_norm=(x * x).sum(1), dirs=dirs.to(self.device, torch.float64))
+
+    def reference_set(self, set_id: int) -> ReferenceSet:
+        """The (lazily built) references of one embedding id."""
+        if set_id not in self._sets:
+            if set_id != UNCOND_ID and set_id not in self._meshes:
+                raise ValueError(f"unknown toyworld embedding id {set_id}")
+            self._sets[set_id] = self._build_set(set_id)
+        return self._sets[set_id]
+
+    # ------------------------------------------------------------------ denoiser
+    def posterior_weights(self, x_t: Tensor, t: Tensor, refs: ReferenceSet, cam_dirs: Optional[Tensor]) -> Tensor:
+        """Posterior weights [B,N] of each reference given noisy x_t (flattened [B,D])."""
+        a, s = noise_coefficients(self.alphas_cumprod.double(), t, 2)
+        # -|x_t - a x_i|^2 / (2 s^2) up to a per-row constant (|x_t|^2 cancels in the softmax).
+        logits = (2.0 * a * (x_t @ refs.x.T) - a * a * refs.sq_norm[None]) / (2.0 * s * s)
+        if cam_dirs is not None and self.config.kappa != 0.0:
+            logits = logits + self.config.kappa * (cam_dirs @ refs.dirs.T)
+        return torch.softmax(logits / self.config.temperature, dim=-1)
+
+    def denoise(self, x_t: Tensor, t: Tensor, emb: Tensor, cameras: Optional[Cameras] = None) -> Tensor:
+        """The exact posterior mean D(x_t, t, y, c), same shape as x_t."""
+        shape = x_t.shape
+        flat = x_t.detach().flatten(1).double()
+        dirs = cameras.directions().double().to(self.device) if cameras is not None else None
+        out = torch.empty_like(flat)
+        for set_id in emb.unique().tolist():
+            rows = (emb == set_id).nonzero().squeeze(1)
+            refs = self.reference_set(set_id)
+            w = self.posterior_weights(flat[rows], t[rows], refs, None if dirs is None else dirs[rows])
+            out[rows] = w @ refs.x
+        return out.view(shape).to(x_t.dtype)
+
+    @torch.no_grad()
+    def predict_eps(self, x_t: Tensor, t: Tensor, emb: Tensor, cameras: Optional[Cameras] = None) -> Tensor:
+        """eps = (x_t - a_t D) / s_t."""
+        d = self.denoise(x_t, t, emb, cameras)
+        a, s = noise_coefficients(self.alphas_cumprod, t, x_t.ndim)
+        return (x_t - a * d) / s

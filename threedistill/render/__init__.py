@@ -1,0 +1,1 @@
+"""Render backends: splats (gsplat CUDA / torch), meshes (torch rasteriser)."""

@@ -1,0 +1,361 @@
+"""Torch 3D Gaussian splat renderer (any device): EWA projection + tile-based compositing.
+
+The math follows gsplat 1.5.3's "classic" mode so both backends agree:
+- projection: camera-space covariance R S S^T R^T through the pinhole Jacobian (with
+  gsplat's 1.3x-field-of-view clamp on the Jacobian), plus `EPS2D` on the 2D diagonal;
+  conic = inverse 2D covariance;
+- culling: camera z < `NEAR_PLANE`, opacity < 1/255, or a bounding box off the image. The
+  box is gsplat's opacity-aware one, radius = ceil(k * sqrt(cov2d diagonal)) with
+  k = min(3.33, sqrt(2 ln(255 opacity))): it holds every pixel where alpha >= 1/255;
+- per pixel: alpha = min(0.999, opacity * exp(-0.5 d^T conic d)), d = pixel centre - mean,
+  pixel centres at i + 0.5; alpha < 1/255 contributes nothing; front-to-back in depth order,
+  a pixel stops before the Gaussian that would bring its transmittance to <= 1e-4.
+
+`render_splats_dense` evaluates every pixel against every Gaussian (the reference);
+`render_splats_torch` bins Gaussians into tiles, pads each chunk of tiles to its longest
+list and composites chunk by chunk so that memory stays under a budget. Both share the
+projection, `gaussian_alpha` and `composite`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from threedistill.cameras import Cameras
+from threedistill.render.types import RenderOutput
+
+NEAR_PLANE = 0.01
+EPS2D = 0.3
+ALPHA_MIN = 1.0 / 255.0
+ALPHA_MAX = 0.999
+T_MIN = 1e-4
+TILE_SIZE = 16
+MEMORY_BUDGET_MB = 256.0
+CHUNK_ELEMS = 1 << 19  # entries per chunk: small enough to stay in cache
+_FLOATS_PER_ELEMENT = 12  # float32 [tiles, K, pixels] tensors alive per element (fwd + saved for bwd)
+
+
+@dataclass
+class Projected:
+    """Gaussians projected into B views (all [B,N,...]); culled ones have radii 0."""
+
+    means2d: Tensor  # [B,N,2] pixels
+    conics: Tensor  # [B,N,3] (a, b, c): sigma = 0.5 (a dx^2 + c dy^2) + b dx dy
+    depths: Tensor  # [B,N] camera z
+    radii: Tensor  # [B,N,2] int32 pixel half-extents of the bounding box, 0 = culled
+
+    @property
+    def visible(self) -> Tensor:
+        """[B,N] bool: the Gaussian reaches the image in that view."""
+        return self.radii.amax(dim=-1) > 0
+
+
+def quat_to_rotmat(quats: Tensor) -> Tensor:
+    """Rotation matrices [...,3,3] from wxyz quaternions [...,4] (normalised here)."""
+    w, x, y, z = F.normalize(quats, dim=-1).unbind(-1)
+    rows = [
+        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+    ]
+    return torch.stack(rows, dim=-1).reshape(quats.shape[:-1] + (3, 3))
+
+
+def project_gaussians(
+    means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, cams: Cameras,
+    near_plane: float = NEAR_PLANE, eps2d: float = EPS2D,
+) -> Projected:
+    """EWA-project N Gaussians into every camera of `cams` (differentiable)."""
+    W, H = cams.width, cams.height
+    viewmats = cams.viewmats().to(means.dtype)
+    K = cams.intrinsics().to(means.dtype)
+    R, t = viewmats[:, None, :3, :3], viewmats[:, None, :3, 3]  # [B,1,3,3], [B,1,3]
+    means_c = (R @ means[None, :, :, None]).squeeze(-1) + t  # [B,N,3]
+    x, y, z = means_c.unbind(-1)
+    in_front = z > near_plane
+    z = torch.where(in_front, z, torch.ones_like(z))  # keeps culled entries finite
+    fx, fy = K[:, 0, 0, None], K[:, 1, 1, None]
+    cx, cy = K[:, 0, 2, None], K[:, 1, 2, None]
+    # gsplat clamps the point used for the Jacobian to 1.3x the field of view.
+    lim_x_pos, lim_x_neg = (W - cx) / fx + 0.15 * W / fx, cx / fx + 0.15 * W / fx
+    lim_y_pos, lim_y_neg = (H - cy) / fy + 0.15 * H / fy, cy / fy + 0.15 * H / fy
+    tx = z * torch.maximum(torch.minimum(x / z, lim_x_pos), -lim_x_neg)
+    ty = z * torch.maximum(torch.minimum(y / z, lim_y_pos), -lim_y_neg)
+    zeros = torch.zeros_like(z)
+    J = torch.stack([fx / z, zeros, -fx * tx / z**2, zeros, fy / z, -fy * ty / z**2], -1).unflatten(-1, (2, 3))
+    M = quat_to_rotmat(quats) * scales[:, None, :]  # [N,3,3], covariance = M M^T
+    JM = J @ (R @ M[None])  # [B,N,2,3]
+    cov2d = JM @ JM.transpose(-1, -2) + eps2d * torch.eye(2, dtype=means.dtype, device=means.device)
+    c00, c01, c11 = cov2d[..., 0, 0], cov2d[..., 0, 1], cov2d[..., 1, 1]
+    det = c00 * c11 - c01 * c01
+    det_safe = torch.where(det > 0, det, torch.ones_like(det))
+    conics = torch.stack([c11 / det_safe, -c01 / det_safe, c00 / det_safe], dim=-1)
+    means2d = torch.stack([fx * x / z + cx, fy * y / z + cy], dim=-1)
+    radii = _radii(means2d.detach(), c00.detach(), c11.detach(), opacities.detach(), W, H)
+    radii = torch.where((in_front & (det > 0))[..., None], radii, torch.zeros_like(radii))
+    return Projected(means2d=means2d, conics=conics, depths=means_c[..., 2], radii=radii)
+
+
+def _radii(means2d: Tensor, c00: Tensor, c11: Tensor, opacities: Tensor, W: int, H: int) -> Tensor:
+    """gsplat's opacity-aware box half-extents [B,N,2] (int32), 0 when culled."""
+    extend = torch.sqrt(2.0 * torch.log(opacities.clamp_min(ALPHA_MIN) / ALPHA_MIN)).clamp_max(3.33)
+    r = torch.stack([torch.ceil(extend * c00.sqrt()), torch.ceil(extend * c11.sqrt())], dim=-1)
+    mx, my = means2d.unbind(-1)
+    inside = (mx + r[..., 0] > 0) & (mx - r[..., 0] < W) & (my + r[..., 1] > 0) & (my - r[..., 1] < H)
+    keep = inside & (opacities >= ALPHA_MIN) & (r.amax(-1) > 0)
+    return torch.where(keep[..., None], r, torch.zeros_like(r)).to(torch.int32)
+
+
+def gaussian_sigma(px: Tensor, py: Tensor, means2d: Tensor, conics: Tensor) -> Tensor:
+    """sigma = 0.5 d^T conic d [..., K, P] with d = pixel centre - mean.
+
+    px, py: pixel centres [P]; means2d [..., K, 2]; conics [..., K, 3] as (a, b, c).
+    """
+    dx = px - means2d[..., 0:1]
+    dy = py - means2d[..., 1:2]
+    a, b, c = conics[..., 0:1], conics[..., 1:2], conics[..., 2:3]
+    return torch.addcmul(dx * torch.addcmul(b * dy, 0.5 * a, dx), 0.5 * c * dy, dy)
+
+
+def gaussian_alpha(sigma: Tensor, opacities: Tensor) -> Tensor:
+    """alpha = min(0.999, opacity * exp(-sigma)) [..., K, P], 0 where below 1/255.
+
+    (gsplat also skips sigma < 0, which a positive-definite conic only reaches by rounding.)
+    """
+    alpha = (opacities[..., None] * torch.exp(-sigma)).clamp_max(ALPHA_MAX)
+    return F.threshold(alpha, ALPHA_MIN, 0.0)
+
+
+def blend_weights(alpha: Tensor) -> tuple[Tensor, Tensor]:
+    """Front-to-back weights w = alpha * T along dim -2, with gsplat's early stop.
+
+    Returns (weights, transmittance before each Gaussian), both [..., K, P] and 0 after
+    the stop: a pixel stops before the Gaussian that would bring T to <= 1e-4.
+    """
+    t_incl = torch.cumprod(1.0 - alpha, dim=-2)
+    t_excl = torch.cat([torch.ones_like(t_incl[..., :1, :]), t_incl[..., :-1, :]], dim=-2)
+    t_excl = t_excl * (t_incl > T_MIN)  # transmittance never grows: the kept ones are a prefix
+    return alpha * t_excl, t_excl
+
+
+def composite(alpha: Tensor, feats: Tensor) -> tuple[Tensor, Tensor]:
+    """Accumulated features [..., P, F] and final transmittance [..., P].
+
+    alpha [..., K, P] in depth order, feats [..., K, F].
+    """
+    weights, _ = blend_weights(alpha)
+    acc = torch.einsum("...kp,...kf->...pf", weights, feats)
+    return acc, 1.0 - weights.sum(dim=-2)
+
+
+class _RasterizeTiles(torch.autograd.Function):
+    """Composite a chunk of tiles; hand-written backward that recomputes the per-pixel
+    terms, so only [T,K] inputs are kept between forward and backward.
+
+    params [T,K,6+F]: mean x, mean y (tile-local pixels), conic a, b, c, opacity, features.
+    px, py [P]: tile-local pixel centres shared by all tiles.
+    Returns acc [T,P,F] and transmittance [T,P].
+    """
+
+    @staticmethod
+    def forward(ctx, params: Tensor, px: Tensor, py: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        ctx.save_for_backward(params, px, py)
+        sigma = gaussian_sigma(px, py, params[..., 0:2], params[..., 2:5])
+        return composite(gaussian_alpha(sigma, params[..., 5]), params[..., 6:])
+
+    @staticmethod
+    def backward(ctx, g_acc: Tensor, g_trans: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
+        params, px, py = ctx.saved_tensors
+        means2d, conics, opac, feats = params[..., 0:2], params[..., 2:5], params[..., 5], params[..., 6:]
+        alpha = gaussian_alpha(gaussian_sigma(px, py, means2d, conics), opac)
+        weights, t_excl = blend_weights(alpha)
+        g_feats = weights @ g_acc  # [T,K,F]
+        # dL/dw_k = f_k . g_acc - g_trans (trans = 1 - sum w)
+        g_w = (feats @ g_acc.transpose(-1, -2)).sub_(g_trans[:, None, :])
+        contrib = weights.mul_(g_w)
+        suffix = contrib.sum(dim=-2, keepdim=True) - contrib.cumsum_(dim=-2)  # sum_{j>k} w_j g_w_j
+        g_alpha = t_excl.mul_(g_w).sub_(suffix.div_(1.0 - alpha))
+        # through the clamp at 0.999 and the 1/255 threshold; g_sigma = -g_alpha * alpha
+        g_sigma = g_alpha.mul_(alpha * (alpha < ALPHA_MAX)).neg_()
+        T, K, P = g_sigma.shape
+        phi = torch.stack([torch.ones_like(px), px, py, px * px, px * py, py * py], dim=-1)  # [P,6]
+        m0, mx_, my_, mxx, mxy, myy = (g_sigma.reshape(T * K, P) @ phi).reshape(T, K, 6).unbind(-1)
+        x, y = means2d.unbind(-1)
+        a, b, c = conics.unbind(-1)
+        s_x, s_y = mx_ - x * m0, my_ - y * m0  # sum g (px - x), sum g (py - y)
+        s_xx = mxx - 2 * x * mx_ + x * x * m0
+        s_xy = mxy - x * my_ - y * mx_ + x * y * m0
+        s_yy = myy - 2 * y * my_ + y * y * m0
+        g_opac = -m0 / torch.where(opac > 0, opac, torch.ones_like(opac))
+        grads = [-(a * s_x + b * s_y), -(b * s_x + c * s_y), 0.5 * s_xx, s_xy, 0.5 * s_yy, g_opac]
+        return torch.cat([torch.stack(grads, dim=-1), g_feats], dim=-1), None, None
+
+def _features(colors: Tensor, proj: Projected) -> Tensor:
+    """Per-view features [B,N,4]: RGB and camera depth."""
+    B, N = proj.depths.shape
+    colors = colors.expand(B, N, 3) if colors.dim() == 3 else colors[None].expand(B, N, 3)
+    return torch.cat([colors, proj.depths[..., None]], dim=-1)
+
+
+def _finish(acc: Tensor, trans: Tensor, background: Tensor, proj: Projected, backend: str) -> RenderOutput:
+    """RenderOutput from accumulated features [B,H,W,4] and transmittance [B,H,W]."""
+    B = acc.shape[0]
+    bg = background.to(acc.dtype).expand(B, 3) if background.dim() == 1 else background.to(acc.dtype)
+    rgb = acc[..., :3] + trans[..., None] * bg[:, None, None, :]
+    means2d = proj.means2d
+    if means2d.requires_grad:
+        means2d.retain_grad()
+    extras = {"means2d": means2d, "radii": proj.radii.amax(dim=-1), "backend": backend}
+    return RenderOutput(
+        rgb=rgb.permute(0, 3, 1, 2),
+        alpha=(1.0 - trans)[:, None],
+        depth=acc[..., 3][:, None],
+        extras=extras,
+    )
+
+
+def render_splats_dense(
+    means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
+    cams: Cameras, background: Tensor,
+) -> RenderOutput:
+    """Naive reference renderer: every pixel against every Gaussian (memory B*N*H*W)."""
+    proj = project_gaussians(means, quats, scales, opacities, cams)
+    B, N = proj.depths.shape
+    W, H = cams.width, cams.height
+    order = torch.argsort(proj.depths.detach(), dim=1, stable=True)  # [B,N]
+    pick = lambda t: torch.gather(t, 1, order[..., None].expand(-1, -1, t.shape[-1]))  # noqa: E731
+    opac = torch.where(proj.visible, opacities[None].expand(B, N), torch.zeros_like(proj.depths))
+    opac = torch.gather(opac, 1, order)
+    px = torch.arange(W, device=means.device, dtype=means.dtype).repeat(H) + 0.5
+    py = torch.arange(H, device=means.device, dtype=means.dtype).repeat_interleave(W) + 0.5
+    alpha = gaussian_alpha(gaussian_sigma(px, py, pick(proj.means2d), pick(proj.conics)), opac)
+    acc, trans = composite(alpha, pick(_features(colors, proj)))
+    return _finish(acc.view(B, H, W, 4), trans.view(B, H, W), background, proj, "dense")
+
+
+@dataclass
+class TileBins:
+    """Gaussian lists per tile, front to back: tile t holds
+    `gauss_ids[offsets[t] : offsets[t] + counts[t]]` (flat indices b * N + n)."""
+
+    gauss_ids: Tensor  # [n_pairs] long
+    offsets: Tensor  # [B * tiles_y * tiles_x] long
+    counts: Tensor  # [B * tiles_y * tiles_x] long
+    tiles_x: int
+    tiles_y: int
+
+
+def bin_gaussians(proj: Projected, width: int, height: int, tile_size: int = TILE_SIZE) -> TileBins:
+    """Assign visible Gaussians to the tiles their bounding box overlaps, in depth order."""
+    B, N = proj.depths.shape
+    dev = proj.depths.device
+    tiles_x, tiles_y = -(-width // tile_size), -(-height // tile_size)
+    order = torch.argsort(proj.depths.detach(), dim=1, stable=True)  # [B,N]
+    flat = (order + torch.arange(B, device=dev)[:, None] * N).reshape(-1)
+    flat = flat[proj.visible.reshape(-1)[flat]]  # visible Gaussians, view-major, front to back
+    view = torch.div(flat, N, rounding_mode="floor")
+    mean = proj.means2d.detach().reshape(-1, 2)[flat]
+    rad = proj.radii.reshape(-1, 2)[flat].to(mean.dtype)
+    lim = torch.tensor([tiles_x, tiles_y], device=dev)
+    lo = torch.minimum(torch.floor((mean - rad) / tile_size).long().clamp_min(0), lim)
+    hi = torch.minimum(torch.ceil((mean + rad) / tile_size).long().clamp_min(0), lim)
+    span = (hi - lo).clamp_min(0)
+    counts = span[:, 0] * span[:, 1]
+    src = torch.repeat_interleave(counts)  # pair -> index into `flat`
+    local = torch.arange(src.numel(), device=dev) - (torch.cumsum(counts, 0) - counts)[src]
+    span_x = span[src, 0]
+    tx = lo[src, 0] + local % span_x
+    ty = lo[src, 1] + torch.div(local, span_x, rounding_mode="floor")
+    tile, perm = torch.sort((view[src] * tiles_y + ty) * tiles_x + tx, stable=True)  # keeps depth order
+    tile_counts = torch.bincount(tile, minlength=B * tiles_y * tiles_x)
+    return TileBins(
+        gauss_ids=flat[src[perm]],
+        offsets=torch.cumsum(tile_counts, 0) - tile_counts,
+        counts=tile_counts,
+        tiles_x=tiles_x,
+        tiles_y=tiles_y,
+    )
+
+
+def tile_chunks(counts: Tensor, pixels_per_tile: int, max_elems: int, pad_ratio: float = 0.75) -> list[tuple[Tensor, int]]:
+    """Group non-empty tiles into chunks of (tile ids, padded list length).
+
+    Tiles are sorted by list length; a chunk holds at most `max_elems` tile x Gaussian x
+    pixel entries and only tiles at least `pad_ratio` as long as its longest, so little
+    work goes into padding. A single tile longer than the budget forms its own chunk.
+    """
+    sorted_counts, tiles = torch.sort(counts, descending=True)
+    sizes = sorted_counts.tolist()
+    n = sum(1 for c in sizes if c > 0)
+    chunks, i = [], 0
+    while i < n:
+        k = sizes[i]
+        j = min(n, i + max(1, max_elems // (k * pixels_per_tile)))
+        while j > i + 1 and sizes[j - 1] < pad_ratio * k:
+            j -= 1
+        chunks.append((tiles[i:j], k))
+        i = j
+    return chunks
+
+
+def _chunk_elems(memory_budget_mb: float, chunk_elems: int) -> int:
+    """Chunk size in tile x Gaussian x pixel entries under the memory budget."""
+    return max(1, min(chunk_elems, int(memory_budget_mb * 2**20 / (4 * _FLOATS_PER_ELEMENT))))
+
+
+def render_splats_torch(
+    means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
+    cams: Cameras, background: Tensor,
+    tile_size: int = TILE_SIZE, memory_budget_mb: float = MEMORY_BUDGET_MB, chunk_elems: int = CHUNK_ELEMS,
+) -> RenderOutput:
+    """Tile-based torch splat renderer, differentiable w.r.t. all Gaussian inputs.
+
+    Tiles are composited chunk by chunk (`chunk_elems` entries, small enough to stay in
+    cache); the per-pixel intermediates of a chunk live only inside it, forward and
+    backward, so peak memory stays near `memory_budget_mb` unless one tile needs more.
+    """
+    proj = project_gaussians(means, quats, scales, opacities, cams)
+    B, N = proj.depths.shape
+    W, H = cams.width, cams.height
+    bins = bin_gaussians(proj, W, H, tile_size)
+    table = torch.cat(
+        [proj.means2d, proj.conics, opacities[None, :, None].expand(B, N, 1), _features(colors, proj)], dim=-1
+    ).reshape(B * N, -1)
+    dummy = torch.zeros_like(table[:1])
+    dummy[:, 2] = dummy[:, 4] = 1.0  # zero opacity, unit conic: padding
+    table = torch.cat([table, dummy])
+    n_feat = table.shape[1] - 6
+    local = torch.arange(tile_size, device=means.device, dtype=table.dtype) + 0.5 - 0.5 * tile_size
+    px, py = local.repeat(tile_size), local.repeat_interleave(tile_size)  # tile-local, row-major
+    done, accs, transes = [], [], []
+    for tiles, k in tile_chunks(bins.counts, tile_size * tile_size, _chunk_elems(memory_budget_mb, chunk_elems)):
+        slot = torch.arange(k, device=means.device)
+        valid = slot < bins.counts[tiles, None]  # [T,K]
+        ids = torch.where(valid, bins.gauss_ids[torch.where(valid, bins.offsets[tiles, None] + slot, 0)], B * N)
+        t_in_view = tiles % (bins.tiles_x * bins.tiles_y)
+        centre = (torch.stack([t_in_view % bins.tiles_x, t_in_view // bins.tiles_x], -1) + 0.5) * tile_size
+        shift = F.pad(centre.to(table.dtype), (0, table.shape[1] - 2))[:, None, :]  # [T,1,C]
+        acc, trans = _RasterizeTiles.apply(table[ids] - shift, px, py)
+        done.append(tiles)
+        accs.append(acc)
+        transes.append(trans)
+    n_tiles, P = bins.counts.numel(), tile_size * tile_size
+    acc_all = table.new_zeros(n_tiles, P, n_feat)
+    trans_all = table.new_ones(n_tiles, P)
+    if done:
+        order = torch.cat(done)
+        acc_all = acc_all.index_copy(0, order, torch.cat(accs))
+        trans_all = trans_all.index_copy(0, order, torch.cat(transes))
+    return _finish(_untile(acc_all, bins, B, H, W), _untile(trans_all[..., None], bins, B, H, W)[..., 0], background, proj, "torch")
+
+
+def _untile(x: Tensor, bins: TileBins, B: int, H: int, W: int) -> Tensor:
+    """[B * tiles, ts*ts, C] tile-major values -> [B,H,W,C] image."""
+    ts = int(round(math.sqrt(x.shape[1])))
+    x = x.view(B, bins.tiles_y, bins.tiles_x, ts, ts, -1).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(B, bins.tiles_y * ts, bins.tiles_x * ts, -1)[:, :H, :W]

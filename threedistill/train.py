@@ -1,0 +1,254 @@
+"""The optimisation loop (DESIGN.md section 2): render, guide, step, log, checkpoint, export."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from .atomic import atomic_write_text
+from .cameras import OrbitSampler
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import ComponentNames, config_to_yaml, load_run_config
+from .errors import UserError
+from .eval.metrics import evaluate_toyworld
+from .export.images import save_image_grid, write_video
+from .export.splat_ply import write_splat_ply
+from .export.turntable import render_turntable
+from .guidance.registry import guidance_entry
+from .priors.registry import prior_entry
+from .prompts import PromptEmbedder
+from .representations.registry import representation_entry
+
+CHECKPOINT_VERSION = 1
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto -> cuda when available, else cpu; an explicit cuda without a GPU is a user error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was requested but no CUDA GPU is available; use --device cpu or auto")
+    return torch.device(name)
+
+
+class Trainer:
+    """Owns one run: its components, its folder and its loop."""
+
+    def __init__(self, names: ComponentNames, cfg: Any, run_dir: Path, console: Optional[Console] = None) -> None:
+        self.names, self.cfg, self.run_dir = names, cfg, Path(run_dir)
+        self.console = console or Console(stderr=True)
+        self.device = resolve_device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.sampler = OrbitSampler(cfg.sampler, self.device)
+        self.prior = prior_entry(names.prior).build(cfg.prior, cfg.sampler, self.device)
+        self.prompts = PromptEmbedder(self.prior, cfg.prompt, cfg.negative_prompt, cfg.view_dependent_prompts)
+        rep = representation_entry(names.representation)
+        self.representation = rep.cls(cfg.representation, self.generator, backend=cfg.render.backend).to(self.device)
+        self.guidance = guidance_entry(names.guidance).cls(cfg.guidance, self.prior, cfg.steps, self.generator)
+        self.optimizer = self._make_optimizer()
+        self.background = torch.tensor(cfg.render.background, dtype=torch.float32, device=self.device)
+        self.step = 0
+        self.skipped_steps = 0
+        self.elapsed = 0.0
+        self._stop_requested = False
+        for sub in ("checkpoints", "previews", "export"):
+            (self.run_dir / sub).mkdir(parents=True, exist_ok=True)
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.representation.param_groups(), eps=1e-15)
+
+    # ------------------------------------------------------------------ persistence
+    def save_config(self) -> None:
+        atomic_write_text(self.run_dir / "config.yaml", config_to_yaml(self.names, self.cfg))
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {
+            "version": CHECKPOINT_VERSION,
+            "step": self.step,
+            "names": tuple(self.names),
+            "representation": self.representation.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "guidance": self.guidance.state_dict(),
+            "generator": self.generator.get_state(),
+            "elapsed": self.elapsed,
+            "skipped_steps": self.skipped_steps,
+        }
+
+    def save_checkpoint(self, keep_step_file: bool = True) -> Path:
+        """Write last.pt (and step-NNNNNN.pt) atomically."""
+        state = self.checkpoint_state()
+        ckpt_dir = self.run_dir / "checkpoints"
+        if keep_step_file:
+            save_checkpoint(ckpt_dir / f"step-{self.step:06d}.pt", state)
+        save_checkpoint(ckpt_dir / "last.pt", state)
+        return ckpt_dir / "last.pt"
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore everything a checkpoint holds (the loop then continues bit-for-bit)."""
+        if tuple(state.get("names", ())) != tuple(self.names):
+            raise UserError(f"checkpoint was made by {state.get('names')} but the config says {tuple(self.names)}; resume the run folder it came from")
+        self.representation.load_state_dict(state["representation"])
+        self.representation.to(self.device)
+        self.optimizer = self._make_optimizer()
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.guidance.load_state_dict(state["guidance"])
+        self.generator.set_state(state["generator"])
+        self.step = int(state["step"])
+        self.elapsed = float(state["elapsed"])
+        self.skipped_steps = int(state["skipped_steps"])
+
+    @classmethod
+    def resume(cls, run_dir: Path, console: Optional[Console] = None, checkpoint: Optional[Path] = None) -> "Trainer":
+        """Rebuild a run from its config.yaml and last.pt (or the given checkpoint)."""
+        run_dir = Path(run_dir)
+        if not run_dir.is_dir():
+            raise UserError(f"run folder not found: '{run_dir}'; pass a folder made by `threedistill run`")
+        names, cfg = load_run_config(run_dir / "config.yaml")
+        state = load_checkpoint(checkpoint or run_dir / "checkpoints" / "last.pt")
+        trainer = cls(names, cfg, run_dir, console)
+        trainer.load_state(state)
+        return trainer
+
+    # ------------------------------------------------------------------ the loop
+    def train_step(self) -> dict[str, float]:
+        """One optimisation step (DESIGN.md section 2). Returns scalars to log."""
+        step = self.step + 1
+        cams = self.sampler.sample(self.generator)
+        out = self.representation.render(cams, self.background)
+        emb = self.prompts.for_cameras(cams)
+        g = self.guidance(out.rgb, cams, emb, step)
+        loss = g.loss
+        if not torch.isfinite(loss):
+            self.skipped_steps += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step = step
+            return {"loss": float("nan"), "skipped": 1.0}
+        loss.backward()
+        self.optimizer.step()
+        self.guidance.after_step(step)
+        self.representation.after_step(step, out, self.optimizer)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step = step
+        self._last_render = out.rgb.detach()
+        return {"loss": float(loss.detach()), **g.logs}
+
+    def _request_stop(self, signum: int, frame: Any) -> None:
+        if self._stop_requested:  # second Ctrl-C: stop right now
+            raise KeyboardInterrupt
+        self._stop_requested = True
+
+    def train(self, until: Optional[int] = None) -> bool:
+        """Run steps until `until` (default: the configured total). False if interrupted."""
+        cfg = self.cfg
+        until = cfg.steps if until is None else min(until, cfg.steps)
+        previous = signal.signal(signal.SIGINT, self._request_stop) if _main_thread() else None
+        progress = _progress_bar(self.console, disable=not cfg.log.progress)
+        try:
+            with progress, (self.run_dir / "metrics.jsonl").open("a") as metrics_log:
+                task = progress.add_task("distilling", total=cfg.steps, completed=self.step, loss=math.nan, speed=0.0)
+                while self.step < until and not self._stop_requested:
+                    t0 = time.perf_counter()
+                    logs = self.train_step()
+                    dt = time.perf_counter() - t0
+                    self.elapsed += dt
+                    progress.update(task, advance=1, loss=logs["loss"], speed=1.0 / max(dt, 1e-9))
+                    self._periodic(logs, metrics_log)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+        if self._stop_requested:
+            self.save_checkpoint()
+            return False
+        return True
+
+    def _periodic(self, logs: dict[str, float], metrics_log: Any) -> None:
+        cfg, step = self.cfg.log, self.step
+        if cfg.log_every and step % cfg.log_every == 0:
+            row = {"step": step, "seconds": round(self.elapsed, 3), "num_points": _num_points(self.representation), **logs}
+            metrics_log.write(json.dumps(row) + "\n")
+            metrics_log.flush()
+        if cfg.preview_every and step % cfg.preview_every == 0 and hasattr(self, "_last_render"):
+            save_image_grid(self.run_dir / "previews" / f"step-{step:06d}.png", self._last_render)
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < self.cfg.steps:
+            self.save_checkpoint()
+
+    # ------------------------------------------------------------------ the end
+    def evaluate(self) -> Optional[dict[str, Any]]:
+        """toyworld scores on held-out cameras (None for priors without ground truth)."""
+        if not hasattr(self.prior, "modes"):
+            return None
+        return evaluate_toyworld(self.representation, self.prior, self.cfg.prompt, self.cfg.log.eval_views, self.background)
+
+    def finish(self) -> dict[str, Any]:
+        """Final checkpoint, metrics.json, preview grid and exports."""
+        self.save_checkpoint()
+        summary: dict[str, Any] = {
+            "prompt": self.cfg.prompt,
+            "prior": self.names.prior,
+            "guidance": self.names.guidance,
+            "representation": self.names.representation,
+            "steps": self.step,
+            "skipped_steps": self.skipped_steps,
+            "seconds": round(self.elapsed, 2),
+        }
+        scores = self.evaluate()
+        if scores is not None:
+            summary.update(scores)
+        atomic_write_text(self.run_dir / "metrics.json", json.dumps(summary, indent=2) + "\n")
+        self.export(["splat", "video"])
+        return summary
+
+    def export(self, formats: list[str]) -> list[Path]:
+        """Write the requested exports into RUN_DIR/export (atomically)."""
+        return export_representation(self.representation, self.run_dir / "export", formats, self.cfg, self.background)
+
+
+def export_representation(representation: Any, out_dir: Path, formats: list[str], cfg: Any, background: torch.Tensor) -> list[Path]:
+    """splat -> splats.ply; video -> turntable.mp4 + turntable.gif."""
+    written: list[Path] = []
+    for fmt in formats:
+        if fmt == "splat":
+            if not hasattr(representation, "splat_tensors"):
+                raise UserError(f"--format splat needs a Gaussian run; this representation is {type(representation).__name__}")
+            written.append(write_splat_ply(out_dir / "splats.ply", **representation.splat_tensors()))
+        elif fmt == "video":
+            frames = render_turntable(representation, cfg.log.turntable_frames, cfg.log.turntable_resolution, background)
+            written.append(write_video(out_dir / "turntable.mp4", frames, fps=24))
+            written.append(write_video(out_dir / "turntable.gif", frames, fps=24))
+        else:
+            raise UserError(f"unknown export format '{fmt}'; valid formats: splat, video")
+    return written
+
+
+def _num_points(representation: Any) -> int:
+    return int(getattr(representation, "num_points", 0))
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _progress_bar(console: Console, disable: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4g}"),
+        TextColumn("{task.fields[speed]:.1f} it/s"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=disable,
+    )
