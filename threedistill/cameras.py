@@ -175,8 +175,8 @@ class OrbitSamplerConfig:
     height: int = 64
     elevation_range: tuple[float, float] = (-10.0, 60.0)
     azimuth_range: tuple[float, float] = (-180.0, 180.0)
-    distance_range: tuple[float, float] = (2.6, 3.0)
-    fov_range: tuple[float, float] = (38.0, 42.0)
+    distance_range: tuple[float, float] = (2.8, 2.8)
+    fov_range: tuple[float, float] = (40.0, 40.0)
     """Vertical field of view range in degrees."""
     stratified_azimuth: bool = True
     """Spread each batch's azimuths over equal sectors of the range."""

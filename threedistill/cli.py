@@ -18,6 +18,14 @@ EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line on stderr (exit code 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"error: {self.prog}: {message}; see `{self.prog} --help`", file=sys.stderr)
+        raise SystemExit(EXIT_USER_ERROR)
+
+
 def _console() -> Console:
     return Console(stderr=True)
 
@@ -69,7 +77,7 @@ def _remove_if_empty(run_dir: Path) -> None:
 def cmd_resume(argv: list[str]) -> int:
     from .train import Trainer
 
-    p = argparse.ArgumentParser(prog="threedistill resume", description="Continue a run from its last checkpoint.")
+    p = OneLineParser(prog="threedistill resume", description="Continue a run from its last checkpoint.")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--checkpoint", type=Path, default=None, help="a step-NNNNNN.pt to resume from instead of last.pt")
     args = p.parse_args(argv)
@@ -82,7 +90,7 @@ def cmd_resume(argv: list[str]) -> int:
 def cmd_export(argv: list[str]) -> int:
     from .train import Trainer
 
-    p = argparse.ArgumentParser(prog="threedistill export", description="Export a run's asset into RUN_DIR/export.")
+    p = OneLineParser(prog="threedistill export", description="Export a run's asset into RUN_DIR/export.")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--format", dest="formats", action="append", choices=["splat", "video"], help="repeatable; default: all")
     args = p.parse_args(argv)
@@ -93,7 +101,7 @@ def cmd_export(argv: list[str]) -> int:
 
 
 def cmd_toyworld(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="threedistill toyworld", description="The built-in ground-truth prior.")
+    p = OneLineParser(prog="threedistill toyworld", description="The built-in ground-truth prior.")
     sub = p.add_subparsers(dest="action", required=True)
     sub.add_parser("list", help="list the catalogue prompts")
     scene = sub.add_parser("scene", help="write an object's ground-truth renders as a nerfstudio scene")

@@ -14,7 +14,9 @@ flags (tyro) override them.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, Optional
@@ -25,6 +27,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from .cameras import OrbitSamplerConfig
 from .errors import UserError
+from .schedule import validate_schedule
 from .guidance.registry import GUIDANCES, guidance_entry
 from .priors.registry import PRIORS, prior_entry
 from .representations.registry import REPRESENTATIONS, representation_entry
@@ -74,13 +77,14 @@ def _component_types(names: ComponentNames) -> dict[str, type]:
     }
 
 
+@functools.lru_cache(maxsize=None)
 def run_config_type(names: ComponentNames) -> type:
     """The run dataclass whose component sections have the chosen components' config types."""
     types = _component_types(names)
     fields = [
         ("prompt", str, field(default="a red mug", metadata={"help": "Text prompt (toyworld: see `threedistill toyworld list`)."})),
         ("negative_prompt", str, field(default="")),
-        ("steps", int, field(default=300)),
+        ("steps", int, field(default=1000)),
         ("seed", int, field(default=0)),
         ("device", Literal["auto", "cpu", "cuda"], field(default="auto")),
         ("out", str, field(default="outputs")),
@@ -146,17 +150,53 @@ def split_component_names(data: dict[str, Any], overrides: dict[str, Optional[st
     return ComponentNames(**chosen)
 
 
+def _is_schedule(annotation: Any) -> bool:
+    """Schedule fields (a number or a list of points) are a Union omegaconf cannot type-check."""
+    text = str(annotation)
+    return "Schedule" in text or "list[tuple[float, float]]" in text
+
+
+def _pop_schedules(cfg: Any, data: dict[str, Any]) -> dict[tuple[str, str], Any]:
+    """Remove schedule values from `data` (validated separately); keyed by (section, field)."""
+    popped = {}
+    for section in dataclasses.fields(cfg):
+        value = getattr(cfg, section.name)
+        sub = data.get(section.name)
+        if not dataclasses.is_dataclass(value) or not isinstance(sub, dict):
+            continue
+        for f in dataclasses.fields(value):
+            if _is_schedule(f.type) and f.name in sub:
+                popped[(section.name, f.name)] = sub.pop(f.name)
+    return popped
+
+
+def _normalise_schedule(key: str, value: Any) -> Any:
+    if value is None or isinstance(value, (int, float)) and not isinstance(value, bool):
+        return None if value is None else float(value)
+    try:
+        validate_schedule(key, value)
+        return [(float(s), float(v)) for s, v in value]
+    except (ValueError, TypeError):
+        raise UserError(f"invalid config value for '{key}': {value!r}; use a number or a list of [step, value] points") from None
+
+
 def config_from_dict(data: dict[str, Any], names: ComponentNames, source: str) -> Any:
     """Validate a nested dict against the schema and return the run dataclass."""
-    base = OmegaConf.structured(default_run_config(names))
+    default = default_run_config(names)
+    data = copy.deepcopy(data)
+    schedules = _pop_schedules(default, data)
+    base = OmegaConf.structured(default)
     try:
         merged = OmegaConf.merge(base, OmegaConf.create(data))
-        return OmegaConf.to_object(merged)
+        cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
         msg = str(exc).splitlines()[0]
         key = getattr(exc, "full_key", None)
         where = f" (key '{key}')" if key else ""
         raise UserError(f"invalid config {source}{where}: {msg}; fix or remove that key") from None
+    for (section, name), value in schedules.items():
+        setattr(getattr(cfg, section), name, _normalise_schedule(f"{section}.{name}", value))
+    return cfg
 
 
 def load_config(name_or_path: Optional[str], overrides: dict[str, Optional[str]]) -> tuple[ComponentNames, Any]:
@@ -218,5 +258,25 @@ def parse_run_args(argv: list[str], prog: str = "threedistill run") -> tuple[Com
         f"--representation {{{','.join(REPRESENTATIONS)}}} and a preset with --config NAME_OR_PATH; "
         "dotted flags set their fields."
     )
-    cfg = tyro.cli(cfg_type, args=rest, default=defaults, prog=prog, description=description)
+    cfg = _tyro_one_line_errors(lambda: tyro.cli(cfg_type, args=rest, default=defaults, prog=prog, description=description))
     return names, cfg
+
+
+def _tyro_one_line_errors(parse: Any) -> Any:
+    """Run a tyro parse; its boxed error becomes a one-line UserError (help still prints)."""
+    import contextlib
+    import io
+
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+            return parse()
+    except SystemExit as exc:
+        text = buffer.getvalue()
+        if not exc.code:
+            print(text, end="")
+            raise
+        lines = [ln.strip(" \t│╭╮╰╯─+|-") for ln in text.splitlines()]
+        lines = [ln for ln in lines if ln and not ln.startswith(("Argument helptext", "For full helptext"))]
+        detail = lines[1] if len(lines) > 1 else (lines[0] if lines else "invalid arguments")
+        raise UserError(f"{detail}; see `threedistill run --help`") from None

@@ -133,6 +133,7 @@ class Trainer:
             self.step = step
             return {"loss": float("nan"), "skipped": 1.0}
         loss.backward()
+        self._set_learning_rates(step)
         self.optimizer.step()
         self.guidance.after_step(step)
         self.representation.after_step(step, out, self.optimizer)
@@ -140,6 +141,16 @@ class Trainer:
         self.step = step
         self._last_render = out.rgb.detach()
         return {"loss": float(loss.detach()), **g.logs}
+
+    def _set_learning_rates(self, step: int) -> None:
+        """Exponential decay from each group's base rate to lr_final_factor times it."""
+        factor = getattr(self.cfg.representation, "lr_final_factor", 1.0)
+        if factor == 1.0:
+            return
+        scale = factor ** (step / max(self.cfg.steps, 1))
+        for group in self.optimizer.param_groups:
+            group.setdefault("base_lr", group["lr"])
+            group["lr"] = group["base_lr"] * scale
 
     def _request_stop(self, signum: int, frame: Any) -> None:
         if self._stop_requested:  # second Ctrl-C: stop right now

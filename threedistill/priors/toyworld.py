@@ -49,11 +49,11 @@ class ToyworldConfig:
 
     resolution: int = 64
     """Pixel resolution of the references; renders are resized to it."""
-    num_references: int = 150
+    num_references: int = 600
     """References per prompt (split over the modes of a multi-modal prompt)."""
     uncond_references_per_object: int = 24
     """References per catalogue object in the unconditional (union) set."""
-    kappa: float = 50.0
+    kappa: float = 200.0
     """Strength of the camera kernel (0: the prior does not know the view)."""
     temperature: float = 1.0
     """Softmax temperature of the posterior (1 = exact; larger softens it, for CSD/CSM)."""

@@ -34,10 +34,10 @@ EPS2D = 0.3
 ALPHA_MIN = 1.0 / 255.0
 ALPHA_MAX = 0.999
 T_MIN = 1e-4
-TILE_SIZE = 16
+TILE_SIZE = 8
 MEMORY_BUDGET_MB = 256.0
-CHUNK_ELEMS = 1 << 19  # entries per chunk: small enough to stay in cache
-_FLOATS_PER_ELEMENT = 12  # float32 [tiles, K, pixels] tensors alive per element (fwd + saved for bwd)
+CHUNK_ELEMS = {"cpu": 1 << 18, "cuda": 1 << 23}  # tile x Gaussian x pixel entries per chunk (CPU: fits in cache)
+_FLOATS_PER_ELEMENT = 12  # [tiles, K, pixels] float32 tensors alive at once in a chunk's backward
 
 
 @dataclass
@@ -72,8 +72,8 @@ def project_gaussians(
 ) -> Projected:
     """EWA-project N Gaussians into every camera of `cams` (differentiable)."""
     W, H = cams.width, cams.height
-    viewmats = cams.viewmats().to(means.dtype)
-    K = cams.intrinsics().to(means.dtype)
+    viewmats = cams.viewmats().to(means)
+    K = cams.intrinsics().to(means)
     R, t = viewmats[:, None, :3, :3], viewmats[:, None, :3, 3]  # [B,1,3,3], [B,1,3]
     means_c = (R @ means[None, :, :, None]).squeeze(-1) + t  # [B,N,3]
     x, y, z = means_c.unbind(-1)
@@ -137,9 +137,10 @@ def blend_weights(alpha: Tensor) -> tuple[Tensor, Tensor]:
     Returns (weights, transmittance before each Gaussian), both [..., K, P] and 0 after
     the stop: a pixel stops before the Gaussian that would bring T to <= 1e-4.
     """
-    t_incl = torch.cumprod(1.0 - alpha, dim=-2)
-    t_excl = torch.cat([torch.ones_like(t_incl[..., :1, :]), t_incl[..., :-1, :]], dim=-2)
-    t_excl = t_excl * (t_incl > T_MIN)  # transmittance never grows: the kept ones are a prefix
+    one_minus = 1.0 - alpha
+    # T never grows, so the kept Gaussians (T after them > T_MIN) are a prefix; dividing
+    # the thresholded T after by 1 - alpha gives T before them, and 0 from the stop on.
+    t_excl = F.threshold(torch.cumprod(one_minus, dim=-2), T_MIN, 0.0) / one_minus
     return alpha * t_excl, t_excl
 
 
@@ -180,8 +181,9 @@ class _RasterizeTiles(torch.autograd.Function):
         contrib = weights.mul_(g_w)
         suffix = contrib.sum(dim=-2, keepdim=True) - contrib.cumsum_(dim=-2)  # sum_{j>k} w_j g_w_j
         g_alpha = t_excl.mul_(g_w).sub_(suffix.div_(1.0 - alpha))
-        # through the clamp at 0.999 and the 1/255 threshold; g_sigma = -g_alpha * alpha
-        g_sigma = g_alpha.mul_(alpha * (alpha < ALPHA_MAX)).neg_()
+        # alpha = o exp(-sigma) where not clamped at 0.999 or cut below 1/255 (alpha = 0 there):
+        # g_sigma = -g_alpha * alpha on those entries, 0 elsewhere
+        g_sigma = g_alpha.mul_(F.threshold(-alpha, -ALPHA_MAX, 0.0))
         T, K, P = g_sigma.shape
         phi = torch.stack([torch.ones_like(px), px, py, px * px, px * py, py * py], dim=-1)  # [P,6]
         m0, mx_, my_, mxx, mxy, myy = (g_sigma.reshape(T * K, P) @ phi).reshape(T, K, 6).unbind(-1)
@@ -195,6 +197,7 @@ class _RasterizeTiles(torch.autograd.Function):
         grads = [-(a * s_x + b * s_y), -(b * s_x + c * s_y), 0.5 * s_xx, s_xy, 0.5 * s_yy, g_opac]
         return torch.cat([torch.stack(grads, dim=-1), g_feats], dim=-1), None, None
 
+
 def _features(colors: Tensor, proj: Projected) -> Tensor:
     """Per-view features [B,N,4]: RGB and camera depth."""
     B, N = proj.depths.shape
@@ -205,7 +208,7 @@ def _features(colors: Tensor, proj: Projected) -> Tensor:
 def _finish(acc: Tensor, trans: Tensor, background: Tensor, proj: Projected, backend: str) -> RenderOutput:
     """RenderOutput from accumulated features [B,H,W,4] and transmittance [B,H,W]."""
     B = acc.shape[0]
-    bg = background.to(acc.dtype).expand(B, 3) if background.dim() == 1 else background.to(acc.dtype)
+    bg = background.to(acc).expand(B, 3) if background.dim() == 1 else background.to(acc)
     rgb = acc[..., :3] + trans[..., None] * bg[:, None, None, :]
     means2d = proj.means2d
     if means2d.requires_grad:
@@ -303,55 +306,72 @@ def tile_chunks(counts: Tensor, pixels_per_tile: int, max_elems: int, pad_ratio:
     return chunks
 
 
-def _chunk_elems(memory_budget_mb: float, chunk_elems: int) -> int:
+def _chunk_elems(memory_budget_mb: float, chunk_elems: int | None, device: torch.device) -> int:
     """Chunk size in tile x Gaussian x pixel entries under the memory budget."""
+    if chunk_elems is None:
+        chunk_elems = CHUNK_ELEMS.get(device.type, CHUNK_ELEMS["cuda"])
     return max(1, min(chunk_elems, int(memory_budget_mb * 2**20 / (4 * _FLOATS_PER_ELEMENT))))
 
 
 def render_splats_torch(
     means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
     cams: Cameras, background: Tensor,
-    tile_size: int = TILE_SIZE, memory_budget_mb: float = MEMORY_BUDGET_MB, chunk_elems: int = CHUNK_ELEMS,
+    tile_size: int = TILE_SIZE, memory_budget_mb: float = MEMORY_BUDGET_MB, chunk_elems: int | None = None,
 ) -> RenderOutput:
     """Tile-based torch splat renderer, differentiable w.r.t. all Gaussian inputs.
 
-    Tiles are composited chunk by chunk (`chunk_elems` entries, small enough to stay in
-    cache); the per-pixel intermediates of a chunk live only inside it, forward and
-    backward, so peak memory stays near `memory_budget_mb` unless one tile needs more.
+    Tiles are composited in chunks of at most `chunk_elems` tile x Gaussian x pixel
+    entries (default per device type; on CPU small enough to stay in cache). A chunk's
+    per-pixel intermediates live only while it is composited, forward and backward, so
+    peak memory stays near `memory_budget_mb` unless a single tile needs more.
     """
     proj = project_gaussians(means, quats, scales, opacities, cams)
     B, N = proj.depths.shape
-    W, H = cams.width, cams.height
-    bins = bin_gaussians(proj, W, H, tile_size)
+    bins = bin_gaussians(proj, cams.width, cams.height, tile_size)
     table = torch.cat(
         [proj.means2d, proj.conics, opacities[None, :, None].expand(B, N, 1), _features(colors, proj)], dim=-1
-    ).reshape(B * N, -1)
-    dummy = torch.zeros_like(table[:1])
-    dummy[:, 2] = dummy[:, 4] = 1.0  # zero opacity, unit conic: padding
-    table = torch.cat([table, dummy])
-    n_feat = table.shape[1] - 6
-    local = torch.arange(tile_size, device=means.device, dtype=table.dtype) + 0.5 - 0.5 * tile_size
+    ).reshape(B * N, 6 + 4)
+    padding = torch.zeros_like(table[:1])
+    padding[:, 2] = padding[:, 4] = 1.0  # unit conic, zero opacity
+    table = torch.cat([table, padding])  # row B * N pads short tile lists
+    acc, trans = _composite_tiles(table, bins, tile_size, _chunk_elems(memory_budget_mb, chunk_elems, means.device))
+    acc = _untile(acc, bins, B, cams.height, cams.width)
+    trans = _untile(trans[..., None], bins, B, cams.height, cams.width)[..., 0]
+    return _finish(acc, trans, background, proj, "torch")
+
+
+def _composite_tiles(table: Tensor, bins: TileBins, tile_size: int, max_elems: int) -> tuple[Tensor, Tensor]:
+    """Accumulated features [tiles, P, F] and transmittance [tiles, P] of every tile.
+
+    table [B*N + 1, 6 + F]: per (view, Gaussian) mean, conic, opacity, features; the last
+    row is the zero-opacity padding entry.
+    """
+    local = torch.arange(tile_size, device=table.device, dtype=table.dtype) + 0.5 - 0.5 * tile_size
     px, py = local.repeat(tile_size), local.repeat_interleave(tile_size)  # tile-local, row-major
     done, accs, transes = [], [], []
-    for tiles, k in tile_chunks(bins.counts, tile_size * tile_size, _chunk_elems(memory_budget_mb, chunk_elems)):
-        slot = torch.arange(k, device=means.device)
-        valid = slot < bins.counts[tiles, None]  # [T,K]
-        ids = torch.where(valid, bins.gauss_ids[torch.where(valid, bins.offsets[tiles, None] + slot, 0)], B * N)
-        t_in_view = tiles % (bins.tiles_x * bins.tiles_y)
-        centre = (torch.stack([t_in_view % bins.tiles_x, t_in_view // bins.tiles_x], -1) + 0.5) * tile_size
-        shift = F.pad(centre.to(table.dtype), (0, table.shape[1] - 2))[:, None, :]  # [T,1,C]
-        acc, trans = _RasterizeTiles.apply(table[ids] - shift, px, py)
+    for tiles, k in tile_chunks(bins.counts, tile_size * tile_size, max_elems):
+        acc, trans = _RasterizeTiles.apply(_chunk_params(table, bins, tiles, k, tile_size), px, py)
         done.append(tiles)
         accs.append(acc)
         transes.append(trans)
-    n_tiles, P = bins.counts.numel(), tile_size * tile_size
-    acc_all = table.new_zeros(n_tiles, P, n_feat)
-    trans_all = table.new_ones(n_tiles, P)
+    acc_all = table.new_zeros(bins.counts.numel(), tile_size * tile_size, table.shape[1] - 6)
+    trans_all = table.new_ones(bins.counts.numel(), tile_size * tile_size)
     if done:
         order = torch.cat(done)
         acc_all = acc_all.index_copy(0, order, torch.cat(accs))
         trans_all = trans_all.index_copy(0, order, torch.cat(transes))
-    return _finish(_untile(acc_all, bins, B, H, W), _untile(trans_all[..., None], bins, B, H, W)[..., 0], background, proj, "torch")
+    return acc_all, trans_all
+
+
+def _chunk_params(table: Tensor, bins: TileBins, tiles: Tensor, k: int, tile_size: int) -> Tensor:
+    """[T,K,C] rows of `table` for each tile's list (padded to k), means tile-local."""
+    slot = torch.arange(k, device=table.device)
+    valid = slot < bins.counts[tiles, None]  # [T,K]
+    ids = bins.gauss_ids[torch.where(valid, bins.offsets[tiles, None] + slot, 0)]
+    ids = torch.where(valid, ids, table.shape[0] - 1)
+    t_in_view = tiles % (bins.tiles_x * bins.tiles_y)
+    centre = (torch.stack([t_in_view % bins.tiles_x, t_in_view // bins.tiles_x], -1) + 0.5) * tile_size
+    return table[ids] - F.pad(centre.to(table.dtype), (0, table.shape[1] - 2))[:, None, :]
 
 
 def _untile(x: Tensor, bins: TileBins, B: int, H: int, W: int) -> Tensor:

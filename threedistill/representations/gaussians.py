@@ -42,6 +42,8 @@ class GaussiansConfig:
     lr_colors: float = 5e-2
     lr_sh_rest_factor: float = 0.05
     """Learning rate of the higher SH bands relative to lr_colors."""
+    lr_final_factor: float = 0.1
+    """Every learning rate decays exponentially to this fraction of itself by the last step."""
     densify_from: int = 100
     densify_until: int = 0
     """Last step of densification (0: no densification)."""

@@ -1,0 +1,84 @@
+"""Every bad input ends with one line on stderr, exit code 2 and no traceback."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "threedistill.cli", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300
+    )
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(
+    "args,needles",
+    [
+        (["run", "--guidance", "nope"], ["unknown guidance 'nope'", "sds"]),
+        (["run", "--representation", "voxels"], ["unknown representation 'voxels'", "gaussians"]),
+        (["run", "--prior", "imagen"], ["unknown prior 'imagen'", "toyworld"]),
+        (["run", "--prompt", "a corgi", "--out", "{tmp}"], ["unknown toyworld prompt 'a corgi'", "mug"]),
+        (["run", "--steps", "many"], ["--steps"]),
+        (["run", "--stepz", "3"], ["--stepz"]),
+        (["run", "--config", "{tmp}/missing.yaml"], ["config file not found"]),
+        (["run", "--prior.mesh", "{tmp}/nope.glb", "--out", "{tmp}"], ["mesh file not found"]),
+        (["resume", "{tmp}/no-run"], ["run folder not found"]),
+        (["export", "{tmp}/no-run", "--format", "gif"], ["invalid choice"]),
+        (["frobnicate"], ["unknown command 'frobnicate'"]),
+        (["toyworld", "scene", "a corgi", "{tmp}/scene"], ["unknown toyworld prompt"]),
+    ],
+)
+def test_bad_input_is_one_line(args: list[str], needles: list[str], tmp_path: Path) -> None:
+    proc = run_cli(*[a.replace("{tmp}", str(tmp_path)) for a in args])
+    assert_one_line_error(proc, *needles)
+    # a failed run leaves no run folder behind
+    assert not any(p.is_dir() and p.name.startswith("sds-") for p in tmp_path.rglob("*"))
+
+
+def test_malformed_config_is_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("representation:\n  num_pointz: 10\n")
+    assert_one_line_error(run_cli("run", "--config", str(bad)), "num_pointz")
+
+
+def test_corrupt_checkpoint_is_one_line(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("prompt: a red cube\nsteps: 2\n")
+    (run / "checkpoints" / "last.pt").write_bytes(b"\x00garbage")
+    assert_one_line_error(run_cli("resume", str(run)), "corrupt")
+
+
+def test_toyworld_list() -> None:
+    proc = run_cli("toyworld", "list")
+    assert proc.returncode == 0
+    assert "a ball" in proc.stdout and "multi-modal" in proc.stdout and "asymmetric" in proc.stdout
+    assert len(proc.stdout.splitlines()) >= 10
+
+
+def test_toyworld_scene(tmp_path: Path) -> None:
+    from threedistill.export.scene import read_nerfstudio_scene
+
+    proc = run_cli("toyworld", "scene", "a red mug", str(tmp_path / "scene"), "--views", "6", "--resolution", "32")
+    assert proc.returncode == 0, proc.stderr
+    images, cams = read_nerfstudio_scene(tmp_path / "scene")
+    assert images.shape == (6, 3, 32, 32) and len(cams) == 6
+    assert (images < 0.5).any() and (images > 0.99).any()  # an object on a white background
+
+
+def test_help() -> None:
+    proc = run_cli("run", "--help")
+    assert proc.returncode == 0 and "--guidance" in proc.stdout and "--prior.kappa" in proc.stdout

@@ -1,0 +1,85 @@
+from pathlib import Path
+
+import pytest
+
+from threedistill.config import (
+    ComponentNames,
+    config_to_yaml,
+    load_config,
+    load_run_config,
+    parse_run_args,
+)
+from threedistill.errors import UserError
+
+
+def test_defaults() -> None:
+    names, cfg = parse_run_args([])
+    assert names == ComponentNames("toyworld", "sds", "gaussians")
+    assert cfg.prompt == "a red mug" and cfg.steps > 0
+
+
+def test_name_flags_and_dotted_flags() -> None:
+    names, cfg = parse_run_args(
+        ["--prior", "toyworld", "--prior.kappa", "7", "--guidance=sds", "--guidance.cfg-scale", "2.5", "--steps", "5", "--prior.mesh", "x.glb"]
+    )
+    assert names.guidance == "sds"
+    assert cfg.prior.kappa == 7 and cfg.prior.mesh == "x.glb"
+    assert cfg.guidance.cfg_scale == 2.5 and cfg.steps == 5
+
+
+def test_schedule_flag() -> None:
+    _, cfg = parse_run_args(["--guidance.max-step", "0", "980", "0.5", "500"])
+    assert cfg.guidance.max_step == [(0.0, 980.0), (0.5, 500.0)]
+
+
+@pytest.mark.parametrize("flag,name", [("--guidance", "nope"), ("--representation", "voxels"), ("--prior", "imagen")])
+def test_unknown_component_names(flag: str, name: str) -> None:
+    with pytest.raises(UserError, match=f"unknown .*'{name}'.*valid"):
+        parse_run_args([flag, name])
+
+
+def test_presets_load_and_validate() -> None:
+    for preset in Path("configs").glob("*.yaml"):
+        names, cfg = load_config(str(preset), {})
+        assert names.prior == "toyworld"
+
+
+def test_yaml_typo_names_the_key(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("guidance:\n  name: sds\n  cfg_sale: 3\n")
+    with pytest.raises(UserError, match="cfg_sale"):
+        load_config(str(bad), {})
+
+
+def test_yaml_wrong_type(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("steps: many\n")
+    with pytest.raises(UserError, match="steps"):
+        load_config(str(bad), {})
+
+
+def test_malformed_yaml(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("prompt: [unclosed\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_config(str(bad), {})
+
+
+def test_unknown_preset() -> None:
+    with pytest.raises(UserError, match="presets:"):
+        load_config("no-such-preset", {})
+
+
+def test_yaml_round_trip(tmp_path: Path) -> None:
+    names, cfg = parse_run_args(["--prompt", "a ball", "--guidance.max-step", "0", "980", "0.5", "500", "--sampler.batch-size", "2"])
+    path = tmp_path / "config.yaml"
+    path.write_text(config_to_yaml(names, cfg))
+    names2, cfg2 = load_run_config(path)
+    assert names2 == names and cfg2 == cfg
+
+
+def test_cli_overrides_preset(tmp_path: Path) -> None:
+    preset = tmp_path / "p.yaml"
+    preset.write_text("steps: 11\nprompt: a ball\n")
+    _, cfg = parse_run_args(["--config", str(preset), "--steps", "4"])
+    assert cfg.steps == 4 and cfg.prompt == "a ball"

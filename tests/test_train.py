@@ -1,0 +1,155 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from helpers import TINY_FLAGS, tiny_config
+from threedistill.eval.metrics import psnr
+from threedistill.export.splat_ply import read_splat_ply
+from threedistill.representations.gaussians import PARAM_NAMES, Gaussians
+from threedistill.run_dir import new_run_dir
+from threedistill.train import Trainer
+
+
+def _trainer(tmp_path: Path, *extra: str) -> Trainer:
+    names, cfg = tiny_config("--out", str(tmp_path), *extra)
+    run_dir = new_run_dir(cfg.out, cfg.prompt, names.guidance, names.representation)
+    trainer = Trainer(names, cfg, run_dir)
+    trainer.save_config()
+    return trainer
+
+
+def test_tiny_run_writes_the_run_folder(tmp_path: Path) -> None:
+    trainer = _trainer(tmp_path, "--prompt", "a red cube")
+    start = [p.detach().clone() for p in trainer.representation.parameters()]
+    assert trainer.train()
+    summary = trainer.finish()
+    run = trainer.run_dir
+    assert run.parent.name == "a-red-cube" and run.name.startswith("sds-gaussians-")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics) >= {"mask_iou", "psnr", "seconds", "steps"} and metrics == summary
+    assert 0 <= metrics["mask_iou"] <= 1 and metrics["steps"] == 6
+    rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 7)) and all("loss" in r for r in rows)
+    for name in ("config.yaml", "checkpoints/last.pt", "checkpoints/step-000003.pt", "previews/step-000003.png",
+                 "export/splats.ply", "export/turntable.mp4", "export/turntable.gif"):
+        assert (run / name).exists(), name
+    assert not list(run.rglob("*.tmp*")), "no temporary files are left behind"
+    moved = [not torch.equal(a, b) for a, b in zip(start, trainer.representation.parameters())]
+    assert any(moved)
+
+
+def test_run_folders_never_collide(tmp_path: Path) -> None:
+    dirs = {new_run_dir(tmp_path, "a ball", "sds", "gaussians") for _ in range(3)}
+    assert len(dirs) == 3
+
+
+def _params(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {n: getattr(trainer.representation, n).detach().clone() for n in PARAM_NAMES}
+
+
+def test_resume_reproduces_an_uninterrupted_run(tmp_path: Path, monkeypatch) -> None:
+    # Bit-exact on one thread: with several, BLAS reductions may differ in the last bit
+    # between any two runs (resumed or not), depending on memory alignment.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _check_resume(tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _check_resume(tmp_path: Path) -> None:
+    densify = ["--steps", "10", "--representation.densify-from", "2", "--representation.densify-until", "9",
+               "--representation.densify-every", "3", "--representation.densify-grad-threshold", "1e-6"]
+    straight = _trainer(tmp_path / "a", *densify)
+    assert straight.train()
+
+    first = _trainer(tmp_path / "b", *densify)
+    assert first.train(until=4)
+    first.save_checkpoint()
+    resumed = Trainer.resume(first.run_dir)
+    assert resumed.step == 4
+    assert resumed.train()
+
+    a, b = _params(straight), _params(resumed)
+    assert a["means"].shape[0] != 300, "densification ran inside the resumed window"
+    for name in PARAM_NAMES:
+        torch.testing.assert_close(a[name], b[name], atol=0, rtol=0)
+
+
+def test_splat_ply_round_trip_renders_the_same_image(tmp_path: Path) -> None:
+    trainer = _trainer(tmp_path, "--representation.sh-degree", "1")
+    trainer.train()
+    (path,) = trainer.export(["splat"])
+    loaded = Gaussians.from_splat_tensors(read_splat_ply(path))
+    assert loaded.sh_degree == 1 and loaded.num_points == trainer.representation.num_points
+    from threedistill.cameras import heldout_cameras
+
+    cams = heldout_cameras(4, 48, 48)
+    bg = torch.ones(3)
+    with torch.no_grad():
+        before = trainer.representation.render(cams, bg).rgb
+        after = loaded.render(cams, bg).rgb
+    assert psnr(after, before) >= 40
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "threedistill.cli", "run", *TINY_FLAGS, "--steps", "100000", "--out", str(tmp_path),
+           "--log.checkpoint-every", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    log = None
+    while time.time() < deadline and log is None:
+        time.sleep(0.5)
+        found = [p for p in tmp_path.rglob("metrics.jsonl") if p.stat().st_size > 0]
+        log = found[0] if found else None
+    assert log is not None, "the run never logged a step"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "resume" in err
+    run = log.parent
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
+    assert state["step"] >= 1
+    # finish the run quickly from where it stopped
+    cfg = (run / "config.yaml").read_text().replace("steps: 100000", f"steps: {state['step'] + 2}")
+    (run / "config.yaml").write_text(cfg)
+    done = subprocess.run([sys.executable, "-m", "threedistill.cli", "resume", str(run)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((run / "metrics.json").read_text())["steps"] == state["step"] + 2
+
+
+def test_densify_and_prune_keeps_optimizer_state_aligned() -> None:
+    from threedistill.representations.gaussians import GaussiansConfig
+
+    cfg = GaussiansConfig(num_points=50, densify_grad_threshold=0.5, percent_dense=0.02, prune_opacity=0.2)
+    g = Gaussians(cfg, torch.Generator().manual_seed(0), backend="torch")
+    with torch.no_grad():
+        g.log_scales[:10] = torch.log(torch.tensor(0.01))  # small: cloned
+        g.log_scales[10:20] = torch.log(torch.tensor(0.1))  # large: split
+        g.opacity_logits[40:] = -5.0  # transparent: pruned
+    opt = torch.optim.Adam(g.param_groups())
+    sum(p.sum() for p in g.parameters()).backward()
+    opt.step()
+    g.grad_accum[:20] = 1.0
+    g.grad_count[:20] = 1.0
+    moments_before = opt.state[g.means]["exp_avg"].clone()
+    parents = g.log_scales.detach()[10:20].exp().clone()
+    stats = g.densify_and_prune(opt)
+    assert stats == {"cloned": 10, "split": 10, "pruned": 10}
+    assert g.num_points == 50 + 10 + 10 - 10
+    for group in opt.param_groups:
+        p = group["params"][0]
+        assert p.shape[0] == g.num_points and opt.state[p]["exp_avg"].shape == p.shape
+    # kept Gaussians keep their moments; new ones start from zero
+    torch.testing.assert_close(opt.state[g.means]["exp_avg"][:10], moments_before[:10])
+    assert opt.state[g.means]["exp_avg"][-20:].abs().sum() == 0
+    # split children are smaller than their parent
+    torch.testing.assert_close(g.log_scales.detach()[-10:].exp(), parents / 1.6)
+    torch.testing.assert_close(g.log_scales.detach()[-20:-10].exp(), parents / 1.6)

@@ -1,0 +1,64 @@
+"""3D Gaussian splat rendering behind one function, with backend selection.
+
+Backends (DESIGN.md section 6): "cuda" = gsplat's fused kernels, "torch" = the tile-based
+torch reference (any device), "auto" = gsplat when the tensors are on CUDA and its kernels
+load, else torch.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import Tensor
+
+from threedistill.cameras import Cameras
+from threedistill.errors import UserError, unknown_name
+from threedistill.render.splats_gsplat import gsplat_status, render_splats_gsplat
+from threedistill.render.splats_torch import render_splats_torch
+from threedistill.render.types import RenderOutput
+
+SPLAT_BACKENDS = ("auto", "cuda", "torch")
+_log = logging.getLogger(__name__)
+_warned = False
+
+
+def resolve_splat_backend(name: str, device: torch.device | str) -> str:
+    """The concrete backend ("cuda" or "torch") that `name` selects for tensors on `device`."""
+    global _warned
+    if name not in SPLAT_BACKENDS:
+        raise unknown_name("render backend", name, SPLAT_BACKENDS)
+    if name == "torch":
+        return "torch"
+    on_cuda = torch.device(device).type == "cuda"
+    if name == "cuda":
+        if not on_cuda:
+            raise UserError(f"render backend 'cuda' needs tensors on a CUDA device, got {device}; use --render.backend torch")
+        ok, reason = gsplat_status()
+        if not ok:
+            raise UserError(f"render backend 'cuda' is unavailable ({reason}); use --render.backend torch or auto")
+        return "cuda"
+    if not on_cuda:
+        return "torch"
+    ok, reason = gsplat_status()
+    if not ok and not _warned:
+        _log.warning("gsplat unavailable (%s); rendering splats with the torch backend", reason)
+        _warned = True
+    return "cuda" if ok else "torch"
+
+
+def render_splats(
+    means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
+    cams: Cameras, background: Tensor, backend: str = "auto",
+) -> RenderOutput:
+    """Render N Gaussians into the B cameras of `cams`.
+
+    means [N,3]; quats [N,4] wxyz (normalised here); scales [N,3] (positive); opacities [N]
+    in (0,1); colors [N,3] or [B,N,3] (activated RGB); background [3] or [B,3].
+    Returns rgb/alpha/depth (depth = sum of weight x camera z, not divided by alpha) and
+    extras "means2d" [B,N,2] (gradient retained for densification), "radii" [B,N] (> 0 where
+    visible), "backend".
+    """
+    if resolve_splat_backend(backend, means.device) == "cuda":
+        return render_splats_gsplat(means, quats, scales, opacities, colors, cams, background)
+    return render_splats_torch(means, quats, scales, opacities, colors, cams, background)
