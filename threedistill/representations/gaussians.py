@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from ..cameras import Cameras
 from ..errors import UserError
 from ..render.splats import render_splats
+from ..render.splats_torch import quat_to_rotmat
 from ..render.types import RenderOutput
 from .adam_state import replace_rows
 from .sh import num_sh_bases, rgb_to_sh_dc, sh_to_rgb
@@ -257,7 +258,7 @@ class Gaussians(nn.Module):
             s = split_idx.numel()
             rows = slice(base.numel() + cloned.numel(), None)
             scales = self.log_scales.detach()[split_idx].exp()
-            rot = _quat_to_rotmat(self.quats.detach()[split_idx])
+            rot = quat_to_rotmat(self.quats.detach()[split_idx])
             offsets = torch.randn(2 * s, 3, generator=self.generator).to(scales.device) * scales.repeat(2, 1)
             params["means"][rows] += torch.einsum("nij,nj->ni", rot.repeat(2, 1, 1), offsets)
             params["log_scales"][rows] = torch.log(scales / 1.6).repeat(2, 1)
@@ -288,15 +289,3 @@ class Gaussians(nn.Module):
             self.grad_accum.copy_(state["grad_accum"])
             self.grad_count.copy_(state["grad_count"])
 
-
-def _quat_to_rotmat(q: Tensor) -> Tensor:
-    """Rotation matrices [N,3,3] from (not necessarily unit) wxyz quaternions [N,4]."""
-    w, x, y, z = torch.nn.functional.normalize(q, dim=-1).unbind(-1)
-    return torch.stack(
-        [
-            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-        ],
-        dim=-1,
-    ).view(-1, 3, 3)
