@@ -82,3 +82,17 @@ def test_toyworld_scene(tmp_path: Path) -> None:
 def test_help() -> None:
     proc = run_cli("run", "--help")
     assert proc.returncode == 0 and "--guidance" in proc.stdout and "--prior.kappa" in proc.stdout
+
+
+def test_run_then_export(tmp_path: Path) -> None:
+    from helpers import TINY_FLAGS
+
+    proc = run_cli("run", *TINY_FLAGS, "--prompt", "a red cube", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    run = Path(proc.stdout.strip().splitlines()[-1])
+    assert (run / "metrics.json").exists()
+    (run / "export" / "splats.ply").unlink()
+    proc = run_cli("export", str(run), "--format", "splat")
+    assert proc.returncode == 0, proc.stderr
+    assert (run / "export" / "splats.ply").exists()
+    assert not (run / "checkpoints" / "step-000007.pt").exists(), "export does not train"

@@ -36,7 +36,8 @@ def test_tiny_run_writes_the_run_folder(tmp_path: Path) -> None:
     assert 0 <= metrics["mask_iou"] <= 1 and metrics["steps"] == 6
     rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 7)) and all("loss" in r for r in rows)
-    for name in ("config.yaml", "checkpoints/last.pt", "checkpoints/step-000003.pt", "previews/step-000003.png",
+    assert "finished" in (run / "log.txt").read_text()
+    for name in ("config.yaml", "log.txt", "checkpoints/last.pt", "checkpoints/step-000003.pt", "previews/step-000003.png",
                  "export/splats.ply", "export/turntable.mp4", "export/turntable.gif"):
         assert (run / name).exists(), name
     assert not list(run.rglob("*.tmp*")), "no temporary files are left behind"

@@ -28,9 +28,9 @@ from omegaconf.errors import OmegaConfBaseException
 from .cameras import OrbitSamplerConfig
 from .errors import UserError
 from .schedule import validate_schedule
-from .guidance.registry import GUIDANCES, guidance_entry
-from .priors.registry import PRIORS, prior_entry
-from .representations.registry import REPRESENTATIONS, representation_entry
+from .guidance.registry import GUIDANCES
+from .priors.registry import PRIORS
+from .representations.registry import REPRESENTATIONS
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 COMPONENTS = ("prior", "guidance", "representation")
@@ -71,9 +71,9 @@ class LogConfig:
 
 def _component_types(names: ComponentNames) -> dict[str, type]:
     return {
-        "prior": prior_entry(names.prior).config,
-        "guidance": guidance_entry(names.guidance).config,
-        "representation": representation_entry(names.representation).config,
+        "prior": PRIORS[names.prior].config,
+        "guidance": GUIDANCES[names.guidance].config,
+        "representation": REPRESENTATIONS[names.representation].config,
     }
 
 

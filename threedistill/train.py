@@ -22,10 +22,10 @@ from .eval.metrics import evaluate_toyworld
 from .export.images import save_image_grid, write_video
 from .export.splat_ply import write_splat_ply
 from .export.turntable import render_turntable
-from .guidance.registry import guidance_entry
-from .priors.registry import prior_entry
+from .guidance.registry import GUIDANCES
+from .priors.registry import PRIORS
 from .prompts import PromptEmbedder
-from .representations.registry import representation_entry
+from .representations.registry import REPRESENTATIONS
 
 CHECKPOINT_VERSION = 1
 
@@ -49,11 +49,11 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.sampler = OrbitSampler(cfg.sampler, self.device)
-        self.prior = prior_entry(names.prior).build(cfg.prior, cfg.sampler, self.device)
+        self.prior = PRIORS[names.prior].build(cfg.prior, cfg.sampler, self.device)
         self.prompts = PromptEmbedder(self.prior, cfg.prompt, cfg.negative_prompt, cfg.view_dependent_prompts)
-        rep = representation_entry(names.representation)
-        self.representation = rep.cls(cfg.representation, self.generator, backend=cfg.render.backend).to(self.device)
-        self.guidance = guidance_entry(names.guidance).cls(cfg.guidance, self.prior, cfg.steps, self.generator)
+        rep = REPRESENTATIONS[names.representation]
+        self.representation = rep.build(cfg.representation, self.generator, backend=cfg.render.backend).to(self.device)
+        self.guidance = GUIDANCES[names.guidance].build(cfg.guidance, self.prior, cfg.steps, self.generator)
         self.optimizer = self._make_optimizer()
         self.background = torch.tensor(cfg.render.background, dtype=torch.float32, device=self.device)
         self.step = 0
@@ -62,6 +62,15 @@ class Trainer:
         self._stop_requested = False
         for sub in ("checkpoints", "previews", "export"):
             (self.run_dir / sub).mkdir(parents=True, exist_ok=True)
+        self.log(
+            f"{names.guidance} x {names.representation} on {names.prior}, prompt '{cfg.prompt}', "
+            f"{cfg.steps} steps, seed {cfg.seed}, device {self.device}"
+        )
+
+    def log(self, message: str) -> None:
+        """Append a timestamped line to RUN_DIR/log.txt."""
+        with (self.run_dir / "log.txt").open("a") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.representation.param_groups(), eps=1e-15)
@@ -116,6 +125,7 @@ class Trainer:
         state = load_checkpoint(checkpoint or run_dir / "checkpoints" / "last.pt")
         trainer = cls(names, cfg, run_dir, console)
         trainer.load_state(state)
+        trainer.log(f"resumed at step {trainer.step}")
         return trainer
 
     # ------------------------------------------------------------------ the loop
@@ -129,6 +139,7 @@ class Trainer:
         loss = g.loss
         if not torch.isfinite(loss):
             self.skipped_steps += 1
+            self.log(f"step {step}: non-finite loss, step skipped")
             self.optimizer.zero_grad(set_to_none=True)
             self.step = step
             return {"loss": float("nan"), "skipped": 1.0}
@@ -178,6 +189,7 @@ class Trainer:
                 signal.signal(signal.SIGINT, previous)
         if self._stop_requested:
             self.save_checkpoint()
+            self.log(f"interrupted at step {self.step}; checkpoint saved")
             return False
         return True
 
@@ -215,7 +227,9 @@ class Trainer:
         if scores is not None:
             summary.update(scores)
         atomic_write_text(self.run_dir / "metrics.json", json.dumps(summary, indent=2) + "\n")
-        self.export(["splat", "video"])
+        self.log("finished: " + json.dumps(summary))
+        for path in self.export(["splat", "video"]):
+            self.log(f"exported {path.name}")
         return summary
 
     def export(self, formats: list[str]) -> list[Path]:

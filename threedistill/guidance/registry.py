@@ -1,26 +1,6 @@
-"""The one table of objectives: name -> (config dataclass, implementation)."""
+"""The one table of objectives: name -> (config dataclass, Guidance class)."""
 
-from __future__ import annotations
-
-from typing import NamedTuple
-
-from ..errors import unknown_name
-from .base import BaseGuidanceConfig, Guidance
+from ..registry import Component, Registry
 from .sds import SDSConfig, SDSGuidance
 
-
-class GuidanceEntry(NamedTuple):
-    config: type[BaseGuidanceConfig]
-    cls: type[Guidance]
-
-
-GUIDANCES: dict[str, GuidanceEntry] = {
-    "sds": GuidanceEntry(SDSConfig, SDSGuidance),
-}
-
-
-def guidance_entry(name: str) -> GuidanceEntry:
-    """Look up an objective by name (UserError listing the valid names)."""
-    if name not in GUIDANCES:
-        raise unknown_name("guidance", name, list(GUIDANCES))
-    return GUIDANCES[name]
+GUIDANCES = Registry("guidance", {"sds": Component(SDSConfig, SDSGuidance)})

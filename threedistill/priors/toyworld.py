@@ -49,7 +49,7 @@ class ToyworldConfig:
 
     resolution: int = 64
     """Pixel resolution of the references; renders are resized to it."""
-    num_references: int = 600
+    num_references: int = 2400
     """References per prompt (split over the modes of a multi-modal prompt)."""
     uncond_references_per_object: int = 24
     """References per catalogue object in the unconditional (union) set."""
