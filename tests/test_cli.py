@@ -48,6 +48,14 @@ def test_bad_input_is_one_line(args: list[str], needles: list[str], tmp_path: Pa
     assert not any(p.is_dir() and p.name.startswith("sds-") for p in tmp_path.rglob("*"))
 
 
+def test_cuda_without_a_gpu_is_one_line(tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    assert_one_line_error(run_cli("run", "--device", "cuda", "--out", str(tmp_path)), "no CUDA GPU")
+
+
 def test_malformed_config_is_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("representation:\n  num_pointz: 10\n")

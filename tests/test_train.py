@@ -154,3 +154,35 @@ def test_densify_and_prune_keeps_optimizer_state_aligned() -> None:
     # split children are smaller than their parent
     torch.testing.assert_close(g.log_scales.detach()[-10:].exp(), parents / 1.6)
     torch.testing.assert_close(g.log_scales.detach()[-20:-10].exp(), parents / 1.6)
+
+
+def test_init_from_point_cloud(tmp_path: Path) -> None:
+    import numpy as np
+    from plyfile import PlyData, PlyElement
+
+    from threedistill.representations.gaussians import GaussiansConfig
+    from threedistill.representations.sh import sh_to_rgb
+
+    pts = np.zeros(5, dtype=[("x", "f4"), ("y", "f4"), ("z", "f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")])
+    pts["x"] = np.linspace(-0.5, 0.5, 5)
+    pts["red"] = 255
+    path = tmp_path / "cloud.ply"
+    PlyData([PlyElement.describe(pts, "vertex")]).write(str(path))
+    g = Gaussians(GaussiansConfig(init="points", init_points=str(path)), torch.Generator())
+    assert g.num_points == 5
+    torch.testing.assert_close(g.means[:, 0].detach(), torch.linspace(-0.5, 0.5, 5))
+    torch.testing.assert_close(sh_to_rgb(g.sh_dc.detach(), None, 0), torch.tensor([[1.0, 0.0, 0.0]]).expand(5, 3))
+
+
+def test_bad_point_cloud_is_a_user_error(tmp_path: Path) -> None:
+    import pytest
+
+    from threedistill.errors import UserError
+    from threedistill.representations.gaussians import GaussiansConfig
+
+    bad = tmp_path / "bad.ply"
+    bad.write_text("not a ply")
+    with pytest.raises(UserError, match="point cloud"):
+        Gaussians(GaussiansConfig(init="points", init_points=str(bad)), torch.Generator())
+    with pytest.raises(UserError, match="init-points"):
+        Gaussians(GaussiansConfig(init="points"), torch.Generator())
