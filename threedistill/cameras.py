@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
+
+
+_PER_CAMERA_FIELDS = ("c2w", "fov_y", "elevation", "azimuth", "distance", "time")
 
 
 @dataclass
@@ -36,33 +39,20 @@ class Cameras:
     def device(self) -> torch.device:
         return self.c2w.device
 
+    def _map(self, fn: "Callable[[Tensor], Tensor]") -> "Cameras":
+        """Apply `fn` to every per-camera tensor."""
+        values = {name: getattr(self, name) for name in _PER_CAMERA_FIELDS}
+        return replace(self, **{name: None if v is None else fn(v) for name, v in values.items()})
+
     def to(self, device: torch.device | str) -> "Cameras":
         """The same cameras on another device."""
-        move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return replace(
-            self,
-            c2w=move(self.c2w),
-            fov_y=move(self.fov_y),
-            elevation=move(self.elevation),
-            azimuth=move(self.azimuth),
-            distance=move(self.distance),
-            time=move(self.time),
-        )
+        return self._map(lambda t: t.to(device))
 
     def __getitem__(self, index: slice | Tensor | Sequence[int] | int) -> "Cameras":
         """A sub-batch (an int index keeps the batch dimension)."""
         if isinstance(index, int):
             index = slice(index, index + 1)
-        pick = lambda t: None if t is None else t[index]  # noqa: E731
-        return replace(
-            self,
-            c2w=pick(self.c2w),
-            fov_y=pick(self.fov_y),
-            elevation=pick(self.elevation),
-            azimuth=pick(self.azimuth),
-            distance=pick(self.distance),
-            time=pick(self.time),
-        )
+        return self._map(lambda t: t[index])
 
     def with_size(self, width: int, height: int) -> "Cameras":
         """The same cameras rendering at another resolution (same field of view)."""
@@ -97,25 +87,6 @@ class Cameras:
     def directions(self) -> Tensor:
         """Unit vectors from the origin toward each camera [B,3]."""
         return torch.nn.functional.normalize(self.positions, dim=-1)
-
-    def ray_directions(self) -> tuple[Tensor, Tensor]:
-        """Per-pixel ray origins and unit directions in world space, each [B,H,W,3]."""
-        B, H, W = len(self), self.height, self.width
-        dev, dt = self.device, self.c2w.dtype
-        ys, xs = torch.meshgrid(
-            torch.arange(H, device=dev, dtype=dt) + 0.5,
-            torch.arange(W, device=dev, dtype=dt) + 0.5,
-            indexing="ij",
-        )
-        f = self.focal.to(dt).view(B, 1, 1)
-        d_cam = torch.stack(
-            [(xs - 0.5 * W).expand(B, H, W) / f, (ys - 0.5 * H).expand(B, H, W) / f, torch.ones(B, H, W, device=dev, dtype=dt)],
-            dim=-1,
-        )
-        d_world = torch.einsum("bij,bhwj->bhwi", self.c2w[:, :3, :3], d_cam)
-        d_world = torch.nn.functional.normalize(d_world, dim=-1)
-        origins = self.positions.view(B, 1, 1, 3).expand(B, H, W, 3)
-        return origins, d_world
 
 
 def look_at_c2w(positions: Tensor, target: Optional[Tensor] = None) -> Tensor:

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ..cameras import Cameras
-from ..priors.base import DiffusionPrior, TextEmbeddings, noise_coefficients
+from ..priors.base import DiffusionPrior, TextEmbeddings
 from ..errors import UserError
 from ..schedule import Schedule, evaluate_schedule, validate_schedule
 
@@ -150,13 +150,3 @@ def _repeat_cams(cams: Optional[Cameras]) -> Optional[Cameras]:
     idx = torch.cat([torch.arange(len(cams)), torch.arange(len(cams))]).to(cams.device)
     return cams[idx]
 
-
-__all__ = [
-    "BaseGuidanceConfig",
-    "Guidance",
-    "GuidanceOutput",
-    "cfg_combine",
-    "noise_coefficients",
-    "reparameterised_loss",
-    "weighting",
-]
