@@ -5,6 +5,7 @@ from __future__ import annotations
 from threedistill.config import parse_run_args
 
 TINY_FLAGS = [
+    "--prior", "toyworld",
     "--steps", "6",
     "--prior.num-references", "16",
     "--prior.resolution", "32",

@@ -30,11 +30,11 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> N
         (["run", "--guidance", "nope"], ["unknown guidance 'nope'", "sds"]),
         (["run", "--representation", "voxels"], ["unknown representation 'voxels'", "gaussians"]),
         (["run", "--prior", "imagen"], ["unknown prior 'imagen'", "toyworld"]),
-        (["run", "--prompt", "a corgi", "--out", "{tmp}"], ["unknown toyworld prompt 'a corgi'", "mug"]),
+        (["run", "--prior", "toyworld", "--prompt", "a corgi", "--out", "{tmp}"], ["unknown toyworld prompt 'a corgi'", "mug"]),
         (["run", "--steps", "many"], ["--steps"]),
         (["run", "--stepz", "3"], ["--stepz"]),
         (["run", "--config", "{tmp}/missing.yaml"], ["config file not found"]),
-        (["run", "--prior.mesh", "{tmp}/nope.glb", "--out", "{tmp}"], ["mesh file not found"]),
+        (["run", "--prior", "toyworld", "--prior.mesh", "{tmp}/nope.glb", "--out", "{tmp}"], ["mesh file not found"]),
         (["resume", "{tmp}/no-run"], ["run folder not found"]),
         (["export", "{tmp}/no-run", "--format", "gif"], ["invalid choice"]),
         (["frobnicate"], ["unknown command 'frobnicate'"]),
@@ -88,7 +88,7 @@ def test_toyworld_scene(tmp_path: Path) -> None:
 
 
 def test_help() -> None:
-    proc = run_cli("run", "--help")
+    proc = run_cli("run", "--prior", "toyworld", "--help")
     assert proc.returncode == 0 and "--guidance" in proc.stdout and "--prior.kappa" in proc.stdout
 
 

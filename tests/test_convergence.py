@@ -13,7 +13,7 @@ from threedistill.cli import main
 
 
 def _run(tmp_path: Path, *args: str) -> dict:
-    assert main(["run", "--out", str(tmp_path), "--log.no-progress", "--log.turntable-frames", "8", *args]) == 0
+    assert main(["run", "--prior", "toyworld", "--out", str(tmp_path), "--log.no-progress", "--log.turntable-frames", "8", *args]) == 0
     (metrics,) = tmp_path.rglob("metrics.json")
     return json.loads(metrics.read_text())
 

@@ -9,6 +9,7 @@ seen from above.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, replace
 from typing import Callable, Optional, Sequence
 
@@ -205,28 +206,66 @@ def turntable_cameras(n: int, width: int, height: int, elevation: float = 20.0, 
 
 VIEW_LABELS = ("front", "side", "back", "overhead")
 
+VIEW_LABEL_ANGLES: dict[str, tuple[float, float]] = {
+    "front": (20.0, 0.0),
+    "side": (20.0, 90.0),
+    "back": (20.0, 180.0),
+    "overhead": (90.0, 0.0),
+}
+"""A representative (elevation, azimuth) in degrees for each view label."""
+
+_LABEL_RE = "|".join(VIEW_LABELS)
+_SUFFIX_RE = re.compile(rf"^(?P<prompt>.*?\S)(?:\s*,\s*|\s+)(?P<label>{_LABEL_RE})\s+view\s*$", re.IGNORECASE)
+_PREFIX_RE = re.compile(rf"^\s*(?P<label>{_LABEL_RE})\s+view\s+of\s+(?P<prompt>.*?\S)\s*$", re.IGNORECASE)
+
 
 @dataclass
 class ViewLabelConfig:
     """Where one view-direction label ends and the next begins (degrees)."""
 
-    overhead_elevation: float = 60.0
-    front_half_span: float = 45.0
-    back_half_span: float = 45.0
+    front_threshold: float = 45.0
+    """|azimuth| <= this is the front view."""
+    back_threshold: float = 45.0
+    """|azimuth| >= 180 - this is the back view."""
+    overhead_threshold: float = 60.0
+    """elevation > this is the overhead view (overrides the azimuth labels)."""
+
+
+def view_phrase(prompt: str, label: str, form: str = "suffix") -> str:
+    """A view-dependent prompt: 'a corgi, side view' (suffix) or 'side view of a corgi' (prefix)."""
+    if label not in VIEW_LABELS:
+        raise ValueError(f"unknown view label '{label}'; valid: {', '.join(VIEW_LABELS)}")
+    if form == "suffix":
+        return f"{prompt}, {label} view"
+    if form == "prefix":
+        return f"{label} view of {prompt}"
+    raise ValueError(f"unknown view-prompt form '{form}'; valid: suffix, prefix")
+
+
+def split_view_phrase(text: str) -> tuple[str, Optional[str]]:
+    """(prompt, view label or None): the inverse of `view_phrase` for either form."""
+    match = _SUFFIX_RE.match(text) or _PREFIX_RE.match(text)
+    if match is None:
+        return text, None
+    return match.group("prompt"), match.group("label").lower()
+
+
+def wrapped_abs_azimuth(cams: Cameras) -> Tensor:
+    """|azimuth| in [0, 180] degrees [B] (float64)."""
+    return (torch.remainder(cams.azimuth.double() + 180.0, 360.0) - 180.0).abs()
+
+
+def view_label_indices(cams: Cameras, config: Optional[ViewLabelConfig] = None) -> Tensor:
+    """Index into VIEW_LABELS of each camera [B] (threestudio order: side, front, back, overhead)."""
+    config = config or ViewLabelConfig()
+    az = wrapped_abs_azimuth(cams).cpu()
+    idx = torch.full(az.shape, VIEW_LABELS.index("side"), dtype=torch.long)
+    idx[az <= config.front_threshold] = VIEW_LABELS.index("front")
+    idx[az >= 180.0 - config.back_threshold] = VIEW_LABELS.index("back")
+    idx[cams.elevation.double().cpu() > config.overhead_threshold] = VIEW_LABELS.index("overhead")
+    return idx
 
 
 def view_direction_labels(cams: Cameras, config: Optional[ViewLabelConfig] = None) -> list[str]:
     """Label each camera front / side / back / overhead (threestudio-style view prompts)."""
-    config = config or ViewLabelConfig()
-    labels = []
-    for el, az in zip(cams.elevation.tolist(), cams.azimuth.tolist()):
-        az = (az + 180.0) % 360.0 - 180.0
-        if el > config.overhead_elevation:
-            labels.append("overhead")
-        elif abs(az) <= config.front_half_span:
-            labels.append("front")
-        elif abs(az) >= 180.0 - config.back_half_span:
-            labels.append("back")
-        else:
-            labels.append("side")
-    return labels
+    return [VIEW_LABELS[i] for i in view_label_indices(cams, config).tolist()]

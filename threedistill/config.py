@@ -30,6 +30,7 @@ from .errors import UserError
 from .schedule import validate_schedule
 from .guidance.registry import GUIDANCES
 from .priors.registry import PRIORS
+from .prompts import PromptConfig
 from .representations.registry import REPRESENTATIONS
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -88,7 +89,7 @@ def run_config_type(names: ComponentNames) -> type:
         ("seed", int, field(default=0)),
         ("device", Literal["auto", "cpu", "cuda"], field(default="auto")),
         ("out", str, field(default="outputs")),
-        ("view_dependent_prompts", Optional[bool], field(default=None)),
+        ("prompts", PromptConfig, field(default_factory=PromptConfig)),
         ("prior", types["prior"], field(default_factory=types["prior"])),
         ("guidance", types["guidance"], field(default_factory=types["guidance"])),
         ("representation", types["representation"], field(default_factory=types["representation"])),

@@ -50,7 +50,7 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.sampler = OrbitSampler(cfg.sampler, self.device)
         self.prior = PRIORS[names.prior].build(cfg.prior, cfg.sampler, self.device)
-        self.prompts = PromptEmbedder(self.prior, cfg.prompt, cfg.negative_prompt, cfg.view_dependent_prompts)
+        self.prompts = PromptEmbedder(self.prior, cfg.prompt, cfg.negative_prompt, config=cfg.prompts)
         rep = REPRESENTATIONS[names.representation]
         self.representation = rep.build(cfg.representation, self.generator, backend=cfg.render.backend).to(self.device)
         self.guidance = GUIDANCES[names.guidance].build(cfg.guidance, self.prior, cfg.steps, self.generator)

@@ -10,7 +10,9 @@ a camera kernel:
 with Stable Diffusion's noise schedule. x lives in pixel space scaled to [-1, 1] at
 `resolution` px. Text embeddings are ids of reference sets: id 0 is the unconditional set
 (the union of the catalogue), every other prompt gets its own set, built on first use and
-cached on disk.
+cached on disk. View phrases ("a red mug, side view", "side view of a red mug") get their own
+id that shares the object's references and carries the phrase's camera direction, used when
+`predict_eps` is called without cameras.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..atomic import atomic_path
-from ..cameras import Cameras, OrbitSampler, OrbitSamplerConfig
+from ..cameras import VIEW_LABEL_ANGLES, Cameras, OrbitSampler, OrbitSamplerConfig, orbit_cameras, split_view_phrase, view_phrase
 from ..errors import UserError
 from ..render.mesh_torch import render_mesh
 from ..render.types import RenderOutput
@@ -91,23 +93,39 @@ class ToyworldPrior:
         self._prompt_ids: dict[str, int] = {"": UNCOND_ID}
         self._sets: dict[int, ReferenceSet] = {}
         self._meshes: dict[int, list[ToyMesh]] = {}
+        self._set_of: dict[int, int] = {}  # view-phrase id -> the object's reference-set id
+        self._view_dirs: dict[int, Tensor] = {}  # view-phrase id -> default camera direction [3]
 
     # ------------------------------------------------------------------ prompts
     def modes(self, prompt: str) -> list[ToyMesh]:
-        """The object(s) a prompt names: one mesh per mode (user mesh when configured)."""
+        """The object(s) a prompt names, view phrase ignored: one mesh per mode (user mesh when configured)."""
         if self._user_mesh is not None:
             return [self._user_mesh]
-        return resolve_prompt(prompt)
+        return resolve_prompt(split_view_phrase(prompt)[0])
+
+    def _embedding_id(self, text: str) -> int:
+        """The id of one prompt, registering it (and its object, for a view phrase) on first use."""
+        base, label = split_view_phrase(text.strip().lower())
+        key = base if label is None else view_phrase(base, label)  # one id per (object, view), either form
+        if key in self._prompt_ids:
+            return self._prompt_ids[key]
+        if label is None:
+            meshes = self.modes(key)  # validates the prompt now
+            new_id = self._prompt_ids[key] = len(self._prompt_ids)
+            self._meshes[new_id] = meshes
+            return new_id
+        set_id = self._embedding_id(base)
+        new_id = self._prompt_ids[key] = len(self._prompt_ids)
+        self._set_of[new_id] = set_id
+        el, az = VIEW_LABEL_ANGLES[label]
+        one = torch.ones(1)
+        cam = orbit_cameras(one * el, one * az, one, one * 40.0, 1, 1)
+        self._view_dirs[new_id] = cam.directions()[0].to(self.device, torch.float64)
+        return new_id
 
     def embed(self, texts: list[str]) -> Tensor:
-        """Reference-set ids [len(texts)]; empty text means unconditional. Unknown prompts raise."""
-        ids = []
-        for text in texts:
-            key = text.strip().lower()
-            if key not in self._prompt_ids:
-                self._meshes[len(self._prompt_ids)] = self.modes(text)  # validates the prompt now
-                self._prompt_ids[key] = len(self._prompt_ids)
-            ids.append(self._prompt_ids[key])
+        """Embedding ids [len(texts)]; empty text means unconditional. Unknown prompts raise."""
+        ids = [self._embedding_id(text) for text in texts]
         return torch.tensor(ids, dtype=torch.long, device=self.device)
 
     # ------------------------------------------------------------------ encoding
@@ -180,7 +198,8 @@ class ToyworldPrior:
         return ReferenceSet(x=x, sq_norm=(x * x).sum(1), dirs=dirs.to(self.device, torch.float64))
 
     def reference_set(self, set_id: int) -> ReferenceSet:
-        """The (lazily built) references of one embedding id."""
+        """The (lazily built) references of one embedding id (view phrases share their object's)."""
+        set_id = self._set_of.get(set_id, set_id)
         if set_id not in self._sets:
             if set_id != UNCOND_ID and set_id not in self._meshes:
                 raise ValueError(f"unknown toyworld embedding id {set_id}")
@@ -203,10 +222,15 @@ class ToyworldPrior:
         flat = x_t.detach().flatten(1).double()
         dirs = cameras.directions().double().to(self.device) if cameras is not None else None
         out = torch.empty_like(flat)
-        for set_id in emb.unique().tolist():
-            rows = (emb == set_id).nonzero().squeeze(1)
-            refs = self.reference_set(set_id)
-            w = self.posterior_weights(flat[rows], t[rows], refs, None if dirs is None else dirs[rows])
+        for emb_id in emb.unique().tolist():
+            rows = (emb == emb_id).nonzero().squeeze(1)
+            refs = self.reference_set(emb_id)
+            if dirs is not None:
+                row_dirs: Optional[Tensor] = dirs[rows]
+            else:  # a view phrase's direction stands in for the missing cameras
+                view_dir = self._view_dirs.get(emb_id)
+                row_dirs = None if view_dir is None else view_dir.expand(len(rows), 3)
+            w = self.posterior_weights(flat[rows], t[rows], refs, row_dirs)
             out[rows] = w @ refs.x
         return out.view(shape).to(x_t.dtype)
 
