@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,3 +25,12 @@ def reference_cache(tmp_path_factory: pytest.TempPathFactory) -> str:
     path = str(tmp_path_factory.mktemp("toyworld-cache"))
     os.environ["THREEDISTILL_CACHE"] = path
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Each tiny Stable-Diffusion-shaped pipeline kind, built once per session."""
+    from sd_fixtures import KINDS, build_tiny_sd
+
+    root = tmp_path_factory.mktemp("tiny-sd")
+    return {kind: build_tiny_sd(root / kind, kind) for kind in KINDS}

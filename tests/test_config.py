@@ -14,6 +14,9 @@ from threedistill.errors import UserError
 
 def test_defaults() -> None:
     names, cfg = parse_run_args([])
+    assert names == ComponentNames("sd", "sds", "gaussians")
+    assert cfg.prior.model == "stabilityai/stable-diffusion-2-1-base"
+    names, _ = parse_run_args(["--prior", "toyworld"])
     assert names == ComponentNames("toyworld", "sds", "gaussians")
     assert cfg.prompt == "a red mug" and cfg.steps > 0
 

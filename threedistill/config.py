@@ -38,7 +38,7 @@ COMPONENTS = ("prior", "guidance", "representation")
 
 
 class ComponentNames(NamedTuple):
-    prior: str = "toyworld"
+    prior: str = "sd"
     guidance: str = "sds"
     representation: str = "gaussians"
 

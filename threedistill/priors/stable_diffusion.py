@@ -1,0 +1,404 @@
+"""Stable Diffusion (1.x / 2.x incl. v-prediction / SDXL) as a frozen `DiffusionPrior`.
+
+x0 is the VAE latent of the render (GUIDANCE.md section 0): render in [0,1] -> bilinear
+resize to `resolution` -> `2*img-1` -> `vae.encode(...).latent_dist.mean * scaling_factor`.
+The mean (not a sample) keeps encoding deterministic; gradients flow through the encoder.
+
+Embeddings (`embed`) are plain tensors stackable along dim 0:
+
+* SD 1.x / 2.x: the CLIP last hidden state, [B, L, D] (L = tokenizer.model_max_length).
+* SDXL: [B, L + 1, D1 + D2]. Rows 0..L-1 are both encoders' penultimate hidden states
+  concatenated on the feature axis (exactly the pipeline's `prompt_embeds`); row L holds the
+  pooled `text_embeds` of the second encoder in its first P columns, zero-padded.
+  `predict_eps` unpacks them. As in `StableDiffusionXLPipeline` (force_zeros_for_empty_prompt),
+  an empty prompt embeds to all zeros.
+
+`predict_eps` returns epsilon; v-prediction models are converted with
+`eps = alpha_t * v + sigma_t * x_t`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Any, Literal, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..cameras import Cameras
+from ..errors import UserError
+from .base import GuidanceDefaults, noise_coefficients
+
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+MIN_TOKENIZER_SIZE = 100
+
+# Latent-NeRF's linear latent -> RGB approximation for SD latents ([4, 3], RGB in [-1, 1]).
+LATENT_RGB_FACTORS = torch.tensor(
+    [[0.298, 0.207, 0.208], [0.187, 0.286, 0.173], [-0.158, 0.189, 0.264], [-0.184, -0.271, -0.473]]
+)
+
+
+@dataclass
+class StableDiffusionConfig:
+    """A Stable Diffusion checkpoint used as the frozen prior."""
+
+    model: str = "stabilityai/stable-diffusion-2-1-base"
+    """Hugging Face model id, local diffusers folder, or single-file .safetensors/.ckpt checkpoint."""
+    allow_download: bool = False
+    """Download from the Hugging Face Hub (default: local files and the local HF cache only)."""
+    dtype: Literal["auto", "float16", "float32"] = "auto"
+    """UNet/text-encoder dtype; auto = float16 on CUDA, float32 on CPU (the SDXL VAE stays float32)."""
+    rgb_as_latents: bool = False
+    """Latent-NeRF style: skip the VAE. A >=4-channel render's first 4 channels are the latent
+    (bilinearly resized to the latent size); a 3-channel render is resized to the latent size and
+    mapped [0,1] -> latent with the pseudo-inverse of Latent-NeRF's fixed latent->RGB matrix."""
+    channels_last: bool = True
+    """channels_last memory format for the UNet on CUDA."""
+    compile: bool = False
+    """torch.compile the UNet forward."""
+    attention_slicing: bool = False
+    """Slice attention to save memory (slower)."""
+    vae_tiling: bool = False
+    """Tiled VAE encode/decode to save memory."""
+    cfg_scale: float = 100.0
+    """Default classifier-free guidance scale for SDS (diffusers form e_u + s (e_c - e_u))."""
+    min_step: int = 20
+    """Default smallest timestep."""
+    max_step: float = 980
+    """Default largest timestep."""
+
+
+def _one_line(err: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _hf_cache_dir() -> str:
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
+
+
+def _looks_like_path(model: str) -> bool:
+    return model.endswith(SINGLE_FILE_SUFFIXES) or model.startswith(("/", ".", "~")) or model.count("/") > 1 or "\\" in model
+
+
+LOAD_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError, ImportError)
+
+
+def _load_errors() -> tuple[type[BaseException], ...]:
+    extra: list[type[BaseException]] = []
+    try:
+        from safetensors import SafetensorError
+
+        extra.append(SafetensorError)
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        from huggingface_hub.errors import HfHubHTTPError
+
+        extra.append(HfHubHTTPError)
+    except ImportError:  # pragma: no cover
+        pass
+    return LOAD_ERRORS + tuple(extra)
+
+
+def _is_sdxl_checkpoint(path: Path) -> bool:
+    """SDXL single-file checkpoints carry a second text encoder under conditioner.embedders.1."""
+    if path.suffix != ".safetensors":
+        return "xl" in path.name.lower()
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return any(k.startswith("conditioner.embedders.1") for k in f.keys())
+
+
+def load_pipeline(config: StableDiffusionConfig) -> Any:
+    """Load the diffusers pipeline named by `config.model`; every failure is a one-line UserError.
+
+    The libraries' own warnings are silenced while loading, so a failure stays one line.
+    """
+    with _quiet_libraries():
+        return _load_pipeline(config)
+
+
+@contextlib.contextmanager
+def _quiet_libraries() -> Iterator[None]:
+    """Silence diffusers / transformers / huggingface_hub logging and warnings for a while."""
+    import logging
+
+    import diffusers  # noqa: F401 - configure the libraries' loggers first, then quieten them
+    import transformers  # noqa: F401
+
+    names = ("diffusers", "transformers", "huggingface_hub")
+    levels = {name: logging.getLogger(name).level for name in names}
+    for name in names:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def _load_pipeline(config: StableDiffusionConfig) -> Any:
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    model = config.model
+    local = Path(model).expanduser()
+    fix = "pass --prior.model PATH to a local diffusers folder or .safetensors/.ckpt file, or use --prior toyworld"
+    if not local.exists() and _looks_like_path(model):
+        raise UserError(f"Stable Diffusion model path '{model}' does not exist; {fix}")
+    try:
+        if local.is_file():
+            if not local.name.endswith(SINGLE_FILE_SUFFIXES):
+                raise UserError(f"Stable Diffusion model file '{model}' is not a .safetensors/.ckpt checkpoint; {fix}")
+            cls = StableDiffusionXLPipeline if _is_sdxl_checkpoint(local) else StableDiffusionPipeline
+            kwargs = {} if cls is StableDiffusionXLPipeline else {"safety_checker": None, "requires_safety_checker": False}
+            return cls.from_single_file(str(local), local_files_only=not config.allow_download, **kwargs)
+        if local.is_dir():
+            index = local / "model_index.json"
+            if not index.is_file():
+                raise UserError(f"'{model}' is not a diffusers Stable Diffusion folder (no model_index.json); {fix}")
+            class_name = json.loads(index.read_text()).get("_class_name", "")
+            return _from_pretrained(str(local), "XL" in class_name, local_files_only=True)
+        return _from_hub(model, config.allow_download)
+    except UserError:
+        raise
+    except _load_errors() as err:
+        raise UserError(_load_failure(model, local, config.allow_download, err)) from err
+
+
+def _from_pretrained(model: str, sdxl: bool, local_files_only: bool) -> Any:
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    if sdxl:
+        return StableDiffusionXLPipeline.from_pretrained(model, local_files_only=local_files_only)
+    return StableDiffusionPipeline.from_pretrained(
+        model, local_files_only=local_files_only, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    )
+
+
+def _from_hub(model: str, allow_download: bool) -> Any:
+    from diffusers import DiffusionPipeline
+
+    index = DiffusionPipeline.load_config(model, local_files_only=not allow_download)
+    return _from_pretrained(model, "XL" in index.get("_class_name", ""), local_files_only=not allow_download)
+
+
+def _load_failure(model: str, local: Path, allow_download: bool, err: BaseException) -> str:
+    why = _one_line(err)
+    if local.is_file():
+        return (f"could not load Stable Diffusion checkpoint '{model}' ({why}); if the file is corrupt re-download "
+                f"it; single-file loading also needs the base model's diffusers config in the Hugging Face cache "
+                f"({_hf_cache_dir()}), so add --prior.allow-download once, or pass --prior.model PATH to a diffusers "
+                f"folder, or use --prior toyworld")
+    if local.is_dir():
+        return (f"could not load the Stable Diffusion folder '{model}' ({why}); make sure it is a complete "
+                f"diffusers export, pass --prior.model PATH to another copy, or use --prior toyworld")
+    cache = _hf_cache_dir()
+    if not allow_download:
+        return (f"Stable Diffusion model '{model}' is not in the local Hugging Face cache ({cache}) and downloads "
+                f"are off; download it with `huggingface-cli download {model}`, pass --prior.model PATH to a local "
+                f"copy, add --prior.allow-download, or use --prior toyworld")
+    return (f"could not download Stable Diffusion model '{model}' into {cache} ({why}); check the model id and "
+            f"the network, pass --prior.model PATH to a local copy, or use --prior toyworld")
+
+
+def _resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return {"float16": torch.float16, "float32": torch.float32}[name]
+
+
+def _model_key(model: str) -> str:
+    """Hub ids stay as given; local paths become absolute."""
+    local = Path(model).expanduser()
+    return str(local.resolve()) if local.exists() else model
+
+
+def _check_tokenizer(tokenizer: Any, model: str) -> None:
+    n = len(tokenizer)
+    if n < MIN_TOKENIZER_SIZE:
+        raise UserError(
+            f"tokenizer of {model} has only {n} tokens: the download is incomplete; delete it and download it again "
+            f"(`huggingface-cli download {model}`), or pass --prior.model PATH to a complete copy"
+        )
+
+
+class StableDiffusionPrior:
+    """Frozen Stable Diffusion UNet + VAE + CLIP text encoder(s) behind `DiffusionPrior`."""
+
+    def __init__(self, config: StableDiffusionConfig, sampler_config: Any = None, device: torch.device | str = "cpu") -> None:
+        pipe = load_pipeline(config)
+        self._setup(
+            pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.scheduler, config, device,
+            getattr(pipe, "text_encoder_2", None), getattr(pipe, "tokenizer_2", None),
+            model_id=_model_key(config.model),
+            force_zeros_for_empty_prompt=bool(getattr(pipe.config, "force_zeros_for_empty_prompt", True)),
+        )
+
+    @classmethod
+    def from_components(
+        cls, unet: Any, vae: Any, text_encoder: Any, tokenizer: Any, scheduler: Any,
+        config: Optional[StableDiffusionConfig] = None, device: torch.device | str = "cpu",
+        text_encoder_2: Any = None, tokenizer_2: Any = None,
+    ) -> "StableDiffusionPrior":
+        """Wrap already-built diffusers/transformers components (tests, benchmarks)."""
+        self = cls.__new__(cls)
+        self._setup(unet, vae, text_encoder, tokenizer, scheduler, config or StableDiffusionConfig(), device,
+                    text_encoder_2, tokenizer_2, model_id=None, force_zeros_for_empty_prompt=True)
+        return self
+
+    # ------------------------------------------------------------------ set-up
+    def _setup(
+        self, unet: Any, vae: Any, text_encoder: Any, tokenizer: Any, scheduler: Any, config: StableDiffusionConfig,
+        device: torch.device | str, text_encoder_2: Any, tokenizer_2: Any, model_id: Optional[str],
+        force_zeros_for_empty_prompt: bool,
+    ) -> None:
+        self.config = config
+        self.device = torch.device(device)
+        self.is_sdxl = text_encoder_2 is not None or getattr(unet.config, "addition_embed_type", None) == "text_time"
+        if self.is_sdxl and text_encoder_2 is None:
+            raise UserError(f"SDXL model {model_id or 'components'} has no second text encoder; pass a complete SDXL pipeline")
+        for tok in (tokenizer, tokenizer_2):
+            if tok is not None:
+                _check_tokenizer(tok, model_id or "the model")
+        self.dtype = _resolve_dtype(config.dtype, self.device)
+        self.vae_dtype = torch.float32 if self.is_sdxl else self.dtype
+        self.unet = self._freeze(unet, self.dtype)
+        self.vae = self._freeze(vae, self.vae_dtype)
+        self.text_encoders = [self._freeze(e, self.dtype) for e in (text_encoder, text_encoder_2) if e is not None]
+        self.tokenizers = [t for t in (tokenizer, tokenizer_2) if t is not None]
+        self.scheduler = scheduler
+        self.force_zeros_for_empty_prompt = self.is_sdxl and force_zeros_for_empty_prompt
+        self.v_prediction = scheduler.config.get("prediction_type", "epsilon") == "v_prediction"
+        self.num_train_timesteps = int(scheduler.config.num_train_timesteps)
+        self.alphas_cumprod = scheduler.alphas_cumprod.detach().float().to(self.device)
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.latent_size = int(unet.config.sample_size)
+        self.resolution = self.latent_size * self.vae_scale_factor
+        self.scaling_factor = float(getattr(vae.config, "scaling_factor", 0.18215))
+        self.defaults = GuidanceDefaults(cfg_scale=config.cfg_scale, min_step=config.min_step,
+                                         max_step=config.max_step, view_dependent_prompts=True)
+        self._model_id = model_id or self._fingerprint()
+        self._apply_performance_options()
+
+    def _freeze(self, module: Any, dtype: torch.dtype) -> Any:
+        module = module.to(self.device, dtype=dtype)
+        module.requires_grad_(False)
+        return module.eval()
+
+    def _apply_performance_options(self) -> None:
+        cfg = self.config
+        if self.device.type == "cuda" and cfg.channels_last:
+            self.unet.to(memory_format=torch.channels_last)
+        if cfg.attention_slicing:
+            self.unet.set_attention_slice("auto")
+        if cfg.vae_tiling:
+            self.vae.enable_tiling()
+        self._unet_forward = torch.compile(self.unet) if cfg.compile else self.unet
+
+    def _fingerprint(self) -> str:
+        """Identify components built in memory by their text encoders' names and first weights."""
+        h = hashlib.sha1()
+        for enc in self.text_encoders:
+            h.update(str(getattr(enc.config, "_name_or_path", "")).encode())
+            w = enc.get_input_embeddings().weight.detach().flatten()[:4096].float().cpu()
+            h.update(w.numpy().tobytes())
+        return f"components:{h.hexdigest()[:16]}"
+
+    @property
+    def model_id(self) -> str:
+        """A string identifying the model (resolved local path, hub id, or component fingerprint)."""
+        kind = "sdxl" if self.is_sdxl else ("sd-v" if self.v_prediction else "sd")
+        return f"{kind}:{self._model_id}"
+
+    # ------------------------------------------------------------------ text
+    def _tokens(self, tokenizer: Any, texts: list[str]) -> Tensor:
+        return tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                         return_tensors="pt").input_ids.to(self.device)
+
+    @torch.no_grad()
+    def embed(self, texts: list[str]) -> Tensor:
+        """Prompt embeddings [len(texts), L, D] (SDXL: [len, L+1, D], see the module docstring)."""
+        if not self.is_sdxl:
+            return self.text_encoders[0](self._tokens(self.tokenizers[0], texts))[0].float()
+        hidden, pooled = [], None
+        for enc, tok in zip(self.text_encoders, self.tokenizers):
+            out = enc(self._tokens(tok, texts), output_hidden_states=True)
+            hidden.append(out.hidden_states[-2])
+            pooled = out[0]  # the last encoder's projected pooled output (text_embeds)
+        h = torch.cat(hidden, dim=-1).float()
+        assert pooled is not None
+        if pooled.shape[-1] > h.shape[-1]:
+            raise UserError(f"SDXL model {self._model_id}: pooled embedding wider than the token embeddings; unsupported")
+        row = F.pad(pooled.float(), (0, h.shape[-1] - pooled.shape[-1])).unsqueeze(1)
+        emb = torch.cat([h, row], dim=1)
+        if self.force_zeros_for_empty_prompt:
+            empty = torch.tensor([not t.strip() for t in texts], device=emb.device)
+            emb = torch.where(empty.view(-1, 1, 1), torch.zeros_like(emb), emb)
+        return emb
+
+    def _unpack(self, emb: Tensor) -> tuple[Tensor, Optional[dict[str, Tensor]]]:
+        """Split an embedding batch into UNet encoder_hidden_states and SDXL added_cond_kwargs."""
+        emb = emb.to(self.device, self.dtype)
+        if not self.is_sdxl:
+            return emb, None
+        pooled_dim = int(self.text_encoders[-1].config.projection_dim)
+        hidden, pooled = emb[:, :-1], emb[:, -1, :pooled_dim]
+        size = float(self.resolution)
+        time_ids = torch.tensor([size, size, 0.0, 0.0, size, size], device=self.device, dtype=self.dtype)
+        return hidden, {"text_embeds": pooled, "time_ids": time_ids.expand(emb.shape[0], 6)}
+
+    # ------------------------------------------------------------------ latents
+    def _to_resolution(self, images: Tensor, size: int) -> Tensor:
+        if images.shape[-2:] == (size, size):
+            return images
+        down = images.shape[-1] > size or images.shape[-2] > size
+        return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=down)
+
+    def encode(self, images: Tensor) -> Tensor:
+        """Renders [B,C,H,W] in [0,1] -> latents [B,4,h,w] in images' dtype (differentiable)."""
+        if self.config.rgb_as_latents:
+            return self._rgb_as_latents(images)
+        x = self._to_resolution(images[:, :3], self.resolution) * 2.0 - 1.0
+        dist = self.vae.encode(x.to(self.vae_dtype)).latent_dist
+        return (dist.mean * self.scaling_factor).to(images.dtype)
+
+    def _rgb_as_latents(self, images: Tensor) -> Tensor:
+        x = self._to_resolution(images, self.latent_size)
+        if x.shape[1] >= 4:
+            return x[:, :4]
+        m = torch.linalg.pinv(LATENT_RGB_FACTORS).to(x.device, x.dtype)  # [3, 4]
+        return torch.einsum("bchw,cl->blhw", x * 2.0 - 1.0, m)
+
+    @torch.no_grad()
+    def decode(self, x0: Tensor) -> Tensor:
+        """Latents -> images [B,3,resolution,resolution] in [0,1]."""
+        img = self.vae.decode(x0.to(self.device, self.vae_dtype) / self.scaling_factor).sample
+        return ((img.float() + 1.0) * 0.5).clamp(0.0, 1.0)
+
+    # ------------------------------------------------------------------ denoiser
+    @torch.no_grad()
+    def predict_eps(self, x_t: Tensor, t: Tensor, emb: Tensor, cameras: Optional[Cameras] = None) -> Tensor:
+        """Epsilon for x_t at integer timesteps t [B]: one UNet call for the whole batch (no grad)."""
+        hidden, added = self._unpack(emb)
+        x = x_t.to(self.device, self.dtype)
+        if self.device.type == "cuda" and self.config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        kwargs = {"added_cond_kwargs": added} if added is not None else {}
+        out = self._unet_forward(x, t.to(self.device), encoder_hidden_states=hidden, **kwargs).sample.float()
+        if self.v_prediction:
+            a, s = noise_coefficients(self.alphas_cumprod, t.to(self.device), x_t.ndim)
+            out = a * out + s * x_t.float()
+        return out.to(x_t.dtype)
