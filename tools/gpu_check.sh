@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One short device check for a lent GPU machine: the cuda-marked tests (gsplat vs the torch
-# backend) and the GPU render benchmark. Run from the repository root; writes logs to $OUT
+# backend, fp16 Stable Diffusion) and the GPU render and prior benchmarks. Run from the repository root; writes logs to $OUT
 # when set. gsplat compiles its CUDA kernels on first use (minutes).
 set -uo pipefail
 out="${OUT:-/tmp}"
@@ -9,3 +9,4 @@ python3 -m pip install -q --no-deps -e . >/dev/null 2>&1 || true
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 python3 -m pytest -q -m cuda tests 2>&1 | tee "$out/cuda_tests.log"
 python3 tools/bench_render.py --device cuda 2>&1 | tee "$out/bench_render_cuda.log"
+python3 tools/bench_prior.py --device cuda 2>&1 | tee "$out/bench_prior_cuda.log"
