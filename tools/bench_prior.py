@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
-import json
 import os
 import platform
 import statistics
@@ -91,29 +90,14 @@ def build_scheduler():
     )
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, [chr(c) for c in cs]))
-
-
 def build_text(folder: Path):
     """A byte-level CLIP tokenizer (77 tokens) and a 2-layer CLIP text encoder of hidden size 1024."""
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    folder.mkdir(parents=True, exist_ok=True)
-    chars = list(_bytes_to_unicode().values())
-    tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
-    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}), encoding="utf-8")
-    (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
-    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=TEXT_LEN)
-    vocab = len(tokens)
+    from threedistill.priors.byte_tokenizer import write_byte_tokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(str(write_byte_tokenizer(folder, TEXT_LEN)))
+    vocab = len(tokenizer)
     cfg = CLIPTextConfig(
         vocab_size=vocab, hidden_size=CROSS_DIM, intermediate_size=4 * CROSS_DIM, num_hidden_layers=2,
         num_attention_heads=16, max_position_embeddings=TEXT_LEN, projection_dim=CROSS_DIM, hidden_act="gelu",
