@@ -16,9 +16,9 @@ from threedistill.priors.toyworld_catalogue import (
     catalogue_names,
     catalogue_prompts,
     describe_catalogue,
-    load_user_mesh,
     resolve_prompt,
 )
+from threedistill.priors.user_mesh import load_user_mesh
 from threedistill.render.mesh_torch import render_mesh
 
 

@@ -8,7 +8,6 @@ seen from above.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, replace
 from typing import Callable, Optional, Sequence

@@ -126,7 +126,8 @@ def _write_toyworld_scene(args: argparse.Namespace) -> int:
     from .cameras import orbit_cameras
     from .export.scene import write_nerfstudio_scene
     from .render.mesh_torch import render_mesh
-    from .priors.toyworld_catalogue import load_user_mesh, resolve_prompt
+    from .priors.toyworld_catalogue import resolve_prompt
+    from .priors.user_mesh import load_user_mesh
 
     if args.views < 1 or args.resolution < 8:
         raise UserError("--views must be >= 1 and --resolution >= 8")

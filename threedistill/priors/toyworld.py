@@ -30,11 +30,11 @@ from torch import Tensor
 
 from ..atomic import atomic_path
 from ..cameras import VIEW_LABEL_ANGLES, Cameras, OrbitSampler, OrbitSamplerConfig, orbit_cameras, split_view_phrase, view_phrase
-from ..errors import UserError
 from ..render.mesh_torch import render_mesh
 from ..render.types import RenderOutput
 from .base import GuidanceDefaults, noise_coefficients, scaled_linear_alphas_cumprod
-from .toyworld_catalogue import ToyMesh, catalogue_prompts, load_user_mesh, resolve_prompt
+from .toyworld_catalogue import ToyMesh, catalogue_prompts, resolve_prompt
+from .user_mesh import load_user_mesh
 
 REFERENCE_FORMAT_VERSION = 1
 UNCOND_ID = 0

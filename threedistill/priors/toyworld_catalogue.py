@@ -9,13 +9,10 @@ per mode ("a ball" is a red, a green, a blue and a yellow ball).
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import logging
 import re
 from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -44,7 +41,6 @@ COLOURS: dict[str, tuple[float, float, float]] = {
 
 _COLOUR_ALIASES = {"gray": "grey"}
 _ARTICLES = ("a", "an", "the")
-_USER_MESH_GREY = (0.7, 0.7, 0.7)
 _TAN = (0.80, 0.58, 0.35)
 _BEIGE = (0.92, 0.85, 0.70)
 
@@ -384,54 +380,3 @@ def resolve_prompt(prompt: str) -> list[ToyMesh]:
     if not colours:
         return [replace(base, face_colors=base.face_colors.copy())]
     return [base.recoloured(c, f"{c} {name}") for c in colours]
-
-
-# --- user meshes -------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _quiet(logger_name: str) -> Iterator[None]:
-    """Silence a library's logger (trimesh logs load failures with tracebacks)."""
-    logger = logging.getLogger(logger_name)
-    level = logger.level
-    logger.setLevel(logging.CRITICAL + 1)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
-def _face_colours(mesh: trimesh.Trimesh) -> np.ndarray:
-    """Per-face RGB in [0,1] from a mesh's visuals, light grey when it has none."""
-    visual = mesh.visual
-    kind = getattr(visual, "kind", None)
-    if kind == "texture":
-        visual, kind = visual.to_color(), "vertex"
-    if kind == "vertex":
-        rgb = np.asarray(visual.vertex_colors, dtype=np.float32)[:, :3] / 255.0
-        return rgb[mesh.faces].mean(axis=1)
-    if kind == "face":
-        return np.asarray(visual.face_colors, dtype=np.float32)[:, :3] / 255.0
-    return np.tile(np.float32(_USER_MESH_GREY), (len(mesh.faces), 1))
-
-
-def load_user_mesh(path: str | Path, name: str) -> ToyMesh:
-    """Load a mesh file (.glb/.obj/.ply/.stl...) as a normalised ToyMesh with face colours."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"mesh file not found: {path}; pass an existing .glb/.obj/.ply/.stl")
-    try:
-        with _quiet("trimesh"):
-            mesh = trimesh.load(path, force="mesh")
-            colours = _face_colours(mesh)
-    except Exception as exc:  # trimesh raises many types for malformed files
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(f"could not read mesh {path}: {reason}; pass a valid .glb/.obj/.ply/.stl") from None
-    if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
-        raise UserError(f"could not read mesh {path}: it has no triangles; pass a valid .glb/.obj/.ply/.stl")
-    vertices = np.asarray(mesh.vertices, dtype=np.float64)
-    if not np.isfinite(vertices).all() or np.ptp(vertices, axis=0).max() == 0:
-        raise UserError(f"could not read mesh {path}: its vertices are degenerate or not finite; pass a valid mesh")
-    faces = np.asarray(mesh.faces, dtype=np.int64)
-    vertices = normalise(vertices)
-    return ToyMesh(vertices, faces, np.clip(colours, 0, 1).astype(np.float32), name, np.ones(len(faces), bool))
