@@ -18,7 +18,7 @@ from .atomic import atomic_path
 from .cameras import VIEW_LABELS, Cameras, ViewLabelConfig, view_label_indices, view_phrase, wrapped_abs_azimuth
 from .errors import UserError
 from .priors.base import DiffusionPrior, TextEmbeddings
-from .priors.toyworld import default_cache_dir
+from .runtime import default_cache_dir
 
 
 @dataclass

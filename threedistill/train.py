@@ -60,6 +60,7 @@ class Trainer:
         self.skipped_steps = 0
         self.elapsed = 0.0
         self._stop_requested = False
+        self._last_render: Optional[torch.Tensor] = None  # the latest training views, for previews
         for sub in ("checkpoints", "previews", "export"):
             (self.run_dir / sub).mkdir(parents=True, exist_ok=True)
         self.log(
@@ -199,7 +200,7 @@ class Trainer:
             row = {"step": step, "seconds": round(self.elapsed, 3), "num_points": _num_points(self.representation), **logs}
             metrics_log.write(json.dumps(row) + "\n")
             metrics_log.flush()
-        if cfg.preview_every and step % cfg.preview_every == 0 and hasattr(self, "_last_render"):
+        if cfg.preview_every and step % cfg.preview_every == 0 and self._last_render is not None:
             save_image_grid(self.run_dir / "previews" / f"step-{step:06d}.png", self._last_render)
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < self.cfg.steps:
             self.save_checkpoint()

@@ -19,14 +19,12 @@ Embeddings (`embed`) are plain tensors stackable along dim 0:
 
 from __future__ import annotations
 
-import contextlib
-import warnings
 
 import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Any, Literal, Optional
+from typing import Any, Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +32,7 @@ from torch import Tensor
 
 from ..cameras import Cameras
 from ..errors import UserError
+from ..runtime import quiet_libraries
 from .base import GuidanceDefaults, noise_coefficients
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
@@ -125,29 +124,11 @@ def load_pipeline(config: StableDiffusionConfig) -> Any:
 
     The libraries' own warnings are silenced while loading, so a failure stays one line.
     """
-    with _quiet_libraries():
-        return _load_pipeline(config)
-
-
-@contextlib.contextmanager
-def _quiet_libraries() -> Iterator[None]:
-    """Silence diffusers / transformers / huggingface_hub logging and warnings for a while."""
-    import logging
-
     import diffusers  # noqa: F401 - configure the libraries' loggers first, then quieten them
     import transformers  # noqa: F401
 
-    names = ("diffusers", "transformers", "huggingface_hub")
-    levels = {name: logging.getLogger(name).level for name in names}
-    for name in names:
-        logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for name, level in levels.items():
-            logging.getLogger(name).setLevel(level)
+    with quiet_libraries("diffusers", "transformers", "huggingface_hub"):
+        return _load_pipeline(config)
 
 
 def _load_pipeline(config: StableDiffusionConfig) -> Any:

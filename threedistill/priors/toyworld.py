@@ -18,7 +18,6 @@ id that shares the object's references and carries the phrase's camera direction
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
@@ -31,6 +30,7 @@ from torch import Tensor
 from ..atomic import atomic_path
 from ..cameras import VIEW_LABEL_ANGLES, Cameras, OrbitSampler, OrbitSamplerConfig, orbit_cameras, split_view_phrase, view_phrase
 from ..render.mesh_torch import render_mesh
+from ..runtime import default_cache_dir
 from ..render.types import RenderOutput
 from .base import GuidanceDefaults, noise_coefficients, scaled_linear_alphas_cumprod
 from .toyworld_catalogue import ToyMesh, catalogue_prompts, resolve_prompt
@@ -38,11 +38,6 @@ from .user_mesh import load_user_mesh
 
 REFERENCE_FORMAT_VERSION = 1
 UNCOND_ID = 0
-
-
-def default_cache_dir() -> str:
-    """Where toyworld references are cached (THREEDISTILL_CACHE overrides)."""
-    return os.environ.get("THREEDISTILL_CACHE", str(Path.home() / ".cache" / "threedistill"))
 
 
 @dataclass

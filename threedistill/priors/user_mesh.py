@@ -2,30 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import trimesh
 
 from ..errors import UserError
+from ..runtime import quiet_libraries
 from .toyworld_catalogue import ToyMesh, normalise
 
 _USER_MESH_GREY = (0.7, 0.7, 0.7)
-
-
-@contextlib.contextmanager
-def _quiet(logger_name: str) -> Iterator[None]:
-    """Silence a library's logger (trimesh logs load failures with tracebacks)."""
-    logger = logging.getLogger(logger_name)
-    level = logger.level
-    logger.setLevel(logging.CRITICAL + 1)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def _face_colours(mesh: trimesh.Trimesh) -> np.ndarray:
@@ -48,7 +35,7 @@ def load_user_mesh(path: str | Path, name: str) -> ToyMesh:
     if not path.is_file():
         raise UserError(f"mesh file not found: {path}; pass an existing .glb/.obj/.ply/.stl")
     try:
-        with _quiet("trimesh"):
+        with quiet_libraries("trimesh", level=logging.CRITICAL + 1):  # trimesh logs failures with tracebacks
             mesh = trimesh.load(path, force="mesh")
             colours = _face_colours(mesh)
     except Exception as exc:  # trimesh raises many types for malformed files

@@ -1,0 +1,32 @@
+"""Small process-wide helpers: where caches live, and silencing chatty libraries for a while."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Iterator
+
+
+def default_cache_dir() -> str:
+    """Root of threedistill's caches (THREEDISTILL_CACHE overrides ~/.cache/threedistill)."""
+    return os.environ.get("THREEDISTILL_CACHE", str(Path.home() / ".cache" / "threedistill"))
+
+
+@contextlib.contextmanager
+def quiet_libraries(*logger_names: str, level: int = logging.ERROR) -> Iterator[None]:
+    """Raise these loggers to `level` and ignore warnings inside the block, so a failure the
+    caller turns into a one-line error is not preceded by the libraries' own chatter."""
+    loggers = [logging.getLogger(name) for name in logger_names]
+    previous = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(level)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, old in zip(loggers, previous):
+            logger.setLevel(old)
