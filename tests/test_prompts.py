@@ -82,7 +82,7 @@ def test_phrase_forms_round_trip() -> None:
 def test_embedder_uses_form_and_labels(tmp_path: Path) -> None:
     prior = FakePrior()
     emb = PromptEmbedder(prior, "a corgi", "ugly", config=PromptConfig(form="prefix", cache_dir=str(tmp_path)))
-    assert prior.calls == [["front view of a corgi", "side view of a corgi", "back view of a corgi", "overhead view of a corgi", "ugly", ""]]
+    assert prior.calls == [["front view of a corgi", "side view of a corgi", "back view of a corgi", "overhead view of a corgi", "a corgi", "ugly", ""]]
     out = emb.for_cameras(_cams([0.0, 0.0, 0.0, 70.0], [0.0, 90.0, 180.0, 0.0]))
     torch.testing.assert_close(out.cond[:, :4], torch.eye(4))
     assert out.uncond[:, 5].tolist() == [4.0] * 4 and out.null[:, 5].tolist() == [0.0] * 4
@@ -114,16 +114,16 @@ def test_disk_cache_hits_second_run(tmp_path: Path) -> None:
     cfg = PromptConfig(cache_dir=str(tmp_path))
     first = PromptEmbedder(FakePrior(), "a corgi", config=cfg)
     assert first.cache_hits == 0
-    assert len(list((tmp_path / "embeddings").glob("*.pt"))) == 5
+    assert len(list((tmp_path / "embeddings").glob("*.pt"))) == 6  # 4 view phrases, the plain prompt, ""
     prior = FakePrior()
     second = PromptEmbedder(prior, "a corgi", config=cfg)
-    assert second.cache_hits == 5 and prior.calls == []
+    assert second.cache_hits == 6 and prior.calls == []
     cams = _cams([0.0, 0.0, 70.0], [0.0, 100.0, 0.0])
     torch.testing.assert_close(second.for_cameras(cams).cond, first.for_cameras(cams).cond)
 
     other = FakePrior()
     third = PromptEmbedder(other, "a cat", config=cfg)  # new prompt: only "" (negative and null) hits
-    assert third.cache_hits == 1 and other.calls == [[view_phrase("a cat", v) for v in VIEW_LABELS]]
+    assert third.cache_hits == 1 and other.calls == [[view_phrase("a cat", v) for v in VIEW_LABELS] + ["a cat"]]
     new_model = FakePrior("fake-2")
     fourth = PromptEmbedder(new_model, "a corgi", config=cfg)
     assert fourth.cache_hits == 0 and len(new_model.calls) == 1
@@ -138,7 +138,7 @@ def test_corrupt_cache_file_is_recomputed(tmp_path: Path) -> None:
     again = PromptEmbedder(prior, "a corgi", config=cfg)
     assert again.cache_hits == 0 and len(prior.calls) == 1
     torch.testing.assert_close(again.for_cameras(_cams([0.0], [0.0])).cond, reference)
-    assert PromptEmbedder(FakePrior(), "a corgi", config=cfg).cache_hits == 5  # rewritten
+    assert PromptEmbedder(FakePrior(), "a corgi", config=cfg).cache_hits == 6  # rewritten
 
 
 def test_no_model_id_skips_disk_cache(tmp_path: Path) -> None:

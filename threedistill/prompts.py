@@ -78,8 +78,9 @@ class PromptEmbedder:
         self.cache_hits = 0
 
         view_texts = [view_phrase(prompt, label, self.config.form) for label in VIEW_LABELS] if self.view_dependent else [prompt]
-        table = self._embed_distinct(view_texts + [negative_prompt, ""])
+        table = self._embed_distinct(view_texts + [prompt, negative_prompt, ""])
         self._views = torch.stack([table[t] for t in view_texts])  # [len(VIEW_LABELS) or 1, ...]
+        self._plain = table[prompt]
         self._uncond = table[negative_prompt]
         self._null = table[""]
         if self.view_dependent and self.config.interpolate and not self._views.is_floating_point():
@@ -147,4 +148,5 @@ class PromptEmbedder:
             cond=self.view_embeddings(cams),
             uncond=self._uncond.unsqueeze(0).expand(B, *self._uncond.shape).clone(),
             null=self._null.unsqueeze(0).expand(B, *self._null.shape).clone(),
+            plain=self._plain.unsqueeze(0).expand(B, *self._plain.shape).clone(),
         )

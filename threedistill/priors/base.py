@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Protocol, runtime_checkable
+from typing import Any, Optional, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -16,11 +16,26 @@ class TextEmbeddings:
     """Prompt embeddings travelling together, one row per view: never split positionally."""
 
     cond: Tensor
+    """The prompt, view-dependent when the run uses view phrases."""
     uncond: Tensor
+    """The negative prompt (CFG's unconditional branch)."""
     null: Tensor
+    """The empty prompt (DDIM inversion, CSD's null branch)."""
+    plain: Optional[Tensor] = None
+    """The prompt without view phrases (VSD's variational model); None means `cond`."""
+
+    @property
+    def plain_or_cond(self) -> Tensor:
+        return self.cond if self.plain is None else self.plain
 
     def index(self, idx: Tensor | slice) -> "TextEmbeddings":
-        return TextEmbeddings(self.cond[idx], self.uncond[idx], self.null[idx])
+        plain = None if self.plain is None else self.plain[idx]
+        return TextEmbeddings(self.cond[idx], self.uncond[idx], self.null[idx], plain)
+
+    def repeat(self, n: int) -> "TextEmbeddings":
+        """The batch repeated n times along dim 0 (one copy per particle)."""
+        rep = lambda x: x.repeat(n, *([1] * (x.ndim - 1)))  # noqa: E731
+        return TextEmbeddings(rep(self.cond), rep(self.uncond), rep(self.null), None if self.plain is None else rep(self.plain))
 
 
 @dataclass
@@ -31,6 +46,9 @@ class GuidanceDefaults:
     min_step: int
     max_step: "float | list[tuple[float, float]]"
     view_dependent_prompts: bool = False
+    cfg_scale_low: Optional[float] = None
+    """CFG scale of objectives whose target is itself a model prediction (VSD, ESD, ISM, TSM,
+    DDS; 7.5 in their papers). None: the same as `cfg_scale`."""
 
 
 @runtime_checkable
@@ -53,6 +71,43 @@ class DiffusionPrior(Protocol):
 
     def predict_eps(self, x_t: Tensor, t: Tensor, emb: Tensor, cameras: Optional[Cameras] = None) -> Tensor:
         """Epsilon prediction for noisy x_t at integer timesteps t [B] (no grad)."""
+
+
+@dataclass
+class VariationalConfig:
+    """How VSD/ESD's variational score model is built and trained (GUIDANCE.md section 2)."""
+
+    lr: float = 1e-4
+    """Learning rate of its own optimiser (SD: AdamW over the LoRA and camera-embedding weights)."""
+    lora_rank: int = 4
+    """SD: rank of the LoRA adapters on every attention's to_q/to_k/to_v/to_out."""
+    camera_dropout: float = 0.1
+    """Probability that a training sample's camera is dropped (c = none), so the unconditional branch is learnt."""
+    buffer_size: int = 256
+    """toyworld: how many recent detached renders the exact variational denoiser averages over."""
+    train_steps: int = 1
+    """Variational updates per optimisation step."""
+
+
+@runtime_checkable
+class VariationalModel(Protocol):
+    """VSD's score model of the *rendered* distribution, trained alongside the 3D model.
+
+    Built by `prior.variational_model(config)`. `cameras=None` is the camera-unconditional
+    branch c = none (ESD's entropy term).
+    """
+
+    def predict_eps(self, x_t: Tensor, t: Tensor, emb: Tensor, cameras: Optional[Cameras]) -> Tensor:
+        """Epsilon of the rendered distribution at x_t (no grad)."""
+
+    def update(self, x0: Tensor, emb: Tensor, cameras: Cameras, generator: torch.Generator) -> dict[str, float]:
+        """Learn from detached renders x0 (in the prior's space) with their cameras; returns logs."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume (weights, optimiser, buffers)."""
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore `state_dict()`."""
 
 
 def scaled_linear_alphas_cumprod(
@@ -80,3 +135,16 @@ def predict_x0(alphas_cumprod: Tensor, x_t: Tensor, eps: Tensor, t: Tensor) -> T
     """Tweedie's estimate x0 = (x_t - sigma_t eps) / alpha_t."""
     a, s = noise_coefficients(alphas_cumprod, t, x_t.ndim)
     return (x_t - s * eps) / a
+
+
+def ddim_step(alphas_cumprod: Tensor, x: Tensor, eps: Tensor, t_from: Tensor, t_to: Tensor) -> Tensor:
+    """Deterministic DDIM move (eta = 0) of x from t_from to t_to with the same eps.
+
+    Forward in t it is DDIM inversion, backward it is DDIM sampling. t_to = t_from leaves x
+    unchanged exactly (the rows are copied, not recomputed).
+    """
+    a_from, s_from = noise_coefficients(alphas_cumprod, t_from, x.ndim)
+    a_to, s_to = noise_coefficients(alphas_cumprod, t_to, x.ndim)
+    moved = a_to * (x - s_from * eps) / a_from + s_to * eps
+    same = (t_from == t_to).view((-1,) + (1,) * (x.ndim - 1)).to(x.device)
+    return torch.where(same, x, moved)
