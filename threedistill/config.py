@@ -197,7 +197,19 @@ def config_from_dict(data: dict[str, Any], names: ComponentNames, source: str) -
         raise UserError(f"invalid config {source}{where}: {msg}; fix or remove that key") from None
     for (section, name), value in schedules.items():
         setattr(getattr(cfg, section), name, _normalise_schedule(f"{section}.{name}", value))
+    apply_objective_prior_defaults(names, cfg)
     return cfg
+
+
+def apply_objective_prior_defaults(names: ComponentNames, cfg: Any) -> None:
+    """Fill prior fields left unset (None) with the objective's preference for that prior.
+
+    E.g. csd and csm ask toyworld for a softened posterior (temperature 100).
+    """
+    preferred = getattr(type(cfg.guidance), "PRIOR_DEFAULTS", {}).get(names.prior, {})
+    for key, value in preferred.items():
+        if getattr(cfg.prior, key, 0) is None:
+            setattr(cfg.prior, key, value)
 
 
 def load_config(name_or_path: Optional[str], overrides: dict[str, Optional[str]]) -> tuple[ComponentNames, Any]:

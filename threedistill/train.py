@@ -25,6 +25,7 @@ from .export.turntable import render_turntable
 from .guidance.registry import GUIDANCES
 from .priors.registry import PRIORS
 from .prompts import PromptEmbedder
+from .representations.particles import Particles
 from .representations.registry import REPRESENTATIONS
 
 CHECKPOINT_VERSION = 1
@@ -51,9 +52,16 @@ class Trainer:
         self.sampler = OrbitSampler(cfg.sampler, self.device)
         self.prior = PRIORS[names.prior].build(cfg.prior, cfg.sampler, self.device)
         self.prompts = PromptEmbedder(self.prior, cfg.prompt, cfg.negative_prompt, config=cfg.prompts)
+        guidance = GUIDANCES[names.guidance]
+        if getattr(guidance.build, "needs_source", False):
+            raise UserError(f"--guidance {names.guidance} edits existing content; use `threedistill edit-image IMAGE --source TEXT --target TEXT`")
+        self.num_particles = int(getattr(cfg.guidance, "particles", 1))
+        if self.num_particles < 1:
+            raise UserError(f"--guidance.particles must be at least 1, got {self.num_particles}")
         rep = REPRESENTATIONS[names.representation]
-        self.representation = rep.build(cfg.representation, self.generator, backend=cfg.render.backend).to(self.device)
-        self.guidance = GUIDANCES[names.guidance].build(cfg.guidance, self.prior, cfg.steps, self.generator)
+        members = [rep.build(cfg.representation, self.generator, backend=cfg.render.backend) for _ in range(self.num_particles)]
+        self.representation = (members[0] if len(members) == 1 else Particles(members)).to(self.device)
+        self.guidance = guidance.build(cfg.guidance, self.prior, cfg.steps, self.generator)
         self.optimizer = self._make_optimizer()
         self.background = torch.tensor(cfg.render.background, dtype=torch.float32, device=self.device)
         self.step = 0
@@ -133,7 +141,7 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         """One optimisation step (DESIGN.md section 2). Returns scalars to log."""
         step = self.step + 1
-        cams = self.sampler.sample(self.generator)
+        cams = self.sampler.sample(self.generator, batch_size=self.cfg.sampler.batch_size * self.num_particles)
         out = self.representation.render(cams, self.background)
         emb = self.prompts.for_cameras(cams)
         g = self.guidance(out.rgb, cams, emb, step)
@@ -174,7 +182,7 @@ class Trainer:
         cfg = self.cfg
         until = cfg.steps if until is None else min(until, cfg.steps)
         previous = signal.signal(signal.SIGINT, self._request_stop) if _main_thread() else None
-        progress = _progress_bar(self.console, disable=not cfg.log.progress)
+        progress = progress_bar(self.console, disable=not cfg.log.progress)
         try:
             with progress, (self.run_dir / "metrics.jsonl").open("a") as metrics_log:
                 task = progress.add_task("distilling", total=cfg.steps, completed=self.step, loss=math.nan, speed=0.0)
@@ -207,10 +215,25 @@ class Trainer:
 
     # ------------------------------------------------------------------ the end
     def evaluate(self) -> Optional[dict[str, Any]]:
-        """toyworld scores on held-out cameras (None for priors without ground truth)."""
+        """toyworld scores on held-out cameras (None for priors without ground truth).
+
+        With several particles: each particle's scores under `particles`, their means as
+        mask_iou / psnr, and `modes_reached`, the number of distinct modes they matched.
+        """
         if not hasattr(self.prior, "modes"):
             return None
-        return evaluate_toyworld(self.representation, self.prior, self.cfg.prompt, self.cfg.log.eval_views, self.background)
+        scores = [
+            evaluate_toyworld(member, self.prior, self.cfg.prompt, self.cfg.log.eval_views, self.background)
+            for member in particle_members(self.representation)
+        ]
+        if len(scores) == 1:
+            return scores[0]
+        return {
+            "mask_iou": sum(s["mask_iou"] for s in scores) / len(scores),
+            "psnr": sum(s["psnr"] for s in scores) / len(scores),
+            "modes_reached": len({s["mode"] for s in scores}),
+            "particles": scores,
+        }
 
     def finish(self) -> dict[str, Any]:
         """Final checkpoint, metrics.json, preview grid and exports."""
@@ -238,16 +261,27 @@ class Trainer:
         return export_representation(self.representation, self.run_dir / "export", formats, self.cfg, self.background)
 
 
+def particle_members(representation: Any) -> list[Any]:
+    """The independent models of a run: the particles, or the representation itself."""
+    return list(representation.members) if isinstance(representation, Particles) else [representation]
+
+
 def export_representation(representation: Any, out_dir: Path, formats: list[str], cfg: Any, background: torch.Tensor) -> list[Path]:
-    """splat -> splats.ply; video -> turntable.mp4 + turntable.gif."""
+    """splat -> splats.ply (particle i > 0: splats_particle{i}.ply); video -> turntable.mp4 + .gif
+    (particles side by side)."""
     written: list[Path] = []
+    members = particle_members(representation)
     for fmt in formats:
         if fmt == "splat":
-            if not hasattr(representation, "splat_tensors"):
-                raise UserError(f"--format splat needs a Gaussian run; this representation is {type(representation).__name__}")
-            written.append(write_splat_ply(out_dir / "splats.ply", **representation.splat_tensors()))
+            for i, member in enumerate(members):
+                if not hasattr(member, "splat_tensors"):
+                    raise UserError(f"--format splat needs a Gaussian run; this representation is {type(member).__name__}")
+                name = "splats.ply" if i == 0 else f"splats_particle{i}.ply"
+                written.append(write_splat_ply(out_dir / name, **member.splat_tensors()))
         elif fmt == "video":
-            frames = render_turntable(representation, cfg.log.turntable_frames, cfg.log.turntable_resolution, background)
+            frames = torch.cat(
+                [render_turntable(m, cfg.log.turntable_frames, cfg.log.turntable_resolution, background) for m in members], dim=-1
+            )
             written.append(write_video(out_dir / "turntable.mp4", frames, fps=24))
             written.append(write_video(out_dir / "turntable.gif", frames, fps=24))
         else:
@@ -265,7 +299,7 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def _progress_bar(console: Console, disable: bool) -> Progress:
+def progress_bar(console: Console, disable: bool) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),

@@ -69,6 +69,25 @@ def image_grid(images: Any, nrow: int | None = None, pad: int = 2, pad_value: fl
     return grid
 
 
+def read_image(path: str | os.PathLike) -> torch.Tensor:
+    """An RGB image [3,H,W] in [0,1] (grey is repeated, RGBA composited on white); unreadable -> UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"image '{path}' not found; pass an existing PNG or JPEG file")
+    try:
+        array = np.asarray(iio.imread(path))
+    except Exception as exc:  # imageio raises many kinds for corrupt or unknown files
+        raise UserError(f"cannot read image '{path}' ({type(exc).__name__}); pass a valid PNG or JPEG file") from None
+    if array.dtype != np.uint8 or array.ndim not in (2, 3):
+        raise UserError(f"image '{path}' is not an 8-bit grey/RGB/RGBA image (shape {array.shape}, {array.dtype}); convert it to PNG")
+    array = array.astype(np.float32) / 255.0
+    array = np.repeat(array[..., None], 3, -1) if array.ndim == 2 else array
+    image = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
+    if image.shape[0] == 4:
+        image = image[:3] * image[3:] + (1.0 - image[3:])
+    return image[:3].contiguous()
+
+
 def _check_suffix(path: Path, allowed: tuple[str, ...], kind: str) -> str:
     suffix = path.suffix.lower()
     if suffix not in allowed:

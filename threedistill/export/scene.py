@@ -21,6 +21,7 @@ from torch import Tensor
 from threedistill.atomic import atomic_path, atomic_write_text
 from threedistill.cameras import Cameras
 from threedistill.errors import UserError
+from threedistill.export.images import read_image
 
 _FLIP_YZ = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0]))
 
@@ -110,12 +111,7 @@ def _read_image(scene: Path, file_path: str) -> Tensor:
         path = path.with_suffix(".png")
     if not path.is_file():
         raise UserError(f"image {path} listed in transforms.json is missing; check the scene folder")
-    array = np.asarray(iio.imread(path), dtype=np.float32) / 255.0
-    array = np.repeat(array[..., None], 3, -1) if array.ndim == 2 else array
-    image = torch.from_numpy(array).permute(2, 0, 1)
-    if image.shape[0] == 4:
-        image = image[:3] * image[3:] + (1.0 - image[3:])
-    return image[:3].contiguous()
+    return read_image(path)
 
 
 def _focal_y(meta: dict[str, Any], frame: dict[str, Any], width: int, height: int) -> float:

@@ -8,14 +8,15 @@ Conventions (DESIGN.md section 4):
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional
 
 import torch
 from torch import Tensor
 
 from ..cameras import Cameras
-from ..priors.base import DiffusionPrior, TextEmbeddings
+from ..priors.base import DiffusionPrior, TextEmbeddings, ddim_step
 from ..errors import UserError
 from ..schedule import Schedule, evaluate_schedule, validate_schedule
 
@@ -46,6 +47,12 @@ class BaseGuidanceConfig:
     """Element-wise clamp of the gradient in the prior's space (None: off)."""
     grad_scale: float = 1.0
     """Multiplier of the whole gradient."""
+    pixel_grad_clip: Optional[float] = None
+    """Per-pixel clip of the gradient reaching the renders: each pixel's RGB gradient is scaled so
+    its largest channel is at most this (Dreamer-XL uses 0.05 for Gaussians; None: off)."""
+
+    PRIOR_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {}
+    """Prior settings this objective prefers, by prior name, applied where the run leaves them unset."""
 
 
 def weighting(name: str, alphas_cumprod: Tensor, t: Tensor) -> Tensor:
@@ -80,6 +87,10 @@ class Guidance:
     """Base class: resolves prior-dependent defaults and draws timesteps."""
 
     config: BaseGuidanceConfig
+    uses_low_cfg: ClassVar[bool] = False
+    """True for objectives whose target is a model prediction (default CFG: the prior's cfg_scale_low)."""
+    needs_source: ClassVar[bool] = False
+    """True for editing objectives (DDS) that compare against a source image."""
 
     def __init__(self, config: BaseGuidanceConfig, prior: DiffusionPrior, total_steps: int, generator: torch.Generator) -> None:
         self.config = config
@@ -87,16 +98,21 @@ class Guidance:
         self.prior = prior
         self.total_steps = total_steps
         d = prior.defaults
-        self.cfg_scale = d.cfg_scale if config.cfg_scale is None else config.cfg_scale
+        default_cfg = d.cfg_scale_low if self.uses_low_cfg and d.cfg_scale_low is not None else d.cfg_scale
+        self.cfg_scale = default_cfg if config.cfg_scale is None else config.cfg_scale
         self.min_step_schedule = d.min_step if config.min_step is None else config.min_step
         self.max_step_schedule = d.max_step if config.max_step is None else config.max_step
         try:
-            for name in ("min_step", "max_step", "grad_clip"):
-                value = getattr(config, name)
-                if value is not None:
-                    validate_schedule(f"guidance.{name}", value)
+            for f in dataclasses.fields(config):
+                value = getattr(config, f.name)
+                if "Schedule" in str(f.type) and value is not None:
+                    validate_schedule(f"guidance.{f.name}", value)
         except ValueError as exc:
             raise UserError(f"{exc}; e.g. 980 or [[0, 980], [0.5, 500]]") from None
+
+    def schedule(self, value: Schedule, step: int) -> float:
+        """A schedule field's value at this optimisation step."""
+        return evaluate_schedule(value, step, self.total_steps)
 
     def step_range(self, step: int) -> tuple[int, int]:
         """Integer bounds [lo, hi] of t at this optimisation step."""
@@ -124,15 +140,45 @@ class Guidance:
         """CFG epsilon with one prior call for cond and uncond (skipped when s == 1)."""
         if self.cfg_scale == 1.0:
             return self.prior.predict_eps(x_t, t, emb.cond, cams)
-        both = self.prior.predict_eps(
-            torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([emb.cond, emb.uncond]), _repeat_cams(cams)
-        )
-        e_c, e_u = both.chunk(2)
+        e_c, e_u = self.cond_and_uncond_eps(x_t, t, emb, cams)
         return cfg_combine(e_c, e_u, self.cfg_scale)
+
+    def cond_and_uncond_eps(self, x_t: Tensor, t: Tensor, emb: TextEmbeddings, cams: Optional[Cameras]) -> tuple[Tensor, Tensor]:
+        """(e(x_t; y), e(x_t; neg)) from one batched prior call."""
+        both = self.prior.predict_eps(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([emb.cond, emb.uncond]), repeat_cams(cams))
+        e_c, e_u = both.chunk(2)
+        return e_c, e_u
 
     def weight(self, t: Tensor, ndim: int) -> Tensor:
         w = weighting(self.config.weighting, self.prior.alphas_cumprod, t)
         return w.view((-1,) + (1,) * (ndim - 1))
+
+    def ddim_invert(self, x0: Tensor, t: Tensor, emb: Tensor, cams: Optional[Cameras], stride: int) -> Tensor:
+        """Deterministic DDIM inversion from x0 (taken as x at t = 0) up to per-view timesteps t.
+
+        Steps of `stride` timesteps with the prior's prediction under `emb` (the null prompt for
+        ISM/TSM/CSM); rows that reached their t stay put. ceil(max(t) / stride) prior calls.
+        """
+        x = x0
+        cur = torch.zeros_like(t)
+        while bool((cur < t).any()):
+            nxt = torch.minimum(cur + stride, t)
+            eps = self.prior.predict_eps(x, cur, emb, cams)
+            x = ddim_step(self.prior.alphas_cumprod, x, eps, cur, nxt)
+            cur = nxt
+        return x
+
+    def output(self, x0: Tensor, grad: Tensor, step: int, t: Tensor, images: Optional[Tensor] = None, **logs: float) -> GuidanceOutput:
+        """The loss for gradient `grad` (before grad_scale) on x0, with the shared logs.
+
+        With `pixel_grad_clip` set, a hook on `images` (the renders) clips each pixel's gradient.
+        """
+        grad = self.config.grad_scale * grad
+        if self.config.pixel_grad_clip is not None and images is not None and images.requires_grad:
+            images.register_hook(pixelwise_clip(self.config.pixel_grad_clip))
+        loss = reparameterised_loss(x0, grad, self.clip_value(step))
+        base = {"t_mean": float(t.float().mean()), "grad_norm": float(grad.norm() / x0.shape[0])}
+        return GuidanceOutput(loss=loss, logs={**base, **logs})
 
     def after_step(self, step: int) -> None:
         """Hook for objectives with their own trainable parts (VSD's score model)."""
@@ -144,9 +190,20 @@ class Guidance:
         pass
 
 
-def _repeat_cams(cams: Optional[Cameras]) -> Optional[Cameras]:
+def pixelwise_clip(clip: float) -> Any:
+    """A gradient hook on renders [B,C,H,W]: every pixel's gradient scaled so max_c |g_c| <= clip."""
+
+    def hook(g: Tensor) -> Tensor:
+        scale = (clip / g.abs().clamp_min(1e-30)).clamp(max=1.0).amin(dim=1, keepdim=True)
+        return g * scale
+
+    return hook
+
+
+def repeat_cams(cams: Optional[Cameras], n: int = 2) -> Optional[Cameras]:
+    """The camera batch repeated n times (one copy per stacked prediction branch)."""
     if cams is None:
         return None
-    idx = torch.cat([torch.arange(len(cams)), torch.arange(len(cams))]).to(cams.device)
+    idx = torch.arange(len(cams)).repeat(n).to(cams.device)
     return cams[idx]
 

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from ..cameras import Cameras
 from ..priors.base import TextEmbeddings, add_noise
-from .base import BaseGuidanceConfig, Guidance, GuidanceOutput, reparameterised_loss
+from .base import BaseGuidanceConfig, Guidance, GuidanceOutput
 
 
 @dataclass
@@ -32,6 +32,5 @@ class SDSGuidance(Guidance):
         with torch.no_grad():
             x_t = add_noise(self.prior.alphas_cumprod, x0.detach(), noise, t)
             eps_hat = self.guided_eps(x_t, t, emb, cams)
-            grad = self.config.grad_scale * self.weight(t, x0.ndim) * (eps_hat - noise)
-        loss = reparameterised_loss(x0, grad, self.clip_value(step))
-        return GuidanceOutput(loss=loss, logs={"t_mean": float(t.float().mean()), "grad_norm": float(grad.norm() / x0.shape[0])})
+            grad = self.weight(t, x0.ndim) * (eps_hat - noise)
+        return self.output(x0, grad, step, t, images)

@@ -24,7 +24,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import TYPE_CHECKING, Any, Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +33,10 @@ from torch import Tensor
 from ..cameras import Cameras
 from ..errors import UserError
 from ..runtime import quiet_libraries
-from .base import GuidanceDefaults, noise_coefficients
+from .base import GuidanceDefaults, VariationalConfig, noise_coefficients
+
+if TYPE_CHECKING:
+    from .sd_variational import SDVariationalModel
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 MIN_TOKENIZER_SIZE = 100
@@ -67,7 +70,9 @@ class StableDiffusionConfig:
     vae_tiling: bool = False
     """Tiled VAE encode/decode to save memory."""
     cfg_scale: float = 100.0
-    """Default classifier-free guidance scale for SDS (diffusers form e_u + s (e_c - e_u))."""
+    """Default classifier-free guidance scale for SDS and CSD's schedules (diffusers form e_u + s (e_c - e_u))."""
+    cfg_scale_low: float = 7.5
+    """Default CFG scale of VSD, ESD, ISM, TSM, CSM and DDS (their papers' 7.5)."""
     min_step: int = 20
     """Default smallest timestep."""
     max_step: float = 980
@@ -269,8 +274,8 @@ class StableDiffusionPrior:
         self.latent_size = int(unet.config.sample_size)
         self.resolution = self.latent_size * self.vae_scale_factor
         self.scaling_factor = float(getattr(vae.config, "scaling_factor", 0.18215))
-        self.defaults = GuidanceDefaults(cfg_scale=config.cfg_scale, min_step=config.min_step,
-                                         max_step=config.max_step, view_dependent_prompts=True)
+        self.defaults = GuidanceDefaults(cfg_scale=config.cfg_scale, min_step=config.min_step, max_step=config.max_step,
+                                         view_dependent_prompts=True, cfg_scale_low=config.cfg_scale_low)
         self._model_id = model_id or self._fingerprint()
         self._apply_performance_options()
 
@@ -370,16 +375,35 @@ class StableDiffusionPrior:
         return ((img.float() + 1.0) * 0.5).clamp(0.0, 1.0)
 
     # ------------------------------------------------------------------ denoiser
-    @torch.no_grad()
-    def predict_eps(self, x_t: Tensor, t: Tensor, emb: Tensor, cameras: Optional[Cameras] = None) -> Tensor:
-        """Epsilon for x_t at integer timesteps t [B]: one UNet call for the whole batch (no grad)."""
+    def unet_output(self, unet: Any, x_t: Tensor, t: Tensor, emb: Tensor) -> Tensor:
+        """`unet`'s native prediction (epsilon, or v for v-prediction models) for x_t at timesteps t [B].
+
+        Float32, differentiable through `unet` (the caller picks no_grad or not). `unet` is this
+        prior's UNet (or its compiled forward) or a UNet of the same architecture (VSD's LoRA copy);
+        `emb` is in `embed`'s packed format.
+        """
         hidden, added = self._unpack(emb)
         x = x_t.to(self.device, self.dtype)
         if self.device.type == "cuda" and self.config.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         kwargs = {"added_cond_kwargs": added} if added is not None else {}
-        out = self._unet_forward(x, t.to(self.device), encoder_hidden_states=hidden, **kwargs).sample.float()
-        if self.v_prediction:
-            a, s = noise_coefficients(self.alphas_cumprod, t.to(self.device), x_t.ndim)
-            out = a * out + s * x_t.float()
-        return out.to(x_t.dtype)
+        return unet(x, t.to(self.device), encoder_hidden_states=hidden, **kwargs).sample.float()
+
+    def output_to_eps(self, out: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+        """Epsilon from a native UNet prediction `out` (v-prediction: eps = alpha_t v + sigma_t x_t)."""
+        if not self.v_prediction:
+            return out
+        a, s = noise_coefficients(self.alphas_cumprod, t.to(self.device), x_t.ndim)
+        return a * out + s * x_t.to(out.device).float()
+
+    @torch.no_grad()
+    def predict_eps(self, x_t: Tensor, t: Tensor, emb: Tensor, cameras: Optional[Cameras] = None) -> Tensor:
+        """Epsilon for x_t at integer timesteps t [B]: one UNet call for the whole batch (no grad)."""
+        out = self.unet_output(self._unet_forward, x_t, t, emb)
+        return self.output_to_eps(out, x_t, t).to(x_t.dtype)
+
+    def variational_model(self, config: VariationalConfig) -> "SDVariationalModel":
+        """VSD's variational score model: a LoRA + camera-conditioned copy of this UNet (sd_variational.py)."""
+        from .sd_variational import SDVariationalModel
+
+        return SDVariationalModel(self, config)

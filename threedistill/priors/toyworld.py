@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import torch
@@ -28,13 +28,17 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..atomic import atomic_path
+from ..errors import UserError
 from ..cameras import VIEW_LABEL_ANGLES, Cameras, OrbitSampler, OrbitSamplerConfig, orbit_cameras, split_view_phrase, view_phrase
 from ..render.mesh_torch import render_mesh
 from ..runtime import default_cache_dir
 from ..render.types import RenderOutput
-from .base import GuidanceDefaults, noise_coefficients, scaled_linear_alphas_cumprod
+from .base import GuidanceDefaults, VariationalConfig, noise_coefficients, scaled_linear_alphas_cumprod
 from .toyworld_catalogue import ToyMesh, catalogue_prompts, resolve_prompt
 from .user_mesh import load_user_mesh
+
+if TYPE_CHECKING:
+    from .toyworld_variational import ToyworldVariationalModel
 
 REFERENCE_FORMAT_VERSION = 1
 UNCOND_ID = 0
@@ -52,8 +56,11 @@ class ToyworldConfig:
     """References per catalogue object in the unconditional (union) set."""
     kappa: float = 200.0
     """Strength of the camera kernel (0: the prior does not know the view)."""
-    temperature: float = 1.0
-    """Softmax temperature of the posterior (1 = exact; larger softens it, for CSD/CSM)."""
+    temperature: Optional[float] = None
+    """Softmax temperature of the posterior: logits are divided by it (1 = exact). Larger values
+    soften the posterior, which classifier-style objectives need: the exact posterior is one-hot
+    except at very high noise, so e(y) - e(null) carries almost no signal. None: 1, or the
+    objective's preference (csd and csm: 100)."""
     mesh: Optional[str] = None
     """A user mesh (.glb/.obj/.ply/.stl) that any prompt then names."""
     reference_seed: int = 0
@@ -81,7 +88,10 @@ class ToyworldPrior:
         self.device = torch.device(device)
         self.resolution = config.resolution
         self.alphas_cumprod = scaled_linear_alphas_cumprod(self.num_train_timesteps).to(self.device)
-        self.defaults = GuidanceDefaults(cfg_scale=1.0, min_step=20, max_step=[(0.0, 980.0), (0.5, 500.0)])
+        self.defaults = GuidanceDefaults(cfg_scale=1.0, min_step=20, max_step=[(0.0, 980.0), (0.5, 500.0)], cfg_scale_low=1.0)
+        self.temperature = 1.0 if config.temperature is None else float(config.temperature)
+        if self.temperature <= 0:
+            raise UserError(f"--prior.temperature must be positive, got {config.temperature}; 1 is the exact posterior")
         self.sampler_config = sampler_config
         self.cache_dir = Path(config.cache_dir or default_cache_dir()) / "toyworld"
         self._user_mesh: Optional[ToyMesh] = load_user_mesh(config.mesh, name="user mesh") if config.mesh else None
@@ -209,7 +219,20 @@ class ToyworldPrior:
         logits = (2.0 * a * (x_t @ refs.x.T) - a * a * refs.sq_norm[None]) / (2.0 * s * s)
         if cam_dirs is not None and self.config.kappa != 0.0:
             logits = logits + self.config.kappa * (cam_dirs @ refs.dirs.T)
-        return torch.softmax(logits / self.config.temperature, dim=-1)
+        return torch.softmax(logits / self.temperature, dim=-1)
+
+    def posterior_eps(self, x_t: Tensor, t: Tensor, refs: ReferenceSet, cam_dirs: Optional[Tensor]) -> Tensor:
+        """eps = (x_t - a_t D) / s_t with D the posterior mean over `refs` (x_t any shape [B,...])."""
+        w = self.posterior_weights(x_t.detach().flatten(1).double(), t, refs, cam_dirs)
+        d = (w @ refs.x).view(x_t.shape).to(x_t.dtype)
+        a, s = noise_coefficients(self.alphas_cumprod, t, x_t.ndim)
+        return (x_t - a * d) / s
+
+    def variational_model(self, config: VariationalConfig) -> "ToyworldVariationalModel":
+        """VSD's variational model: the exact denoiser over a buffer of recent renders."""
+        from .toyworld_variational import ToyworldVariationalModel
+
+        return ToyworldVariationalModel(self, config)
 
     def denoise(self, x_t: Tensor, t: Tensor, emb: Tensor, cameras: Optional[Cameras] = None) -> Tensor:
         """The exact posterior mean D(x_t, t, y, c), same shape as x_t."""

@@ -1,0 +1,1 @@
+"""Editing existing content: single images (DDS) and, later, scenes."""

@@ -1,0 +1,108 @@
+"""Variational Score Distillation (ProlificDreamer) and Entropic Score Distillation.
+
+GUIDANCE.md sections 2 and 6:
+
+    e_pre = CFG(e(x_t; y_view), e(x_t; neg), s)                the frozen prior, view-dependent prompt
+    e_phi = lambda * e_var(x_t; y, c = none) + (1 - lambda) * e_var(x_t; y, c)
+    grad  = w(t) * (e_pre - e_phi)
+
+e_var is the variational score model of the distribution of current renders, built by the
+prior (`prior.variational_model`): LoRA + camera embedding on Stable Diffusion, the exact
+buffer denoiser on toyworld. It learns from each step's detached renders after the gradient
+is computed (on the very first step, before, so it has something to predict from).
+VSD is lambda = 0; ESD's lambda is `entropy_weight` (threestudio's guidance_scale_lora = 1 - lambda).
+Several particles (`particles`, independent 3D models run by the trainer) share one variational
+model: each particle's renders are part of the distribution the others are pushed away from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..cameras import Cameras
+from ..errors import UserError
+from ..priors.base import DiffusionPrior, TextEmbeddings, VariationalConfig, add_noise
+from .base import BaseGuidanceConfig, Guidance, GuidanceOutput
+
+
+@dataclass
+class VSDConfig(BaseGuidanceConfig):
+    """VSD: prior CFG 7.5 on SD (1 on toyworld), w = 1 - abar."""
+
+    particles: int = 1
+    """Independent 3D models optimised together, sharing one variational model."""
+    variational: VariationalConfig = field(default_factory=VariationalConfig)
+
+
+@dataclass
+class ESDConfig(VSDConfig):
+    """ESD: VSD plus the entropy term."""
+
+    entropy_weight: float = 0.5
+    """lambda: weight of the camera-unconditional variational score (0 = VSD; the ESD README uses 0.5)."""
+
+
+class VSDGuidance(Guidance):
+    """VSD / ESD (see the module docstring)."""
+
+    config: VSDConfig
+    uses_low_cfg = True
+
+    def __init__(self, config: VSDConfig, prior: DiffusionPrior, total_steps: int, generator: torch.Generator) -> None:
+        super().__init__(config, prior, total_steps, generator)
+        if config.particles < 1:
+            raise UserError(f"--guidance.particles must be at least 1, got {config.particles}")
+        self.entropy_weight = float(getattr(config, "entropy_weight", 0.0))
+        if not 0.0 <= self.entropy_weight <= 1.0:
+            raise UserError(f"--guidance.entropy-weight must be in [0, 1], got {self.entropy_weight}")
+        build = getattr(prior, "variational_model", None)
+        if build is None:
+            raise UserError(f"{type(prior).__name__} has no variational model, so VSD/ESD cannot run on it; use --prior sd or toyworld")
+        self.variational = build(config.variational)
+        self._trained = False
+
+    def variational_eps(self, x_t: Tensor, t: Tensor, plain: Tensor, cams: Cameras) -> Tensor:
+        """lambda * e_var(c = none) + (1 - lambda) * e_var(c); one branch when lambda is 0 or 1."""
+        lam = self.entropy_weight
+        if lam == 0.0:
+            return self.variational.predict_eps(x_t, t, plain, cams)
+        if lam == 1.0:
+            return self.variational.predict_eps(x_t, t, plain, None)
+        e_cam = self.variational.predict_eps(x_t, t, plain, cams)
+        return lam * self.variational.predict_eps(x_t, t, plain, None) + (1.0 - lam) * e_cam
+
+    def _train_variational(self, x0: Tensor, plain: Tensor, cams: Cameras) -> dict[str, float]:
+        self._trained = True
+        return self.variational.update(x0.detach(), plain, cams, self.generator)
+
+    def __call__(self, images: Tensor, cams: Cameras, emb: TextEmbeddings, step: int) -> GuidanceOutput:
+        x0 = self.prior.encode(images)
+        t = self.sample_timesteps(x0.shape[0], step, x0.device)
+        noise = self.sample_noise(x0)
+        plain = emb.plain_or_cond
+        logs: dict[str, float] = {}
+        if not self._trained:
+            logs = self._train_variational(x0, plain, cams)
+            first = True
+        else:
+            first = False
+        with torch.no_grad():
+            x_t = add_noise(self.prior.alphas_cumprod, x0.detach(), noise, t)
+            e_pre = self.guided_eps(x_t, t, emb, cams)
+            e_phi = self.variational_eps(x_t, t, plain, cams)
+            grad = self.weight(t, x0.ndim) * (e_pre - e_phi)
+        if not first:
+            logs = self._train_variational(x0, plain, cams)
+        return self.output(x0, grad, step, t, images, **logs)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"variational": self.variational.state_dict(), "trained": self._trained}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "variational" in state:
+            self.variational.load_state_dict(state["variational"])
+            self._trained = bool(state.get("trained", True))
