@@ -134,3 +134,19 @@ def test_camera_batch_mismatch(priors: dict[str, StableDiffusionPrior]) -> None:
     x, t, emb = _inputs(prior)
     with pytest.raises(ValueError, match="camera batch"):
         model.predict_eps(x, t, emb, _cameras(3, 0))
+
+
+@pytest.mark.cuda
+def test_cuda_fp16_lora_stays_float32_and_trains(tiny_sd: dict[str, Path]) -> None:
+    prior = StableDiffusionPrior(StableDiffusionConfig(model=str(tiny_sd["sd1"])), None, "cuda")
+    assert prior.dtype == torch.float16
+    model = prior.variational_model(VariationalConfig(lr=1e-3))
+    assert all(p.dtype == torch.float32 and p.device.type == "cuda" for p in model.trainable_parameters())
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.randn(2, 4, prior.latent_size, prior.latent_size, generator=gen).cuda()
+    emb = prior.embed(["a hamburger"] * 2)
+    cams = _cameras(2, 0).to("cuda")
+    losses = [model.update(x0, emb, cams, gen)["vsd_lora_loss"] for _ in range(3)]
+    assert all(math.isfinite(v) for v in losses)
+    out = model.predict_eps(x0, torch.tensor([100, 600], device="cuda"), emb, cams)
+    assert torch.isfinite(out).all()

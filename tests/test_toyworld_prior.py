@@ -102,3 +102,36 @@ def test_unconditional_set_is_the_union_of_the_catalogue() -> None:
 
     n_meshes = sum(len(resolve_prompt(p)) for p in catalogue_prompts())
     assert prior.reference_set(int(prior.embed([""])[0])).x.shape[0] == n_meshes
+
+
+@pytest.mark.parametrize("t_value", [30, 400, 900])
+def test_data_noise_denoiser_is_the_gaussian_mixture_posterior_mean(t_value: int) -> None:
+    """With data_noise sigma the data are N(x_i, sigma^2 I); the posterior mean is that mixture's, by brute force."""
+    sigma = 0.3
+    prior = _prior(kappa=0.0, resolution=2, data_noise=sigma)
+    set_id, refs = _tiny_refs(prior, n=5, dim=3 * 2 * 2)
+    x_t = torch.randn(2, 3, 2, 2, generator=torch.Generator().manual_seed(2))
+    t = torch.full((2,), t_value)
+    got = prior.denoise(x_t, t, torch.full((2,), set_id))
+    abar = float(prior.alphas_cumprod[t_value])
+    a, s = math.sqrt(abar), math.sqrt(1 - abar)
+    var = s * s + a * a * sigma * sigma  # x_t | i ~ N(a x_i, var I)
+    for b in range(2):
+        xb = x_t[b].flatten().double()
+        logits = torch.tensor([-float(((xb - a * refs.x[i]) ** 2).sum()) / (2 * var) for i in range(5)], dtype=torch.float64)
+        w = torch.softmax(logits, 0)
+        # E[x0 | x_t, i] for x0 ~ N(x_i, sigma^2), x_t = a x0 + s eps: x_i + a sigma^2 / var (x_t - a x_i)
+        per_ref = refs.x + (a * sigma * sigma / var) * (xb[None] - a * refs.x)
+        torch.testing.assert_close(got[b].flatten().double(), (w[:, None] * per_ref).sum(0), atol=1e-5, rtol=1e-5)
+
+
+def test_data_noise_makes_the_denoiser_the_identity_at_low_noise() -> None:
+    x = torch.rand(1, 3, 4, 4) * 2 - 1
+    exact, blurred = _prior(kappa=0.0, resolution=4), _prior(kappa=0.0, resolution=4, data_noise=0.5)
+    for prior in (exact, blurred):
+        _tiny_refs(prior, n=6, dim=3 * 4 * 4)
+    set_id = exact.embed(["a red cube"])
+    t = torch.tensor([1])
+    a = float(exact.alphas_cumprod[1]) ** 0.5
+    assert (blurred.denoise(a * x, t, set_id) - x).abs().max() < 0.02
+    assert (exact.denoise(a * x, t, set_id) - x).abs().max() > 0.1  # the exact one snaps to a reference

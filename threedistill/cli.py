@@ -109,7 +109,7 @@ def cmd_edit_image(argv: list[str]) -> int:
 
     from .atomic import atomic_write_text
     from .config import parse_run_args
-    from .edit.image import edit_image
+    from .edit.image import edit_image, prompt_embeddings
     from .export.images import image_grid, read_image, save_image
     from .guidance.registry import GUIDANCES
     from .priors.registry import PRIORS
@@ -136,12 +136,14 @@ def cmd_edit_image(argv: list[str]) -> int:
     generator = torch.Generator().manual_seed(cfg.seed)
     prior = PRIORS[names.prior].build(cfg.prior, cfg.sampler, device)
     guidance = GUIDANCES["dds"].build(cfg.guidance, prior, cfg.steps, generator)
+    emb_src = prompt_embeddings(prior, args.source, cfg.negative_prompt)  # unknown prompts fail here, before any output
+    emb_tgt = prompt_embeddings(prior, args.target, cfg.negative_prompt)
     console = _console()
     out_dir = new_run_dir(args.out, args.target, "dds", "image")
     start = time.perf_counter()
     with progress_bar(console, disable=False) as progress:
         task = progress.add_task("editing", total=cfg.steps, loss=float("nan"), speed=0.0)
-        result = edit_image(prior, guidance, image, args.source, args.target, cfg.steps, args.lr, cfg.negative_prompt,
+        result = edit_image(prior, guidance, image, emb_src, emb_tgt, cfg.steps, args.lr,
                             on_step=lambda step, g: progress.update(task, advance=1, loss=g))
     seconds = time.perf_counter() - start
     save_image(out_dir / "source.png", result.source[0])

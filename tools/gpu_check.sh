@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One short device check for a lent GPU machine: the cuda-marked tests (gsplat vs the torch
-# backend, fp16 Stable Diffusion) and the GPU render and prior benchmarks. Run from the repository root; writes logs to $OUT
+# backend, fp16 Stable Diffusion and its VSD LoRA model) and the GPU render and prior benchmarks. Run from the repository root; writes logs to $OUT
 # when set. gsplat compiles its CUDA kernels on first use (minutes).
 set -uo pipefail
 out="${OUT:-/tmp}"

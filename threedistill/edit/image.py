@@ -9,7 +9,7 @@ No camera is known for a plain image, so toyworld's camera kernel is off.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -35,17 +35,16 @@ def prompt_embeddings(prior: DiffusionPrior, prompt: str, negative_prompt: str =
 
 
 def edit_image(
-    prior: DiffusionPrior, guidance: DDSGuidance, image: Tensor, source: str, target: str, steps: int, lr: float,
-    negative_prompt: str = "", on_step: Optional[callable] = None,  # type: ignore[valid-type]
+    prior: DiffusionPrior, guidance: DDSGuidance, image: Tensor, emb_src: TextEmbeddings, emb_tgt: TextEmbeddings,
+    steps: int, lr: float, on_step: Optional[Callable[[int, float], None]] = None,
 ) -> ImageEdit:
-    """DDS-edit `image` [3,H,W] in [0,1] from the `source` prompt toward `target`."""
+    """DDS-edit `image` [3,H,W] in [0,1] from the source prompt's embeddings toward the target's
+    (see `prompt_embeddings`)."""
     device = prior.alphas_cumprod.device
     img = image.unsqueeze(0).to(device)
     size = prior.resolution
     if img.shape[-2:] != (size, size):
         img = F.interpolate(img, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    emb_src = prompt_embeddings(prior, source, negative_prompt)
-    emb_tgt = prompt_embeddings(prior, target, negative_prompt)
     with torch.no_grad():
         z_src = prior.encode(img)
     z = z_src.clone().requires_grad_(True)

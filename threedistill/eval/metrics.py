@@ -12,6 +12,9 @@ from ..cameras import Cameras, heldout_cameras
 from ..render.types import RenderOutput
 
 
+BACK_AZIMUTH = 135.0  # |azimuth| above this is a back view (threestudio's back threshold)
+
+
 def psnr(pred: Tensor, target: Tensor) -> float:
     """Mean over the batch of per-image PSNR (dB) for images in [0,1], [B,3,H,W]."""
     mse = ((pred.clamp(0, 1) - target.clamp(0, 1)) ** 2).flatten(1).mean(1).clamp_min(1e-10)
@@ -34,13 +37,19 @@ def score_against(render: RenderOutput, truth: RenderOutput) -> dict[str, float]
 def evaluate_toyworld(representation: Any, prior: Any, prompt: str, n_views: int, background: Tensor) -> dict[str, Any]:
     """Scores over fixed held-out cameras against the closest mode of the prompt.
 
-    Returns mask_iou, psnr, and `mode` (index of the mode the asset matched best).
+    Returns mask_iou, psnr, `back_psnr` (the held-out views within 45 degrees of the back,
+    where front-only objects fail; absent when no view is there) and `mode` (index of the
+    mode the asset matched best).
     """
     cams: Cameras = heldout_cameras(n_views, prior.resolution, prior.resolution).to(background.device)
     render = representation.render(cams, background)
+    back = (cams.azimuth.abs() > BACK_AZIMUTH).nonzero().squeeze(1)
     best: dict[str, Any] = {"psnr": -math.inf}
     for i, mode in enumerate(prior.modes(prompt)):
-        scores = score_against(render, prior.render_ground_truth(mode, cams))
+        truth = prior.render_ground_truth(mode, cams)
+        scores = score_against(render, truth)
         if scores["psnr"] > best["psnr"]:
             best = {**scores, "mode": i}
+            if back.numel():  # too few held-out views may have none
+                best["back_psnr"] = psnr(render.rgb[back], truth.rgb[back])
     return best

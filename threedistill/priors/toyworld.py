@@ -61,6 +61,11 @@ class ToyworldConfig:
     soften the posterior, which classifier-style objectives need: the exact posterior is one-hot
     except at very high noise, so e(y) - e(null) carries almost no signal. None: 1, or the
     objective's preference (csd and csm: 100)."""
+    data_noise: float = 0.0
+    """sigma_d: the data are the references blurred by N(0, sigma_d^2) per pixel (in [-1,1] units),
+    and the denoiser is that distribution's exact posterior mean. 0 is the plain empirical
+    distribution, whose denoiser memorises: at low noise it returns a reference, never its
+    input. With sigma_d > 0 it is ~ the identity below noise ~sigma_d, as a trained network is."""
     mesh: Optional[str] = None
     """A user mesh (.glb/.obj/.ply/.stl) that any prompt then names."""
     reference_seed: int = 0
@@ -90,6 +95,9 @@ class ToyworldPrior:
         self.alphas_cumprod = scaled_linear_alphas_cumprod(self.num_train_timesteps).to(self.device)
         self.defaults = GuidanceDefaults(cfg_scale=1.0, min_step=20, max_step=[(0.0, 980.0), (0.5, 500.0)], cfg_scale_low=1.0)
         self.temperature = 1.0 if config.temperature is None else float(config.temperature)
+        self.data_noise = float(config.data_noise)
+        if self.data_noise < 0:
+            raise UserError(f"--prior.data-noise must be >= 0, got {config.data_noise}; 0 is the exact empirical distribution")
         if self.temperature <= 0:
             raise UserError(f"--prior.temperature must be positive, got {config.temperature}; 1 is the exact posterior")
         self.sampler_config = sampler_config
@@ -215,16 +223,27 @@ class ToyworldPrior:
     def posterior_weights(self, x_t: Tensor, t: Tensor, refs: ReferenceSet, cam_dirs: Optional[Tensor]) -> Tensor:
         """Posterior weights [B,N] of each reference given noisy x_t (flattened [B,D])."""
         a, s = noise_coefficients(self.alphas_cumprod.double(), t, 2)
-        # -|x_t - a x_i|^2 / (2 s^2) up to a per-row constant (|x_t|^2 cancels in the softmax).
-        logits = (2.0 * a * (x_t @ refs.x.T) - a * a * refs.sq_norm[None]) / (2.0 * s * s)
+        var = s * s + a * a * self.data_noise**2  # x_t | i ~ N(a x_i, (s^2 + a^2 sigma_d^2) I)
+        # -|x_t - a x_i|^2 / (2 var) up to a per-row constant (|x_t|^2 cancels in the softmax).
+        logits = (2.0 * a * (x_t @ refs.x.T) - a * a * refs.sq_norm[None]) / (2.0 * var)
         if cam_dirs is not None and self.config.kappa != 0.0:
             logits = logits + self.config.kappa * (cam_dirs @ refs.dirs.T)
         return torch.softmax(logits / self.temperature, dim=-1)
 
+    def posterior_mean(self, x_t: Tensor, t: Tensor, refs: ReferenceSet, cam_dirs: Optional[Tensor]) -> Tensor:
+        """D = E[x0 | x_t] for flattened float64 x_t [B,D]: sum_i w_i (x_i + c (x_t - a x_i)),
+        c = a sigma_d^2 / (s^2 + a^2 sigma_d^2) (c = 0 for the exact empirical distribution)."""
+        w = self.posterior_weights(x_t, t, refs, cam_dirs)
+        mean = w @ refs.x
+        if self.data_noise == 0.0:
+            return mean
+        a, s = noise_coefficients(self.alphas_cumprod.double(), t, 2)
+        c = a * self.data_noise**2 / (s * s + a * a * self.data_noise**2)
+        return mean + c * (x_t - a * mean)
+
     def posterior_eps(self, x_t: Tensor, t: Tensor, refs: ReferenceSet, cam_dirs: Optional[Tensor]) -> Tensor:
         """eps = (x_t - a_t D) / s_t with D the posterior mean over `refs` (x_t any shape [B,...])."""
-        w = self.posterior_weights(x_t.detach().flatten(1).double(), t, refs, cam_dirs)
-        d = (w @ refs.x).view(x_t.shape).to(x_t.dtype)
+        d = self.posterior_mean(x_t.detach().flatten(1).double(), t, refs, cam_dirs).view(x_t.shape).to(x_t.dtype)
         a, s = noise_coefficients(self.alphas_cumprod, t, x_t.ndim)
         return (x_t - a * d) / s
 
@@ -248,8 +267,7 @@ class ToyworldPrior:
             else:  # a view phrase's direction stands in for the missing cameras
                 view_dir = self._view_dirs.get(emb_id)
                 row_dirs = None if view_dir is None else view_dir.expand(len(rows), 3)
-            w = self.posterior_weights(flat[rows], t[rows], refs, row_dirs)
-            out[rows] = w @ refs.x
+            out[rows] = self.posterior_mean(flat[rows], t[rows], refs, row_dirs)
         return out.view(shape).to(x_t.dtype)
 
     @torch.no_grad()

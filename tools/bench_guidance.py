@@ -1,0 +1,138 @@
+"""Benchmark every objective on toyworld, where the right answer is known.
+
+    python tools/bench_guidance.py [--steps 300] [--seeds 3] [--write docs/benchmarks.md]
+
+Each objective runs with its own default settings (csd and csm at their default toyworld
+temperature, 100) with 3D Gaussians on three prompts: a symmetric object, an asymmetric
+object (whose back-view PSNR shows whether the back came out right) and the multi-modal
+"a ball" (how many of its 4 colour modes the seeds reach). A last row runs VSD with several
+particles on the multi-modal prompt: do they spread over the modes? Everything is measured in
+one process, one run after another; seconds are the optimisation loop's own time.
+
+With --write the Markdown table replaces the section between the bench_guidance markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from threedistill.config import parse_run_args  # noqa: E402
+from threedistill.guidance.registry import GUIDANCES  # noqa: E402
+from threedistill.run_dir import new_run_dir  # noqa: E402
+from threedistill.train import Trainer  # noqa: E402
+
+PROMPTS = {"symmetric": "a red cube", "asymmetric": "a yellow duck", "multi-modal": "a ball"}
+START, END = "<!-- bench_guidance:start -->", "<!-- bench_guidance:end -->"
+QUICK_FLAGS = ["--prior.num-references", "16", "--prior.resolution", "32", "--sampler.width", "32", "--sampler.height", "32",
+               "--sampler.batch-size", "2", "--representation.num-points", "200", "--log.eval-views", "8"]
+
+
+def run_once(objective: str, prompt: str, seed: int, steps: int, out: Path, extra: list[str]) -> dict[str, Any]:
+    """One toyworld run with the objective's defaults; returns its metrics.json summary."""
+    argv = ["--prior", "toyworld", "--guidance", objective, "--prompt", prompt, "--seed", str(seed), "--steps", str(steps),
+            "--device", "cpu", "--out", str(out), "--log.no-progress", "--log.preview-every", "0",
+            "--log.checkpoint-every", "0", "--log.turntable-frames", "4", "--log.turntable-resolution", "32", *extra]
+    names, cfg = parse_run_args(argv)
+    trainer = Trainer(names, cfg, new_run_dir(cfg.out, cfg.prompt, names.guidance, names.representation))
+    trainer.train()
+    summary = trainer.finish()
+    summary["temperature"] = trainer.prior.temperature
+    return summary
+
+
+def mean_std(values: list[float]) -> str:
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.3g}"
+    return f"{statistics.mean(values):.3g} ± {statistics.stdev(values):.2g}"
+
+
+def table(rows: list[dict[str, Any]], steps: int, seeds: int, particles: int) -> str:
+    lines = [
+        f"Every objective with its defaults, 3D Gaussians, {steps} steps, seeds 0..{seeds - 1}; mean ± std over seeds.",
+        "PSNR in dB on 16 held-out views against the closest mode; back PSNR on the 4 views within 45° of the back.",
+        "",
+        "| objective | prompt | prior T | mask IoU | PSNR | back PSNR | modes reached | seconds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        runs = r["runs"]
+        kind = r["kind"]
+        back = mean_std([x["back_psnr"] for x in runs]) if kind == "asymmetric" else ""
+        if kind == "multi-modal":
+            reached = {x["mode"] for x in runs} if "particles" not in runs[0] else None
+            modes = f"{len(reached)} of 4 over the seeds" if reached is not None else (
+                ", ".join(str(x["modes_reached"]) for x in runs) + f" of {particles} particles, per seed")
+        else:
+            modes = ""
+        lines.append(
+            f"| {r['label']} | {r['prompt']} | {runs[0]['temperature']:g} | {mean_std([x['mask_iou'] for x in runs])} | "
+            f"{mean_std([x['psnr'] for x in runs])} | {back} | {modes} | {mean_std([x['seconds'] for x in runs])} |"
+        )
+    return "\n".join(lines)
+
+
+def machine_line() -> str:
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
+    return (f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} logical cores, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads; 1-min load at the end {load:.2f}; {time.strftime('%Y-%m-%d')}.")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--objectives", default=",".join(n for n in GUIDANCES if n != "dds"))
+    p.add_argument("--kinds", default=",".join(PROMPTS), help="which prompts: symmetric, asymmetric, multi-modal")
+    p.add_argument("--particles", type=int, default=4, help="VSD particles on the multi-modal prompt (0: skip that row)")
+    p.add_argument("--quick", action="store_true", help="tiny settings (a smoke test of this script)")
+    p.add_argument("--write", type=Path, default=None, help="replace the bench_guidance section of this Markdown file")
+    args = p.parse_args()
+    extra = QUICK_FLAGS if args.quick else []
+    kinds = [k for k in args.kinds.split(",") if k]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in kinds:  # build and cache each prompt's references (and the null set) outside the timings
+            run_once("csd", PROMPTS[kind], 0, 1, Path(tmp), extra)
+        jobs = [(o, o, k, []) for o in args.objectives.split(",") if o for k in kinds]
+        if args.particles > 1 and "multi-modal" in kinds:
+            jobs.append((f"vsd, {args.particles} particles", "vsd", "multi-modal", ["--guidance.particles", str(args.particles)]))
+        for label, objective, kind, flags in jobs:
+            runs = []
+            for seed in range(args.seeds):
+                summary = run_once(objective, PROMPTS[kind], seed, args.steps, Path(tmp), extra + flags)
+                runs.append(summary)
+                print(f"{label:>18} {kind:>11} seed {seed}: iou {summary['mask_iou']:.3f} psnr {summary['psnr']:.2f} "
+                      f"back {summary.get('back_psnr', math.nan):.2f} mode {summary.get('mode', summary.get('modes_reached'))} "
+                      f"{summary['seconds']:.1f} s", flush=True)
+            rows.append({"label": label, "kind": kind, "prompt": PROMPTS[kind], "runs": runs})
+    text = table(rows, args.steps, args.seeds, args.particles) + "\n\n" + machine_line()
+    print(text)
+    if args.write:
+        doc = args.write.read_text() if args.write.exists() else ""
+        section = f"{START}\n{text}\n{END}"
+        if START in doc and END in doc:
+            doc = doc[: doc.index(START)] + section + doc[doc.index(END) + len(END):]
+        else:
+            doc = doc.rstrip() + "\n\n" + section + "\n"
+        args.write.write_text(doc)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
