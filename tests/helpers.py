@@ -20,6 +20,7 @@ TINY_FLAGS = [
     "--log.preview-every", "3",
     "--log.checkpoint-every", "3",
     "--log.log-every", "1",
+    "--log.export-formats", "splat", "video",
     "--device", "cpu",
 ]
 

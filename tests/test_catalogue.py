@@ -68,9 +68,13 @@ def test_load_user_mesh(tmp_path, suffix):
     box = trimesh.creation.box((2.0, 1.0, 0.5))
     box.visual.face_colors = [200, 30, 30, 255]
     path = tmp_path / f"box{suffix}"
+    if suffix == ".glb":  # glTF is y-up: store the z-up box as (x, z, -y), as Blender and our exporter do
+        box.vertices = box.vertices[:, [0, 2, 1]] * np.array([1.0, 1.0, -1.0])
     box.export(path)
     mesh = load_user_mesh(path, "my box")
     assert mesh.name == "my box" and len(mesh.faces) == 12
+    extents = np.ptp(mesh.vertices, axis=0)
+    assert extents[0] > extents[1] > extents[2], "back in z-up: 2 x 1 x 0.5"
     assert np.linalg.norm(mesh.vertices, axis=1).max() == pytest.approx(RADIUS, abs=1e-5)
     assert np.allclose(mesh.face_colors, np.array([200, 30, 30]) / 255.0, atol=0.02)
 

@@ -22,7 +22,8 @@ THRESHOLDS = {"sds": 0.8, "vsd": 0.8, "esd": 0.8, "ism": 0.7, "tsm": 0.7, "csd":
 @pytest.mark.parametrize("name", list(THRESHOLDS))
 def test_objective_converges_on_a_symmetric_object(name: str, tmp_path: Path) -> None:
     args = ["run", "--prior", "toyworld", "--prompt", "a red cube", "--guidance", name, "--steps", "300", "--out", str(tmp_path),
-            "--log.no-progress", "--log.turntable-frames", "4", "--log.preview-every", "0", "--log.checkpoint-every", "0"]
+            "--log.no-progress", "--log.turntable-frames", "4", "--log.preview-every", "0", "--log.checkpoint-every", "0",
+            "--log.export-formats", "splat"]
     assert main(args) == 0
     (metrics,) = tmp_path.rglob("metrics.json")
     m = json.loads(metrics.read_text())

@@ -24,20 +24,20 @@ def _trainer(tmp_path: Path, *extra: str) -> Trainer:
 
 
 def test_tiny_run_writes_the_run_folder(tmp_path: Path) -> None:
-    trainer = _trainer(tmp_path, "--prompt", "a red cube")
+    trainer = _trainer(tmp_path, "--prompt", "a red cube", "--log.export-formats", "splat", "video", "glb", "ply")
     start = [p.detach().clone() for p in trainer.representation.parameters()]
     assert trainer.train()
     summary = trainer.finish()
     run = trainer.run_dir
     assert run.parent.name == "a-red-cube" and run.name.startswith("sds-gaussians-")
     metrics = json.loads((run / "metrics.json").read_text())
-    assert set(metrics) >= {"mask_iou", "psnr", "seconds", "steps"} and metrics == summary
+    assert set(metrics) >= {"mask_iou", "psnr", "seconds", "steps", "chamfer"} and metrics == summary
     assert 0 <= metrics["mask_iou"] <= 1 and metrics["steps"] == 6
     rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 7)) and all("loss" in r for r in rows)
     assert "finished" in (run / "log.txt").read_text()
     for name in ("config.yaml", "log.txt", "checkpoints/last.pt", "checkpoints/step-000003.pt", "previews/step-000003.png",
-                 "export/splats.ply", "export/turntable.mp4", "export/turntable.gif"):
+                 "export/splats.ply", "export/turntable.mp4", "export/turntable.gif", "export/mesh.glb", "export/mesh.ply"):
         assert (run / name).exists(), name
     assert not list(run.rglob("*.tmp*")), "no temporary files are left behind"
     moved = [not torch.equal(a, b) for a, b in zip(start, trainer.representation.parameters())]

@@ -92,10 +92,20 @@ def cmd_export(argv: list[str]) -> int:
 
     p = OneLineParser(prog="threedistill export", description="Export a run's asset into RUN_DIR/export.")
     p.add_argument("run_dir", type=Path)
-    p.add_argument("--format", dest="formats", action="append", choices=["splat", "video"], help="repeatable; default: all")
+    formats = ["splat", "video", "glb", "obj", "ply"]
+    p.add_argument("--format", dest="formats", action="append", choices=formats, help="repeatable; default: all")
+    p.add_argument("--mesh-resolution", type=int, default=None, help="marching-cubes grid points per axis (default: the run's mesh.resolution, 128)")
+    p.add_argument("--decimate-faces", type=int, default=None, help="decimate meshes to about N faces (0: keep all)")
+    p.add_argument("--texture-size", type=int, default=None, help="side of the OBJ texture in pixels")
+    p.add_argument("--level", type=float, default=None, help="surface density level (default: calibrated on the renders)")
     args = p.parse_args(argv)
     trainer = Trainer.resume(args.run_dir, _console())
-    for path in trainer.export(args.formats or ["splat", "video"]):
+    mesh = trainer.cfg.mesh
+    for name, value in (("resolution", args.mesh_resolution), ("decimate_faces", args.decimate_faces),
+                        ("texture_size", args.texture_size), ("level", args.level)):
+        if value is not None:
+            setattr(mesh, name, value)
+    for path in trainer.export(args.formats or formats):
         print(path)
     return 0
 

@@ -18,8 +18,11 @@ from .cameras import OrbitSampler
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ComponentNames, config_to_yaml, load_run_config
 from .errors import UserError
+from .eval.chamfer import chamfer_to_toyworld
 from .eval.metrics import evaluate_toyworld
+from .export.extract import extract_mesh, field_of
 from .export.images import save_image_grid, write_video
+from .export.mesh import MESH_FORMATS, write_mesh_files
 from .export.splat_ply import write_splat_ply
 from .export.turntable import render_turntable
 from .guidance.registry import GUIDANCES
@@ -69,6 +72,7 @@ class Trainer:
         self.elapsed = 0.0
         self._stop_requested = False
         self._last_render: Optional[torch.Tensor] = None  # the latest training views, for previews
+        self._meshes: dict[int, Any] = {}  # particle index -> ExtractedMesh of the final asset (finish/export)
         for sub in ("checkpoints", "previews", "export"):
             (self.run_dir / sub).mkdir(parents=True, exist_ok=True)
         self.log(
@@ -222,18 +226,35 @@ class Trainer:
         """
         if not hasattr(self.prior, "modes"):
             return None
-        scores = [
-            evaluate_toyworld(member, self.prior, self.cfg.prompt, self.cfg.log.eval_views, self.background)
-            for member in particle_members(self.representation)
-        ]
+        members = particle_members(self.representation)
+        scores = [evaluate_toyworld(m, self.prior, self.cfg.prompt, self.cfg.log.eval_views, self.background) for m in members]
+        if any(f in MESH_FORMATS for f in self.cfg.log.export_formats):
+            for i, s in enumerate(scores):
+                mesh = self.mesh_of(i)
+                if mesh is not None:
+                    s.update(chamfer_to_toyworld(mesh, self.prior, self.cfg.prompt), mesh_level=mesh.level)
         if len(scores) == 1:
             return scores[0]
-        return {
+        summary = {
             "mask_iou": sum(s["mask_iou"] for s in scores) / len(scores),
             "psnr": sum(s["psnr"] for s in scores) / len(scores),
             "modes_reached": len({s["mode"] for s in scores}),
             "particles": scores,
         }
+        if all("chamfer" in s for s in scores):
+            summary["chamfer"] = sum(s["chamfer"] for s in scores) / len(scores)
+        return summary
+
+    def mesh_of(self, index: int) -> Any:
+        """The extracted mesh of particle `index` (cached; None, logged, when it has no surface)."""
+        if index not in self._meshes:
+            member = particle_members(self.representation)[index]
+            try:
+                self._meshes[index] = extract_mesh(field_of(member), self.cfg.mesh)
+            except UserError as exc:
+                self.log(f"no mesh for particle {index}: {exc}")
+                self._meshes[index] = None
+        return self._meshes[index]
 
     def finish(self) -> dict[str, Any]:
         """Final checkpoint, metrics.json, preview grid and exports."""
@@ -252,13 +273,21 @@ class Trainer:
             summary.update(scores)
         atomic_write_text(self.run_dir / "metrics.json", json.dumps(summary, indent=2) + "\n")
         self.log("finished: " + json.dumps(summary))
-        for path in self.export(["splat", "video"]):
+        for path in self.export(list(self.cfg.log.export_formats)):
             self.log(f"exported {path.name}")
         return summary
 
     def export(self, formats: list[str]) -> list[Path]:
         """Write the requested exports into RUN_DIR/export (atomically)."""
-        return export_representation(self.representation, self.run_dir / "export", formats, self.cfg, self.background)
+        written = export_representation(self.representation, self.run_dir / "export", [f for f in formats if f not in MESH_FORMATS],
+                                        self.cfg, self.background)
+        mesh_formats = [f for f in formats if f in MESH_FORMATS]
+        for i, member in enumerate(particle_members(self.representation) if mesh_formats else []):
+            mesh = self.mesh_of(i)
+            if mesh is not None:
+                stem = "mesh" if i == 0 else f"mesh_particle{i}"
+                written += write_mesh_files(mesh, self.run_dir / "export", mesh_formats, field_of(member).albedo, self.cfg.mesh, stem)
+        return written
 
 
 def particle_members(representation: Any) -> list[Any]:
@@ -285,7 +314,7 @@ def export_representation(representation: Any, out_dir: Path, formats: list[str]
             written.append(write_video(out_dir / "turntable.mp4", frames, fps=24))
             written.append(write_video(out_dir / "turntable.gif", frames, fps=24))
         else:
-            raise UserError(f"unknown export format '{fmt}'; valid formats: splat, video")
+            raise UserError(f"unknown export format '{fmt}'; valid formats: splat, video, {', '.join(MESH_FORMATS)}")
     return written
 
 

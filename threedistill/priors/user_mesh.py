@@ -13,6 +13,7 @@ from ..runtime import quiet_libraries
 from .toyworld_catalogue import ToyMesh, normalise
 
 _USER_MESH_GREY = (0.7, 0.7, 0.7)
+GLTF_SUFFIXES = (".glb", ".gltf")
 
 
 def _face_colours(mesh: trimesh.Trimesh) -> np.ndarray:
@@ -30,7 +31,10 @@ def _face_colours(mesh: trimesh.Trimesh) -> np.ndarray:
 
 
 def load_user_mesh(path: str | Path, name: str) -> ToyMesh:
-    """Load a mesh file (.glb/.obj/.ply/.stl...) as a normalised ToyMesh with face colours."""
+    """Load a mesh file (.glb/.obj/.ply/.stl...) as a normalised ToyMesh with face colours.
+
+    glTF files are y-up by specification and are turned z-up; other formats are taken as z-up.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"mesh file not found: {path}; pass an existing .glb/.obj/.ply/.stl")
@@ -47,5 +51,7 @@ def load_user_mesh(path: str | Path, name: str) -> ToyMesh:
     if not np.isfinite(vertices).all() or np.ptp(vertices, axis=0).max() == 0:
         raise UserError(f"could not read mesh {path}: its vertices are degenerate or not finite; pass a valid mesh")
     faces = np.asarray(mesh.faces, dtype=np.int64)
+    if path.suffix.lower() in GLTF_SUFFIXES:  # glTF is y-up; our world is z-up: (x, y, z) -> (x, -z, y)
+        vertices = np.stack([vertices[:, 0], -vertices[:, 2], vertices[:, 1]], axis=1)
     vertices = normalise(vertices)
     return ToyMesh(vertices, faces, np.clip(colours, 0, 1).astype(np.float32), name, np.ones(len(faces), bool))
