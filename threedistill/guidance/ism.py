@@ -47,7 +47,7 @@ class TSMConfig(ISMConfig):
 
 
 class ISMGuidance(Guidance):
-    """ISM; TSM when the config has `gamma` (see the module docstring)."""
+    """ISM (see the module docstring); TSMGuidance only moves where the target sits."""
 
     config: ISMConfig
     uses_low_cfg = True
