@@ -150,6 +150,9 @@ class Trainer:
         emb = self.prompts.for_cameras(cams)
         g = self.guidance(out.rgb, cams, emb, step)
         loss = g.loss
+        regularisation = getattr(self.representation, "regularisation", None)
+        if regularisation is not None:  # e.g. NeRF's orientation / sparsity / opacity terms
+            loss = loss + regularisation(out, step)
         if not torch.isfinite(loss):
             self.skipped_steps += 1
             self.log(f"step {step}: non-finite loss, step skipped")
@@ -273,7 +276,10 @@ class Trainer:
             summary.update(scores)
         atomic_write_text(self.run_dir / "metrics.json", json.dumps(summary, indent=2) + "\n")
         self.log("finished: " + json.dumps(summary))
-        for path in self.export(list(self.cfg.log.export_formats)):
+        formats = list(self.cfg.log.export_formats)
+        if not all(hasattr(m, "splat_tensors") for m in particle_members(self.representation)):
+            formats = [f for f in formats if f != "splat"]  # splats.ply exists only for Gaussians
+        for path in self.export(formats):
             self.log(f"exported {path.name}")
         return summary
 

@@ -52,6 +52,15 @@ class Particles(nn.Module):
             extras={"members": outs},
         )
 
+    def regularisation(self, out: RenderOutput, step: int) -> Tensor:
+        """The sum of the members' regularisers (0 when they have none)."""
+        total = out.rgb.new_zeros(())
+        for member, member_out in zip(self.members, out.extras["members"]):
+            reg = getattr(member, "regularisation", None)
+            if reg is not None:
+                total = total + reg(member_out, step)
+        return total
+
     def after_step(self, step: int, out: RenderOutput, optimizer: torch.optim.Optimizer) -> None:
         for member, member_out in zip(self.members, out.extras["members"]):
             member.after_step(step, member_out, optimizer)

@@ -2,5 +2,9 @@
 
 from ..registry import Component, Registry
 from .gaussians import Gaussians, GaussiansConfig
+from .nerf import NeRF, NeRFConfig
 
-REPRESENTATIONS = Registry("representation", {"gaussians": Component(GaussiansConfig, Gaussians)})
+REPRESENTATIONS = Registry(
+    "representation",
+    {"gaussians": Component(GaussiansConfig, Gaussians), "nerf": Component(NeRFConfig, NeRF)},
+)
