@@ -1,11 +1,9 @@
-"""Every objective's mask IoU on a symmetric toyworld object with its defaults, 300 steps.
+"""Every objective reaches the issue's mask IoU on a symmetric toyworld object with its defaults.
 
-Shortened from the default 1000 steps to keep the suite's time in check. The issue's
-thresholds hold for sds, vsd, esd (0.8) and csd, csm (0.7, at their default toyworld
-temperature 100). ism and tsm reach about 0.76 on the cube, short of the issue's 0.8: their
-target comes from DDIM inversion, which needs a denoiser that is ~ the identity at low noise,
-and toyworld's exact denoiser memorises its references (docs/benchmarks.md explains the
-measurement); they are held to 0.7 here so a regression still fails.
+Shortened to 300 steps (the defaults run 1000) to keep the suite's time in check. Thresholds
+are the issue's: 0.8 for sds, vsd, esd, ism and tsm (ism and tsm at their default toyworld
+data noise, 4), 0.7 for csd and csm (at their default toyworld temperature, 100).
+docs/benchmarks.md has the full table over 3 prompts x 3 seeds.
 """
 
 import json
@@ -15,7 +13,7 @@ import pytest
 
 from threedistill.cli import main
 
-THRESHOLDS = {"sds": 0.8, "vsd": 0.8, "esd": 0.8, "ism": 0.7, "tsm": 0.7, "csd": 0.7, "csm": 0.7}
+THRESHOLDS = {"sds": 0.8, "vsd": 0.8, "esd": 0.8, "ism": 0.8, "tsm": 0.8, "csd": 0.7, "csm": 0.7}
 
 
 @pytest.mark.slow

@@ -50,6 +50,9 @@ def test_classifier_objectives_soften_toyworld_unless_told_otherwise(tmp_path: P
         assert cfg.prior.temperature == expected, name
     _, cfg = tiny_config("--guidance", "csd", "--prior.temperature", "5")
     assert cfg.prior.temperature == 5.0
+    for name, expected in (("ism", 4.0), ("tsm", 4.0), ("sds", None)):
+        assert tiny_config("--guidance", name)[1].prior.data_noise == expected, name
+    assert tiny_config("--guidance", "ism", "--prior.data-noise", "0")[1].prior.data_noise == 0.0
     trainer = _trainer(tmp_path, "--guidance", "csm")
     assert trainer.prior.temperature == 100.0
     saved = yaml.safe_load((trainer.run_dir / "config.yaml").read_text())

@@ -3,7 +3,7 @@
     python tools/bench_guidance.py [--steps 300] [--seeds 3] [--write docs/benchmarks.md]
 
 Each objective runs with its own default settings (csd and csm at their default toyworld
-temperature, 100) with 3D Gaussians on three prompts: a symmetric object, an asymmetric
+temperature, 100; ism and tsm at their default data noise, 4) with 3D Gaussians on three prompts: a symmetric object, an asymmetric
 object (whose back-view PSNR shows whether the back came out right) and the multi-modal
 "a ball" (how many of its 4 colour modes the seeds reach). A last row runs VSD with several
 particles on the multi-modal prompt: do they spread over the modes? Everything is measured in
@@ -50,6 +50,7 @@ def run_once(objective: str, prompt: str, seed: int, steps: int, out: Path, extr
     trainer.train()
     summary = trainer.finish()
     summary["temperature"] = trainer.prior.temperature
+    summary["data_noise"] = trainer.prior.data_noise
     return summary
 
 
@@ -67,7 +68,7 @@ def table(rows: list[dict[str, Any]], steps: int, seeds: int, particles: int) ->
         f"Every objective with its defaults, 3D Gaussians, {steps} steps, seeds 0..{seeds - 1}; mean ± std over seeds.",
         "PSNR in dB on 16 held-out views against the closest mode; back PSNR on the 4 views within 45° of the back.",
         "",
-        "| objective | prompt | prior T | mask IoU | PSNR | back PSNR | modes reached | seconds |",
+        "| objective | prompt | prior T, data noise | mask IoU | PSNR | back PSNR | modes reached | seconds |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -81,7 +82,7 @@ def table(rows: list[dict[str, Any]], steps: int, seeds: int, particles: int) ->
         else:
             modes = ""
         lines.append(
-            f"| {r['label']} | {r['prompt']} | {runs[0]['temperature']:g} | {mean_std([x['mask_iou'] for x in runs])} | "
+            f"| {r['label']} | {r['prompt']} | {runs[0]['temperature']:g}, {runs[0]['data_noise']:g} | {mean_std([x['mask_iou'] for x in runs])} | "
             f"{mean_std([x['psnr'] for x in runs])} | {back} | {modes} | {mean_std([x['seconds'] for x in runs])} |"
         )
     return "\n".join(lines)

@@ -61,11 +61,12 @@ class ToyworldConfig:
     soften the posterior, which classifier-style objectives need: the exact posterior is one-hot
     except at very high noise, so e(y) - e(null) carries almost no signal. None: 1, or the
     objective's preference (csd and csm: 100)."""
-    data_noise: float = 0.0
+    data_noise: Optional[float] = None
     """sigma_d: the data are the references blurred by N(0, sigma_d^2) per pixel (in [-1,1] units),
     and the denoiser is that distribution's exact posterior mean. 0 is the plain empirical
     distribution, whose denoiser memorises: at low noise it returns a reference, never its
-    input. With sigma_d > 0 it is ~ the identity below noise ~sigma_d, as a trained network is."""
+    input. With sigma_d > 0 it is ~ the identity below noise ~sigma_d, as a trained network is,
+    which DDIM inversion needs. None: 0, or the objective's preference (ism, tsm: 4)."""
     mesh: Optional[str] = None
     """A user mesh (.glb/.obj/.ply/.stl) that any prompt then names."""
     reference_seed: int = 0
@@ -95,7 +96,7 @@ class ToyworldPrior:
         self.alphas_cumprod = scaled_linear_alphas_cumprod(self.num_train_timesteps).to(self.device)
         self.defaults = GuidanceDefaults(cfg_scale=1.0, min_step=20, max_step=[(0.0, 980.0), (0.5, 500.0)], cfg_scale_low=1.0)
         self.temperature = 1.0 if config.temperature is None else float(config.temperature)
-        self.data_noise = float(config.data_noise)
+        self.data_noise = 0.0 if config.data_noise is None else float(config.data_noise)
         if self.data_noise < 0:
             raise UserError(f"--prior.data-noise must be >= 0, got {config.data_noise}; 0 is the exact empirical distribution")
         if self.temperature <= 0:
