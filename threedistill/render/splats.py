@@ -7,44 +7,22 @@ load, else torch.
 
 from __future__ import annotations
 
-import logging
 
 import torch
 from torch import Tensor
 
 from threedistill.cameras import Cameras
-from threedistill.errors import UserError, unknown_name
+from threedistill.render.backend import BACKENDS, resolve_backend
 from threedistill.render.splats_gsplat import gsplat_status, render_splats_gsplat
 from threedistill.render.splats_torch import render_splats_torch
 from threedistill.render.types import RenderOutput
 
-SPLAT_BACKENDS = ("auto", "cuda", "torch")
-_log = logging.getLogger(__name__)
-_warned = False
+SPLAT_BACKENDS = BACKENDS
 
 
 def resolve_splat_backend(name: str, device: torch.device | str) -> str:
     """The concrete backend ("cuda" or "torch") that `name` selects for tensors on `device`."""
-    global _warned
-    if name not in SPLAT_BACKENDS:
-        raise unknown_name("render backend", name, SPLAT_BACKENDS)
-    if name == "torch":
-        return "torch"
-    on_cuda = torch.device(device).type == "cuda"
-    if name == "cuda":
-        if not on_cuda:
-            raise UserError(f"render backend 'cuda' needs tensors on a CUDA device, got {device}; use --render.backend torch")
-        ok, reason = gsplat_status()
-        if not ok:
-            raise UserError(f"render backend 'cuda' is unavailable ({reason}); use --render.backend torch or auto")
-        return "cuda"
-    if not on_cuda:
-        return "torch"
-    ok, reason = gsplat_status()
-    if not ok and not _warned:
-        _log.warning("gsplat unavailable (%s); rendering splats with the torch backend", reason)
-        _warned = True
-    return "cuda" if ok else "torch"
+    return resolve_backend(name, device, gsplat_status, "gsplat", "rendering splats")
 
 
 def render_splats(

@@ -15,20 +15,17 @@ sampling noise, not bit for bit.
 from __future__ import annotations
 
 import functools
-import logging
 from typing import Any, Optional
 
 import torch
 from torch import Tensor
 
 from threedistill.cameras import Cameras
-from threedistill.errors import UserError, unknown_name
+from threedistill.render.backend import BACKENDS, resolve_backend
 from threedistill.render.types import RenderOutput
 from threedistill.render.volume_torch import NEAR_PLANE, OccupancyGrid, RadianceField, camera_rays
 
-VOLUME_BACKENDS = ("auto", "cuda", "torch")
-_log = logging.getLogger(__name__)
-_warned = False
+VOLUME_BACKENDS = BACKENDS
 
 
 @functools.lru_cache(maxsize=None)
@@ -47,26 +44,7 @@ def nerfacc_status() -> tuple[bool, str]:
 
 def resolve_volume_backend(name: str, device: torch.device | str) -> str:
     """The concrete backend ("cuda" or "torch") that `name` selects for tensors on `device`."""
-    global _warned
-    if name not in VOLUME_BACKENDS:
-        raise unknown_name("render backend", name, VOLUME_BACKENDS)
-    if name == "torch":
-        return "torch"
-    on_cuda = torch.device(device).type == "cuda"
-    if name == "cuda":
-        if not on_cuda:
-            raise UserError(f"render backend 'cuda' needs tensors on a CUDA device, got {device}; use --render.backend torch")
-        ok, reason = nerfacc_status()
-        if not ok:
-            raise UserError(f"render backend 'cuda' is unavailable ({reason}); use --render.backend torch or auto")
-        return "cuda"
-    if not on_cuda:
-        return "torch"
-    ok, reason = nerfacc_status()
-    if not ok and not _warned:
-        _log.warning("nerfacc unavailable (%s); volume rendering with the torch backend", reason)
-        _warned = True
-    return "cuda" if ok else "torch"
+    return resolve_backend(name, device, nerfacc_status, "nerfacc", "volume rendering")
 
 
 def _estimator(occupancy: Optional[OccupancyGrid], bound: float, device: torch.device) -> Any:
