@@ -10,6 +10,7 @@ from threedistill.config import (
     parse_run_args,
 )
 from threedistill.errors import UserError
+from threedistill.stages import parse_run_plan
 
 
 def test_defaults() -> None:
@@ -44,7 +45,9 @@ def test_unknown_component_names(flag: str, name: str) -> None:
 def test_presets_load_and_validate() -> None:
     for preset in Path("configs").glob("*.yaml"):
         names, cfg = load_config(str(preset), {})
-        assert names.prior == "toyworld"
+        assert names.prior in ("toyworld", "sd")  # recipe presets leave the prior to the user (default sd)
+        plan = parse_run_plan(["--config", str(preset), "--prior", "toyworld"])
+        assert sum(s.cfg.steps for s in plan) == cfg.steps
 
 
 def test_yaml_typo_names_the_key(tmp_path: Path) -> None:

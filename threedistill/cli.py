@@ -38,26 +38,36 @@ def _print_summary(console: Console, run_dir: Path, summary: dict) -> None:
 
 
 def _train_to_end(trainer, console: Console) -> int:
-    if not trainer.train():
-        console.print(
-            f"[yellow]interrupted[/] at step {trainer.step}/{trainer.cfg.steps}; checkpoint saved. "
-            f"Continue with: threedistill resume {trainer.run_dir}"
-        )
-        return EXIT_INTERRUPTED
-    _print_summary(console, trainer.run_dir, trainer.finish())
+    """Train the trainer's stage and every later one; print the summary."""
+    while True:
+        if not trainer.train():
+            console.print(
+                f"[yellow]interrupted[/] {trainer.stage_title()}at step {trainer.step}/{trainer.cfg.steps}; checkpoint saved. "
+                f"Continue with: threedistill resume {trainer.run_dir}"
+            )
+            return EXIT_INTERRUPTED
+        summary = trainer.finish()
+        following = trainer.next_stage()
+        if following is None:
+            break
+        console.print(f"{trainer.stage_title()}done" + "".join(f", {k} {summary[k]:.3f}" for k in ("mask_iou", "psnr") if k in summary))
+        trainer = following
+    _print_summary(console, trainer.run_dir, summary)
     return 0
 
 
 def cmd_run(argv: list[str]) -> int:
-    from .config import parse_run_args
     from .run_dir import new_run_dir
+    from .stages import parse_run_plan
     from .train import Trainer
 
-    names, cfg = parse_run_args(argv)
+    plan = parse_run_plan(argv)
+    names, cfg = plan[0].names, plan[0].cfg
     console = _console()
-    run_dir = new_run_dir(cfg.out, cfg.prompt, names.guidance, names.representation)
+    representations = "-".join(dict.fromkeys(stage.names.representation for stage in plan))
+    run_dir = new_run_dir(cfg.out, cfg.prompt, names.guidance, representations)
     try:
-        trainer = Trainer(names, cfg, run_dir, console)
+        trainer = Trainer(names, cfg, run_dir, console, plan)
     except BaseException:
         _remove_if_empty(run_dir)
         raise

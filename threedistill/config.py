@@ -217,14 +217,21 @@ def apply_objective_prior_defaults(names: ComponentNames, cfg: Any) -> None:
             setattr(cfg.prior, key, value)
 
 
+def read_config_data(name_or_path: Optional[str]) -> tuple[dict[str, Any], str]:
+    """The raw mapping of a preset/YAML file (empty for defaults) and a description of its source."""
+    if not name_or_path:
+        return {}, "defaults"
+    path = resolve_config_path(name_or_path)
+    return _read_yaml(path), f"'{path}'"
+
+
 def load_config(name_or_path: Optional[str], overrides: dict[str, Optional[str]]) -> tuple[ComponentNames, Any]:
-    """Load a preset/YAML (or defaults) with component names overridden from the CLI."""
-    data: dict[str, Any] = {}
-    source = "defaults"
-    if name_or_path:
-        path = resolve_config_path(name_or_path)
-        data = _read_yaml(path)
-        source = f"'{path}'"
+    """Load a preset/YAML (or defaults) with component names overridden from the CLI.
+
+    A `stages` list is ignored here: this is the base config every stage starts from
+    (see `threedistill.stages`)."""
+    data, source = read_config_data(name_or_path)
+    data.pop("stages", None)
     names = split_component_names(data, overrides)
     return names, config_from_dict(data, names, source)
 
@@ -243,10 +250,11 @@ def config_to_yaml(names: ComponentNames, cfg: Any) -> str:
 
 
 def load_run_config(path: Path) -> tuple[ComponentNames, Any]:
-    """Read a run folder's config.yaml."""
+    """Read a single-stage run folder's config.yaml (staged runs: `stages.load_run_plan`)."""
     if not path.exists():
         raise UserError(f"'{path.parent}' has no config.yaml; pass a run folder made by `threedistill run`")
     data = _read_yaml(path)
+    data.pop("stages", None)
     names = split_component_names(data, {})
     return names, config_from_dict(data, names, f"'{path}'")
 
@@ -263,12 +271,38 @@ def name_flag_parser() -> argparse.ArgumentParser:
 
 
 def parse_run_args(argv: list[str], prog: str = "threedistill run") -> tuple[ComponentNames, Any]:
-    """Parse `threedistill run` flags: name flags first, then tyro for every field."""
+    """Parse `threedistill run` flags for a single-stage run (a staged config is an error)."""
+    parsed = parse_base_args(argv, prog)
+    if parsed.stages:
+        raise UserError(f"{prog} needs a single-stage config, and {parsed.source} has stages; drop its `stages` list")
+    return parsed.names, parsed.cfg
+
+
+class ParsedRun(NamedTuple):
+    """`threedistill run` flags applied to a config file's base section."""
+
+    names: ComponentNames
+    cfg: Any
+    """The base config after the CLI flags."""
+    file_cfg: Any
+    """The base config as the file (or the defaults) gave it, before the flags."""
+    stages: list[Any]
+    """The file's raw `stages` entries (empty for a single-stage run)."""
+    source: str
+
+
+def parse_base_args(argv: list[str], prog: str = "threedistill run") -> ParsedRun:
+    """Parse `threedistill run` flags: name flags first, then tyro for every field of the base config."""
     import tyro
 
     known, rest = name_flag_parser().parse_known_args(argv)
     overrides = {"prior": known.prior, "guidance": known.guidance, "representation": known.representation}
-    names, defaults = load_config(known.config, overrides)
+    data, source = read_config_data(known.config)
+    stages = data.pop("stages", None) or []
+    if not isinstance(stages, list):
+        raise UserError(f"config {source}: `stages` must be a list of stage mappings, got {type(stages).__name__}")
+    names = split_component_names(data, overrides)
+    defaults = config_from_dict(data, names, source)
     cfg_type = type(defaults)
     description = (
         "Optimise a 3D representation so its renders score well under a frozen 2D diffusion prior.\n"
@@ -277,7 +311,7 @@ def parse_run_args(argv: list[str], prog: str = "threedistill run") -> tuple[Com
         "dotted flags set their fields."
     )
     cfg = _tyro_one_line_errors(lambda: tyro.cli(cfg_type, args=rest, default=defaults, prog=prog, description=description))
-    return names, cfg
+    return ParsedRun(names, cfg, defaults, stages, source)
 
 
 def _tyro_one_line_errors(parse: Any) -> Any:

@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from .atomic import atomic_write_text
 from .cameras import OrbitSampler
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import ComponentNames, config_to_yaml, load_run_config
+from .config import ComponentNames
 from .errors import UserError
 from .eval.chamfer import chamfer_to_toyworld
 from .eval.metrics import evaluate_toyworld
@@ -29,7 +29,9 @@ from .guidance.registry import GUIDANCES
 from .priors.registry import PRIORS
 from .prompts import PromptEmbedder
 from .representations.particles import Particles
+from .representations.convert import representation_from_previous
 from .representations.registry import REPRESENTATIONS
+from .stages import Stage, load_run_plan, plan_to_yaml, single_stage
 
 CHECKPOINT_VERSION = 1
 
@@ -44,16 +46,35 @@ def resolve_device(name: str) -> torch.device:
 
 
 class Trainer:
-    """Owns one run: its components, its folder and its loop."""
+    """Owns one stage of a run: its components, its folder and its loop.
 
-    def __init__(self, names: ComponentNames, cfg: Any, run_dir: Path, console: Optional[Console] = None) -> None:
+    A staged run (threedistill/stages.py) has one Trainer per stage, made in turn by
+    `next_stage()`; each starts from the previous stage's representation.
+    """
+
+    def __init__(
+        self,
+        names: ComponentNames,
+        cfg: Any,
+        run_dir: Path,
+        console: Optional[Console] = None,
+        plan: Optional[list[Stage]] = None,
+        stage_index: int = 0,
+        previous: Optional["Trainer"] = None,
+    ) -> None:
         self.names, self.cfg, self.run_dir = names, cfg, Path(run_dir)
+        self.plan = plan or single_stage(names, cfg)
+        self.stage_index = stage_index
+        self.stage_history: list[dict[str, Any]] = list(previous.stage_history) if previous else []
         self.console = console or Console(stderr=True)
         self.device = resolve_device(cfg.device)
-        torch.manual_seed(cfg.seed)
-        self.generator = torch.Generator().manual_seed(cfg.seed)
+        torch.manual_seed(cfg.seed + stage_index)
+        self.generator = torch.Generator().manual_seed(cfg.seed + stage_index)
         self.sampler = OrbitSampler(cfg.sampler, self.device)
-        self.prior = PRIORS[names.prior].build(cfg.prior, cfg.sampler, self.device)
+        if previous is not None and previous.names.prior == names.prior and previous.cfg.prior == cfg.prior:
+            self.prior = previous.prior  # the same frozen model: no second load
+        else:
+            self.prior = PRIORS[names.prior].build(cfg.prior, cfg.sampler, self.device)
         self.prompts = PromptEmbedder(self.prior, cfg.prompt, cfg.negative_prompt, config=cfg.prompts)
         guidance = GUIDANCES[names.guidance]
         if getattr(guidance.build, "needs_source", False):
@@ -61,8 +82,13 @@ class Trainer:
         self.num_particles = int(getattr(cfg.guidance, "particles", 1))
         if self.num_particles < 1:
             raise UserError(f"--guidance.particles must be at least 1, got {self.num_particles}")
+        if self.num_particles > 1 and len(self.plan) > 1:
+            raise UserError("--guidance.particles needs a single-stage run; drop the config's stages or the particles")
         rep = REPRESENTATIONS[names.representation]
-        members = [rep.build(cfg.representation, self.generator, backend=cfg.render.backend) for _ in range(self.num_particles)]
+        if previous is not None:
+            members = [representation_from_previous(previous, names.representation, cfg.representation, self.generator, cfg.render.backend)]
+        else:
+            members = [rep.build(cfg.representation, self.generator, backend=cfg.render.backend) for _ in range(self.num_particles)]
         self.representation = (members[0] if len(members) == 1 else Particles(members)).to(self.device)
         self.guidance = guidance.build(cfg.guidance, self.prior, cfg.steps, self.generator)
         self.optimizer = self._make_optimizer()
@@ -76,9 +102,29 @@ class Trainer:
         for sub in ("checkpoints", "previews", "export"):
             (self.run_dir / sub).mkdir(parents=True, exist_ok=True)
         self.log(
-            f"{names.guidance} x {names.representation} on {names.prior}, prompt '{cfg.prompt}', "
+            f"{self.stage_title()}{names.guidance} x {names.representation} on {names.prior}, prompt '{cfg.prompt}', "
             f"{cfg.steps} steps, seed {cfg.seed}, device {self.device}"
         )
+
+    @property
+    def staged(self) -> bool:
+        return len(self.plan) > 1
+
+    @property
+    def stage_label(self) -> str:
+        return self.plan[self.stage_index].label
+
+    def stage_title(self) -> str:
+        """'stage 2/3 refine: ' in a staged run, '' otherwise."""
+        return f"stage {self.stage_index + 1}/{len(self.plan)} {self.stage_label}: " if self.staged else ""
+
+    def next_stage(self) -> Optional["Trainer"]:
+        """The Trainer of the following stage, started from this one's result (None after the last)."""
+        index = self.stage_index + 1
+        if index >= len(self.plan):
+            return None
+        stage = self.plan[index]
+        return Trainer(stage.names, stage.cfg, self.run_dir, self.console, self.plan, index, previous=self)
 
     def log(self, message: str) -> None:
         """Append a timestamped line to RUN_DIR/log.txt."""
@@ -90,13 +136,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ persistence
     def save_config(self) -> None:
-        atomic_write_text(self.run_dir / "config.yaml", config_to_yaml(self.names, self.cfg))
+        atomic_write_text(self.run_dir / "config.yaml", plan_to_yaml(self.plan))
 
     def checkpoint_state(self) -> dict[str, Any]:
         return {
             "version": CHECKPOINT_VERSION,
             "step": self.step,
             "names": tuple(self.names),
+            "stage": self.stage_index,
+            "stage_history": self.stage_history,
             "representation": self.representation.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "guidance": self.guidance.state_dict(),
@@ -110,7 +158,8 @@ class Trainer:
         state = self.checkpoint_state()
         ckpt_dir = self.run_dir / "checkpoints"
         if keep_step_file:
-            save_checkpoint(ckpt_dir / f"step-{self.step:06d}.pt", state)
+            prefix = f"{self.stage_label}-" if self.staged else ""
+            save_checkpoint(ckpt_dir / f"{prefix}step-{self.step:06d}.pt", state)
         save_checkpoint(ckpt_dir / "last.pt", state)
         return ckpt_dir / "last.pt"
 
@@ -127,6 +176,7 @@ class Trainer:
         self.step = int(state["step"])
         self.elapsed = float(state["elapsed"])
         self.skipped_steps = int(state["skipped_steps"])
+        self.stage_history = list(state.get("stage_history", []))
 
     @classmethod
     def resume(cls, run_dir: Path, console: Optional[Console] = None, checkpoint: Optional[Path] = None) -> "Trainer":
@@ -134,11 +184,15 @@ class Trainer:
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
             raise UserError(f"run folder not found: '{run_dir}'; pass a folder made by `threedistill run`")
-        names, cfg = load_run_config(run_dir / "config.yaml")
+        plan = load_run_plan(run_dir / "config.yaml")
         state = load_checkpoint(checkpoint or run_dir / "checkpoints" / "last.pt")
-        trainer = cls(names, cfg, run_dir, console)
+        index = int(state.get("stage", 0))
+        if not 0 <= index < len(plan):
+            raise UserError(f"the checkpoint is from stage {index + 1} but config.yaml has {len(plan)} stage(s); resume the run folder it came from")
+        stage = plan[index]
+        trainer = cls(stage.names, stage.cfg, run_dir, console, plan, index)
         trainer.load_state(state)
-        trainer.log(f"resumed at step {trainer.step}")
+        trainer.log(f"resumed {trainer.stage_title()}at step {trainer.step}")
         return trainer
 
     # ------------------------------------------------------------------ the loop
@@ -192,7 +246,7 @@ class Trainer:
         progress = progress_bar(self.console, disable=not cfg.log.progress)
         try:
             with progress, (self.run_dir / "metrics.jsonl").open("a") as metrics_log:
-                task = progress.add_task("distilling", total=cfg.steps, completed=self.step, loss=math.nan, speed=0.0)
+                task = progress.add_task(self.stage_title().rstrip(": ") or "distilling", total=cfg.steps, completed=self.step, loss=math.nan, speed=0.0)
                 while self.step < until and not self._stop_requested:
                     t0 = time.perf_counter()
                     logs = self.train_step()
@@ -260,7 +314,10 @@ class Trainer:
         return self._meshes[index]
 
     def finish(self) -> dict[str, Any]:
-        """Final checkpoint, metrics.json, preview grid and exports."""
+        """Checkpoint and score the stage; after the last stage also metrics.json and the exports.
+
+        A staged run's metrics.json has the last stage's scores at the top level and every
+        stage's under `stages`."""
         self.save_checkpoint()
         summary: dict[str, Any] = {
             "prompt": self.cfg.prompt,
@@ -274,8 +331,16 @@ class Trainer:
         scores = self.evaluate()
         if scores is not None:
             summary.update(scores)
+        if self.staged:
+            history = [h for h in self.stage_history if h.get("stage") != self.stage_label]
+            self.stage_history = [*history, {"stage": self.stage_label, **summary}]
+            summary["stages"] = self.stage_history
+            summary["seconds"] = round(sum(h["seconds"] for h in self.stage_history), 2)
+            self.save_checkpoint(keep_step_file=False)  # last.pt carries the stage history
+        self.log(f"{self.stage_title()}finished: " + json.dumps({k: v for k, v in summary.items() if k != "stages"}))
+        if self.stage_index < len(self.plan) - 1:
+            return summary
         atomic_write_text(self.run_dir / "metrics.json", json.dumps(summary, indent=2) + "\n")
-        self.log("finished: " + json.dumps(summary))
         formats = list(self.cfg.log.export_formats)
         if not all(hasattr(m, "splat_tensors") for m in particle_members(self.representation)):
             formats = [f for f in formats if f != "splat"]  # splats.ply exists only for Gaussians

@@ -1,0 +1,120 @@
+"""Multi-stage runs: expanding a config's stages, chaining representations, resuming."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import TINY_FLAGS
+from threedistill.cli import main
+from threedistill.errors import UserError
+from threedistill.representations.gaussians import PARAM_NAMES
+from threedistill.run_dir import new_run_dir
+from threedistill.stages import load_run_plan, parse_run_plan
+from threedistill.train import Trainer
+
+TWO_GAUSSIAN_STAGES = """\
+prompt: a red cube
+representation: {name: gaussians, lr_final_factor: 0.5}
+stages:
+  - {name: coarse, share: 0.5}
+  - name: fine
+    sampler: {width: 24, height: 24}
+    representation: {lr_final_factor: 1.0}
+"""
+
+
+def _preset(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "staged.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_stage_expansion_rules(tmp_path: Path) -> None:
+    text = """\
+steps: 100
+representation: {name: nerf, max_resolution: 48}
+stages:
+  - {name: a, share: 0.25}
+  - {name: b, steps: 30, representation: {samples_per_ray: 16}}
+  - {name: c, representation: {name: gaussians, num_points: 500}}
+  - {name: d, guidance: {name: vsd}}
+"""
+    plan = parse_run_plan(["--config", _preset(tmp_path, text), "--prior", "toyworld", "--representation.max-resolution", "40",
+                           "--sampler.width", "48"])
+    assert [s.label for s in plan] == ["a", "b", "c", "d"]
+    assert [s.cfg.steps for s in plan] == [25, 30, 23, 22]  # share, steps, equal split of the rest
+    assert plan[1].cfg.representation.samples_per_ray == 16 and plan[0].cfg.representation.samples_per_ray != 16
+    assert [s.cfg.representation.max_resolution for s in plan if s.names.representation == "nerf"] == [40, 40, 40]
+    assert plan[2].names.representation == "gaussians" and plan[2].cfg.representation.num_points == 500
+    assert plan[3].names.guidance == "vsd" and all(s.names.prior == "toyworld" for s in plan)
+    assert all(s.cfg.sampler.width == 48 for s in plan)  # command-line flags win in every stage
+
+
+@pytest.mark.parametrize(
+    ("stages", "message"),
+    [
+        ("  - {prompt: a ball}", "'prompt' is not allowed in a stage; set it at the top level"),
+        ("  - {renderer: {}}", "'renderer' is not allowed"),
+        ("  - {steps: 3, share: 0.5}", "both steps and share"),
+        ("  - {share: lots}", "non-numeric"),
+        ("  - {name: x, representation: {num_pints: 3}}", "num_pints"),
+        ("  - {name: x}\n  - {name: x}", "unique"),
+        ("  - just a string", "must be a mapping"),
+        ("  - {steps: 0}", "would run 0 steps"),
+    ],
+)
+def test_bad_stage_entries_are_one_line_errors(tmp_path: Path, stages: str, message: str) -> None:
+    with pytest.raises(UserError, match=message) as err:
+        parse_run_plan(["--config", _preset(tmp_path, f"steps: 10\nstages:\n{stages}\n"), "--prior", "toyworld"])
+    assert "\n" not in str(err.value)
+
+
+def test_stages_chain_and_write_one_run_folder(tmp_path: Path) -> None:
+    plan = parse_run_plan(["--config", _preset(tmp_path, TWO_GAUSSIAN_STAGES), *TINY_FLAGS, "--out", str(tmp_path)])
+    assert [s.cfg.steps for s in plan] == [3, 3] and plan[1].cfg.sampler.width == 32  # the flag wins over the stage
+    run_dir = new_run_dir(tmp_path, "a red cube", "sds", "gaussians")
+    first = Trainer(plan[0].names, plan[0].cfg, run_dir, plan=plan)
+    first.save_config()
+    assert first.train()
+    first.finish()
+    second = first.next_stage()
+    assert second is not None and second.stage_index == 1 and second.prior is first.prior
+    for name in PARAM_NAMES:  # the fine stage starts exactly where the coarse one ended
+        assert torch.equal(getattr(second.representation, name), getattr(first.representation, name))
+    assert second.train()
+    summary = second.finish()
+    assert second.next_stage() is None
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert [s["stage"] for s in metrics["stages"]] == ["coarse", "fine"] and metrics == summary
+    assert metrics["steps"] == 3 and "mask_iou" in metrics["stages"][0]
+    for name in ("coarse-step-000003.pt", "fine-step-000003.pt", "last.pt"):
+        assert (run_dir / "checkpoints" / name).exists(), name
+    assert [s.label for s in load_run_plan(run_dir / "config.yaml")] == ["coarse", "fine"]
+    assert [(s.names, s.cfg) for s in load_run_plan(run_dir / "config.yaml")] == [(s.names, s.cfg) for s in plan]
+
+    resumed = Trainer.resume(run_dir, checkpoint=run_dir / "checkpoints" / "fine-step-000003.pt")
+    assert resumed.stage_index == 1 and resumed.stage_label == "fine"
+    assert [h["stage"] for h in resumed.stage_history] == ["coarse"]
+
+
+def test_staged_cli_run_and_resume_between_stages(tmp_path: Path, capsys) -> None:
+    argv = ["run", "--config", _preset(tmp_path, TWO_GAUSSIAN_STAGES), *TINY_FLAGS, "--out", str(tmp_path)]
+    assert main(argv) == 0
+    run_dir = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert run_dir.name.startswith("sds-gaussians-")
+    assert json.loads((run_dir / "metrics.json").read_text())["stages"][1]["stage"] == "fine"
+    # resuming from the end of the coarse stage runs the fine stage again
+    (run_dir / "checkpoints" / "coarse-step-000003.pt").replace(run_dir / "checkpoints" / "last.pt")
+    (run_dir / "metrics.json").unlink()
+    assert main(["resume", str(run_dir)]) == 0
+    assert [s["stage"] for s in json.loads((run_dir / "metrics.json").read_text())["stages"]] == ["coarse", "fine"]
+
+
+def test_single_stage_commands_refuse_staged_configs(tmp_path: Path, capsys) -> None:
+    preset = _preset(tmp_path, TWO_GAUSSIAN_STAGES)
+    assert main(["edit-image", str(tmp_path / "x.png"), "--source", "a", "--target", "b", "--config", preset]) == 2
+    assert "has stages" in capsys.readouterr().err
