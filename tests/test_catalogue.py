@@ -9,7 +9,8 @@ import trimesh
 
 from threedistill.cameras import heldout_cameras
 from threedistill.errors import UserError
-from threedistill.export.scene import read_nerfstudio_scene, write_nerfstudio_scene
+from threedistill.edit.scene import read_nerfstudio_scene
+from threedistill.export.scene import write_nerfstudio_scene
 from threedistill.priors.toyworld_catalogue import (
     COLOURS,
     RADIUS,
