@@ -14,15 +14,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .atomic import atomic_write_text
-from .cameras import OrbitSampler
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ComponentNames
 from .errors import UserError
+from .edit.views import make_sampler
 from .eval.chamfer import chamfer_to_toyworld
 from .eval.metrics import evaluate_toyworld
 from .export.extract import extract_mesh, field_of
 from .export.images import save_image_grid, write_video
-from .export.mesh import MESH_FORMATS, write_mesh_files
+from .export.mesh import MESH_FORMATS, SurfaceColour, write_mesh_files
 from .export.splat_ply import write_splat_ply
 from .export.turntable import render_turntable
 from .guidance.registry import GUIDANCES
@@ -65,18 +65,22 @@ class Trainer:
         self.names, self.cfg, self.run_dir = names, cfg, Path(run_dir)
         self.plan = plan or single_stage(names, cfg)
         self.stage_index = stage_index
-        self.stage_history: list[dict[str, Any]] = list(previous.stage_history) if previous else []
+        same_run = previous is not None and previous.run_dir == self.run_dir
+        self.stage_history: list[dict[str, Any]] = list(previous.stage_history) if same_run else []
         self.console = console or Console(stderr=True)
         self.device = resolve_device(cfg.device)
         torch.manual_seed(cfg.seed + stage_index)
         self.generator = torch.Generator().manual_seed(cfg.seed + stage_index)
-        self.sampler = OrbitSampler(cfg.sampler, self.device)
+        self.sampler = make_sampler(cfg.sampler, self.device)
+        guidance = GUIDANCES[names.guidance]
+        self.prior: Any = None
+        self.prompts: Optional[PromptEmbedder] = None
         if previous is not None and previous.names.prior == names.prior and previous.cfg.prior == cfg.prior:
             self.prior = previous.prior  # the same frozen model: no second load
-        else:
+        elif getattr(guidance.build, "needs_prior", True) or names.prior == "toyworld":  # toyworld also scores the result
             self.prior = PRIORS[names.prior].build(cfg.prior, cfg.sampler, self.device)
-        self.prompts = PromptEmbedder(self.prior, cfg.prompt, cfg.negative_prompt, config=cfg.prompts)
-        guidance = GUIDANCES[names.guidance]
+        if self.prior is not None:
+            self.prompts = PromptEmbedder(self.prior, cfg.prompt, cfg.negative_prompt, config=cfg.prompts)
         if getattr(guidance.build, "needs_source", False):
             raise UserError(f"--guidance {names.guidance} edits existing content; use `threedistill edit-image IMAGE --source TEXT --target TEXT`")
         self.num_particles = int(getattr(cfg.guidance, "particles", 1))
@@ -90,9 +94,15 @@ class Trainer:
         else:
             members = [rep.build(cfg.representation, self.generator, backend=cfg.render.backend) for _ in range(self.num_particles)]
         self.representation = (members[0] if len(members) == 1 else Particles(members)).to(self.device)
+        for member in members:
+            if hasattr(member, "total_steps"):  # regulariser schedules given as fractions of the stage
+                member.total_steps = cfg.steps
         self.guidance = guidance.build(cfg.guidance, self.prior, cfg.steps, self.generator)
         self.optimizer = self._make_optimizer()
         self.background = torch.tensor(cfg.render.background, dtype=torch.float32, device=self.device)
+        prepare = getattr(self.guidance, "prepare", None)
+        if prepare is not None:  # scene objectives: read the scene, cache the source renders
+            prepare(self)
         self.step = 0
         self.skipped_steps = 0
         self.elapsed = 0.0
@@ -149,6 +159,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "guidance": self.guidance.state_dict(),
             "generator": self.generator.get_state(),
+            "sampler": self.sampler.state_dict() if hasattr(self.sampler, "state_dict") else {},
             "elapsed": self.elapsed,
             "skipped_steps": self.skipped_steps,
         }
@@ -173,6 +184,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.guidance.load_state_dict(state["guidance"])
         self.generator.set_state(state["generator"])
+        if hasattr(self.sampler, "load_state_dict"):
+            self.sampler.load_state_dict(state.get("sampler", {}))
         self.step = int(state["step"])
         self.elapsed = float(state["elapsed"])
         self.skipped_steps = int(state["skipped_steps"])
@@ -201,8 +214,11 @@ class Trainer:
         step = self.step + 1
         cams = self.sampler.sample(self.generator, batch_size=self.cfg.sampler.batch_size * self.num_particles)
         out = self.representation.render(cams, self.background)
-        emb = self.prompts.for_cameras(cams)
-        g = self.guidance(out.rgb, cams, emb, step)
+        emb = self.prompts.for_cameras(cams) if self.prompts is not None else None
+        if getattr(self.guidance, "uses_render_output", False):  # scene objectives also fit alpha
+            g = self.guidance(out.rgb, cams, emb, step, out=out)
+        else:
+            g = self.guidance(out.rgb, cams, emb, step)
         loss = g.loss
         regularisation = getattr(self.representation, "regularisation", None)
         if regularisation is not None:  # e.g. NeRF's orientation / sparsity / opacity terms
@@ -306,6 +322,9 @@ class Trainer:
         """The extracted mesh of particle `index` (cached; None, logged, when it has no surface)."""
         if index not in self._meshes:
             member = particle_members(self.representation)[index]
+            if hasattr(member, "exported_mesh"):  # an explicit mesh exports itself
+                self._meshes[index] = member.exported_mesh()
+                return self._meshes[index]
             try:
                 self._meshes[index] = extract_mesh(field_of(member), self.cfg.mesh)
             except UserError as exc:
@@ -357,7 +376,11 @@ class Trainer:
             mesh = self.mesh_of(i)
             if mesh is not None:
                 stem = "mesh" if i == 0 else f"mesh_particle{i}"
-                written += write_mesh_files(mesh, self.run_dir / "export", mesh_formats, field_of(member).albedo, self.cfg.mesh, stem)
+                if hasattr(member, "surface_colour"):  # an explicit mesh: field + per-vertex residual
+                    albedo = SurfaceColour(member.surface_colour, member.albedo)
+                else:
+                    albedo = field_of(member).albedo
+                written += write_mesh_files(mesh, self.run_dir / "export", mesh_formats, albedo, self.cfg.mesh, stem)
         return written
 
 

@@ -144,14 +144,23 @@ def dilate(image: np.ndarray, filled: np.ndarray, rings: int) -> tuple[np.ndarra
 
 
 def bake_texture(vertices: np.ndarray, faces: np.ndarray, uvs: np.ndarray, albedo: Callable[..., Any],
-                 size: int, padding: int, chunk: int = 1 << 18, skip: Optional[np.ndarray] = None) -> np.ndarray:
+                 size: int, padding: int, chunk: int = 1 << 18, skip: Optional[np.ndarray] = None,
+                 vertex_ids: Optional[np.ndarray] = None) -> np.ndarray:
     """uint8 texture [size,size,3]: albedo at the surface point of every covered texel, dilated by
-    `padding`; faces marked in `skip` [F] are not rasterised."""
+    `padding`; faces marked in `skip` [F] are not rasterised. A `SurfaceColour` albedo gets each
+    texel's corner vertices as ids of the original mesh (`vertex_ids` [V]: the UV unwrap's map)."""
+    ids = np.arange(len(vertices)) if vertex_ids is None else vertex_ids
     if skip is not None:
         faces = faces[~skip]
     texel, face, bary = rasterise_uv(uvs, faces, size)
     points = np.einsum("tk,tkc->tc", bary, vertices[faces[face]].astype(np.float64))
-    colours = eval_chunked(albedo, points.astype(np.float32), chunk)
+    at_surface = getattr(albedo, "at_surface", None)
+    if at_surface is not None:  # colours defined per face (an explicit mesh's vertex residual)
+        corners = ids[faces[face]]
+        colours = np.concatenate([at_surface(points[i : i + chunk], corners[i : i + chunk], bary[i : i + chunk])
+                                  for i in range(0, len(points), chunk)] or [np.zeros((0, 3), np.float32)])
+    else:
+        colours = eval_chunked(albedo, points.astype(np.float32), chunk)
     image = np.zeros((size * size, 3), np.float32)
     filled = np.zeros(size * size, bool)
     image[texel], filled[texel] = colours, True
@@ -160,7 +169,10 @@ def bake_texture(vertices: np.ndarray, faces: np.ndarray, uvs: np.ndarray, albed
     row = np.clip(np.floor((1.0 - uvs[:, 1]) * size), 0, size - 1).astype(np.int64)
     under = row * size + col
     missing = np.nonzero(~filled[under])[0]
-    if len(missing):
+    if len(missing) and at_surface is not None:
+        one_hot = np.tile(np.array([[1.0, 0.0, 0.0]]), (len(missing), 1))
+        image[under[missing]] = at_surface(vertices[missing], np.stack([ids[missing]] * 3, 1), one_hot)
+    elif len(missing):
         image[under[missing]] = eval_chunked(albedo, vertices[missing].astype(np.float32), chunk)
         filled[under[missing]] = True
     image, filled = image.reshape(size, size, 3), filled.reshape(size, size)
@@ -181,7 +193,8 @@ def write_obj(path: str | Path, mesh: ExtractedMesh, albedo: Optional[Callable[.
     vertices = mesh.vertices[vmap]
     if albedo is None:
         albedo = _interpolated_colours(mesh)
-    texture = bake_texture(vertices, faces, uvs, albedo, config.texture_size, config.texture_padding, config.chunk_points, uncharted)
+    texture = bake_texture(vertices, faces, uvs, albedo, config.texture_size, config.texture_padding, config.chunk_points, uncharted,
+                           vertex_ids=vmap)
     with atomic_path(png_path) as tmp:
         iio.imwrite(tmp, texture, extension=".png")
     atomic_write_text(mtl_path, f"newmtl albedo\nKa 1 1 1\nKd 1 1 1\nKs 0 0 0\nd 1\nillum 1\nmap_Kd {png_path.name}\n")
@@ -214,6 +227,24 @@ def _interpolated_colours(mesh: ExtractedMesh) -> Callable[..., Any]:
 
 
 # ---------------------------------------------------------------------- entry points
+class SurfaceColour:
+    """A colour source for texture baking that knows each texel's face: `at_surface(points,
+    corner vertex ids, barycentrics)` -> numpy [N,3]; called with points only, `point_colour`."""
+
+    def __init__(self, at_surface: Callable[..., Any], point_colour: Callable[..., Any]) -> None:
+        self._at_surface, self._point_colour = at_surface, point_colour
+
+    def __call__(self, points: Any) -> Any:
+        return self._point_colour(points)
+
+    def at_surface(self, points: np.ndarray, corners: np.ndarray, bary: np.ndarray) -> np.ndarray:
+        import torch
+
+        out = self._at_surface(torch.as_tensor(np.asarray(points, np.float32)), torch.as_tensor(np.asarray(corners, np.int64)),
+                               torch.as_tensor(np.asarray(bary, np.float32)))
+        return out.detach().float().cpu().numpy()
+
+
 def write_mesh_files(mesh: ExtractedMesh, out_dir: str | Path, formats: Sequence[str], albedo: Optional[Callable[..., Any]] = None,
                      config: Optional[MeshExportConfig] = None, stem: str = "mesh") -> list[Path]:
     """Write `mesh` as out_dir/{stem}.glb, .obj (+ .mtl, _albedo.png), .ply for the requested formats."""
