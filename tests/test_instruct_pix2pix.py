@@ -45,7 +45,7 @@ def test_missing_model_is_one_line_error(model: str, needle: str) -> None:
     with pytest.raises(UserError) as info:
         InstructPix2PixEditor.load(InstructPix2PixConfig(model=model), "cpu")
     message = str(info.value)
-    assert "\n" not in message and needle in message and "--ip2p.model" in message, message
+    assert "\n" not in message and needle in message and "--guidance.model" in message, message
 
 
 def test_plain_sd_is_refused(tiny_sd: dict[str, Path]) -> None:

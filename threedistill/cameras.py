@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 
-_PER_CAMERA_FIELDS = ("c2w", "fov_y", "elevation", "azimuth", "distance", "time")
+_PER_CAMERA_FIELDS = ("c2w", "fov_y", "elevation", "azimuth", "distance", "time", "view")
 
 
 @dataclass
@@ -31,6 +31,7 @@ class Cameras:
     azimuth: Tensor  # [B], degrees
     distance: Tensor  # [B]
     time: Optional[Tensor] = None  # [B] in [0,1] for 4D
+    view: Optional[Tensor] = None  # [B] long: index into a fixed view set (a scene's cameras)
 
     def __len__(self) -> int:
         return self.c2w.shape[0]
@@ -151,6 +152,11 @@ class OrbitSamplerConfig:
     """Vertical field of view range in degrees."""
     stratified_azimuth: bool = True
     """Spread each batch's azimuths over equal sectors of the range."""
+    scene: Optional[str] = None
+    """Draw training views from this scene's cameras instead (a nerfstudio/Blender folder with
+    transforms.json): reconstruction and edit runs (`threedistill edit`)."""
+    scene_downscale: int = 0
+    """Integer factor the scene's images are shrunk by (0: the one that brings their height closest to `height`)."""
 
 
 class OrbitSampler:
@@ -195,6 +201,13 @@ def heldout_cameras(
     azimuth = torch.arange(n, dtype=torch.float32) * (360.0 / n) - 180.0 + 180.0 / n
     elevation = torch.tensor([elevations[i % len(elevations)] for i in range(n)], dtype=torch.float32)
     return orbit_cameras(elevation, azimuth, torch.full((n,), distance), torch.full((n,), fov_deg), width, height)
+
+
+def scene_cameras(n: int, resolution: int, distance: float = 2.8, fov_deg: float = 40.0) -> Cameras:
+    """The views of a written scene: three interleaved turns at elevations -5, 20 and 45 degrees."""
+    azimuth = torch.arange(n, dtype=torch.float32) * (360.0 / n) * 3.0 % 360.0 - 180.0
+    elevation = torch.tensor([(-5.0, 20.0, 45.0)[i % 3] for i in range(n)])
+    return orbit_cameras(elevation, azimuth, torch.full((n,), distance), torch.full((n,), fov_deg), resolution, resolution)
 
 
 def turntable_cameras(n: int, width: int, height: int, elevation: float = 20.0, distance: float = 2.8, fov_deg: float = 40.0) -> Cameras:

@@ -177,6 +177,80 @@ def cmd_edit_image(argv: list[str]) -> int:
     return 0
 
 
+def cmd_edit(argv: list[str]) -> int:
+    """Edit a scene (posed images or a threedistill run) toward a target prompt."""
+    from .cameras import scene_cameras
+    from .edit.scene import is_run_folder
+    from .export.scene import write_rendered_scene
+    from .run_dir import new_run_dir
+    from .stages import parse_run_plan
+    from .train import Trainer
+
+    p = OneLineParser(
+        prog="threedistill edit",
+        description="Edit a captured scene toward a target prompt: reconstruct it from its posed images, then edit "
+        "with DDS (or Instruct-NeRF2NeRF). A threedistill run folder is edited directly. Other flags are those of "
+        "`threedistill run` (--prior NAME, --prior.*, --guidance.*, --representation.*, --sampler.*, --seed, --device); "
+        "--steps is the edit stage's length (default 400).",
+    )
+    p.add_argument("--scene", required=True, type=Path, help="a nerfstudio/Blender folder (transforms.json) or a run folder")
+    p.add_argument("--source", default="", help="text describing the scene as it is (dds)")
+    p.add_argument("--target", required=True, help="text describing the wanted result")
+    p.add_argument("--instruction", default="", help="in2n: the InstructPix2Pix instruction (default: --target)")
+    p.add_argument("--method", choices=["dds", "in2n"], default="dds")
+    p.add_argument("--representation", choices=["nerf", "gaussians"], default="nerf")
+    p.add_argument("--out", default="outputs/edits", help="folder under which a new run folder is made")
+    p.add_argument("--reconstruct-steps", type=int, default=500, help="steps fitting the posed images (skipped for run folders)")
+    args, rest = p.parse_known_args(argv)
+    if args.method == "dds" and not args.source.strip():
+        raise UserError("--method dds needs --source TEXT describing the scene as it is")
+    if args.reconstruct_steps < 1:
+        raise UserError(f"--reconstruct-steps must be >= 1, got {args.reconstruct_steps}")
+    if not args.scene.exists():
+        raise UserError(f"scene not found: '{args.scene}'; pass a folder with transforms.json or a threedistill run folder")
+    console = _console()
+    if "--steps" not in rest and not any(a.startswith("--steps=") for a in rest):
+        rest = ["--steps", "400", *rest]
+    guidance = "scene-dds" if args.method == "dds" else "in2n"
+    source_run = Trainer.resume(args.scene, console) if is_run_folder(args.scene) else None
+    representation = source_run.names.representation if source_run is not None else args.representation
+    run_dir = new_run_dir(args.out, args.target, args.method, representation)
+    try:
+        scene = args.scene
+        if source_run is not None:  # its renders are the scene; its asset is the reconstruction
+            console.print(f"rendering {args.scene} as the source scene")
+            rep = source_run.representation
+            scene = write_rendered_scene(run_dir / "source_scene", lambda c: rep.render(c, source_run.background), scene_cameras(48, 256))
+        flags = ["--guidance", guidance, "--representation", representation, "--prompt", args.target, "--out", args.out,
+                 "--sampler.scene", str(scene), *rest]
+        if args.method == "dds":
+            flags += ["--guidance.source-prompt", args.source]
+        elif args.instruction:
+            flags += ["--guidance.instruction", args.instruction]
+        edit = {"name": "edit", "steps": None}
+        stages = [edit] if source_run is not None else [
+            {"name": "reconstruct", "steps": args.reconstruct_steps, "guidance": {"name": "photometric"}}, edit]
+        plan = _edit_plan(flags, stages, parse_run_plan)
+        trainer = Trainer(plan[0].names, plan[0].cfg, run_dir, console, plan, previous=source_run)
+    except BaseException:
+        _remove_if_empty(run_dir)
+        raise
+    trainer.save_config()
+    console.print(f"run folder: {run_dir}")
+    return _train_to_end(trainer, console)
+
+
+def _edit_plan(flags: list[str], stages: list[dict], parse_run_plan: Callable[..., list]) -> list:
+    """The edit's stages; the edit stage runs --steps, the reconstruction its own count."""
+    from .config import parse_base_args
+
+    edit_steps = parse_base_args(flags, "threedistill edit").cfg.steps
+    for stage in stages:
+        if stage["steps"] is None:
+            stage["steps"] = edit_steps
+    return parse_run_plan(flags, "threedistill edit", stages=stages)
+
+
 def cmd_toyworld(argv: list[str]) -> int:
     p = OneLineParser(prog="threedistill toyworld", description="The built-in ground-truth prior.")
     sub = p.add_subparsers(dest="action", required=True)
@@ -198,10 +272,8 @@ def cmd_toyworld(argv: list[str]) -> int:
 
 
 def _write_toyworld_scene(args: argparse.Namespace) -> int:
-    import torch
-
-    from .cameras import orbit_cameras
-    from .export.scene import write_nerfstudio_scene
+    from .cameras import scene_cameras
+    from .export.scene import write_rendered_scene
     from .render.mesh_torch import render_mesh
     from .priors.toyworld_catalogue import resolve_prompt
     from .priors.user_mesh import load_user_mesh
@@ -209,18 +281,9 @@ def _write_toyworld_scene(args: argparse.Namespace) -> int:
     if args.views < 1 or args.resolution < 8:
         raise UserError("--views must be >= 1 and --resolution >= 8")
     mesh = load_user_mesh(args.mesh, name=args.prompt) if args.mesh else resolve_prompt(args.prompt)[0]
-    n = args.views
-    azimuth = torch.arange(n, dtype=torch.float32) * (360.0 / n) * 3.0 % 360.0 - 180.0  # three interleaved turns
-    elevation = torch.tensor([(-5.0, 20.0, 45.0)[i % 3] for i in range(n)])
-    cams = orbit_cameras(elevation, azimuth, torch.full((n,), 2.8), torch.full((n,), 40.0), args.resolution, args.resolution)
+    cams = scene_cameras(args.views, args.resolution)
     v, f, c = mesh.to_torch("cpu")
-    images, alphas = [], []
-    with torch.no_grad():
-        for i in range(0, n, 8):
-            out = render_mesh(v, f, c, cams[i : i + 8])
-            images.append(out.rgb)
-            alphas.append(out.alpha)
-    path = write_nerfstudio_scene(args.out_dir, torch.cat(images), cams, torch.cat(alphas))
+    path = write_rendered_scene(args.out_dir, lambda views: render_mesh(v, f, c, views), cams)
     print(path)
     return 0
 
@@ -230,6 +293,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "resume": (cmd_resume, "continue a run from its last checkpoint"),
     "export": (cmd_export, "export a run's splats (.ply) or turntable video"),
     "edit-image": (cmd_edit_image, "edit an image toward a target prompt with DDS"),
+    "edit": (cmd_edit, "edit a captured scene or a run toward a target prompt (dds, in2n)"),
     "toyworld": (cmd_toyworld, "the built-in ground-truth prior: list, scene"),
 }
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import yaml
 
@@ -62,15 +62,18 @@ def single_stage(names: ComponentNames, cfg: Any) -> list[Stage]:
     return [Stage("main", names, cfg)]
 
 
-def parse_run_plan(argv: list[str], prog: str = "threedistill run") -> list[Stage]:
-    """`threedistill run` flags -> the run's stages (one for a config without `stages`)."""
+def parse_run_plan(argv: list[str], prog: str = "threedistill run", stages: Optional[list[Any]] = None) -> list[Stage]:
+    """`threedistill run` flags -> the run's stages (one for a config without `stages`).
+
+    `stages` (entries as a config file would list them) replaces the config file's list."""
     parsed = parse_base_args(argv, prog)
-    if not parsed.stages:
+    entries = parsed.stages if stages is None else stages
+    if not entries:
         return single_stage(parsed.names, parsed.cfg)
     changes = _changed_leaves(config_to_dict(parsed.names, parsed.file_cfg), config_to_dict(parsed.names, parsed.cfg))
     total_steps = parsed.cfg.steps
     changes.pop(("steps",), None)  # the total, divided between the stages by their shares
-    return expand_stages(parsed.names, parsed.cfg, parsed.stages, changes, total_steps, parsed.source)
+    return expand_stages(parsed.names, parsed.cfg, entries, changes, total_steps, parsed.source)
 
 
 def expand_stages(

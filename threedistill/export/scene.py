@@ -87,3 +87,14 @@ def write_nerfstudio_scene(out_dir: str | Path, images: Tensor, cams: Cameras, a
     }
     atomic_write_text(out / "transforms.json", json.dumps(meta, indent=2))
     return out
+
+
+@torch.no_grad()
+def write_rendered_scene(out_dir: str | Path, render: Any, cams: Cameras, chunk: int = 8) -> Path:
+    """Render `cams` with `render(cams) -> RenderOutput` in chunks and write them as a scene (with masks)."""
+    images, alphas = [], []
+    for i in range(0, len(cams), chunk):
+        out = render(cams[i : i + chunk])
+        images.append(out.rgb.cpu())
+        alphas.append(out.alpha.cpu())
+    return write_nerfstudio_scene(out_dir, torch.cat(images), cams.to("cpu"), torch.cat(alphas))

@@ -1,5 +1,6 @@
 """The one table of objectives: name -> (config dataclass, Guidance class)."""
 
+from ..edit.objectives import In2NConfig, In2NObjective, PhotometricConfig, PhotometricObjective, SceneDDSConfig, SceneDDSObjective
 from ..registry import Component, Registry
 from .csd import CSDConfig, CSDGuidance, CSMConfig, CSMGuidance
 from .dds import DDSConfig, DDSGuidance
@@ -18,5 +19,9 @@ GUIDANCES = Registry(
         "csd": Component(CSDConfig, CSDGuidance),
         "csm": Component(CSMConfig, CSMGuidance),
         "dds": Component(DDSConfig, DDSGuidance),
+        # scene runs (`threedistill edit`): fit posed images, then edit them
+        "photometric": Component(PhotometricConfig, PhotometricObjective),
+        "scene-dds": Component(SceneDDSConfig, SceneDDSObjective),
+        "in2n": Component(In2NConfig, In2NObjective),
     },
 )

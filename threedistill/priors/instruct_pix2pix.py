@@ -40,7 +40,7 @@ from ..runtime import quiet_libraries
 from .base import add_noise, ddim_step, noise_coefficients, predict_x0
 from .stable_diffusion import _check_tokenizer, _hf_cache_dir, _load_errors, _looks_like_path, _one_line, _resolve_dtype
 
-FLAG = "--ip2p"
+FLAG = "--guidance"
 """CLI prefix of `InstructPix2PixConfig`'s fields, used in error messages."""
 
 

@@ -24,8 +24,8 @@ def representation_from_previous(previous: Any, name: str, config: Any, generato
         try:
             model.load_state_dict(previous.representation.state_dict())
         except (RuntimeError, KeyError, ValueError) as exc:
-            raise UserError(f"stage '{previous.plan[previous.stage_index + 1].label}' changes the {name}'s shape settings, "
-                            f"so it cannot continue the previous stage ({str(exc).splitlines()[0][:120]}); keep them equal") from None
+            raise UserError(f"this stage changes the {name}'s shape settings, so it cannot continue from the previous result "
+                            f"({str(exc).splitlines()[0][:120]}); keep them equal") from None
         return model
     if name == "mesh":
         from .mesh import Mesh

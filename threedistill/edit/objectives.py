@@ -1,0 +1,236 @@
+"""Objectives of scene runs: fit posed images, then edit them toward a target prompt.
+
+They plug into the Trainer like any guidance (`__call__(images, cams, emb, step)`), read the
+scene through the run's `SceneViewSampler` (each camera's `view` index) and get the trainer
+once, before the first step, through `prepare(trainer)`.
+
+- `photometric`: reconstruction. 0.5 * sum of squared pixel errors per view (the scale of
+  the distillation losses), plus `lambda_mask` times the same on alpha against the scene's
+  masks when it has them.
+- `scene-dds`: DDS (GUIDANCE.md section 7.1) between the render of a view and the source
+  render of that view, cached when the stage starts (the reconstruction before any edit),
+  with the target prompt against `source_prompt`. Anchors keep what the edit must not change:
+  `anchor_rgb` pulls colours toward the original images (a schedule; by default it fades out
+  over the first 30% so the edit can recolour), `anchor_alpha` pulls the silhouette toward
+  the source's (the scene masks when it has them).
+- `in2n`: Instruct-NeRF2NeRF's iterative dataset update. The training images start as the
+  scene's; every `update_every` steps the views just rendered are replaced by an
+  InstructPix2Pix edit of the render conditioned on the original image (priors/instruct_pix2pix.py),
+  and the loss is the photometric one against the current dataset. The instruction
+  ("make the mug blue") is `instruction`, else the run's prompt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+
+from ..cameras import Cameras
+from ..errors import UserError
+from ..guidance.base import GuidanceOutput
+from ..guidance.dds import DDSConfig, DDSGuidance
+from ..priors.base import TextEmbeddings
+from ..priors.instruct_pix2pix import InstructPix2PixConfig, InstructPix2PixEditor
+from ..schedule import Schedule, evaluate_schedule
+from .views import SceneViewSampler
+
+
+def _scene_sampler(trainer: Any, objective: str) -> SceneViewSampler:
+    sampler = trainer.sampler
+    if not isinstance(sampler, SceneViewSampler):
+        raise UserError(f"--guidance {objective} fits posed images; pass --sampler.scene SCENE_DIR (or use `threedistill edit`)")
+    return sampler
+
+
+def _views(cams: Cameras) -> Tensor:
+    if cams.view is None:
+        raise UserError("scene objectives need cameras drawn from the scene (Cameras.view is missing)")
+    return cams.view.cpu()
+
+
+def _resized(images: Tensor, like: Tensor) -> Tensor:
+    if images.shape[-2:] == like.shape[-2:]:
+        return images.to(like)
+    return torch.nn.functional.interpolate(images.to(like), size=like.shape[-2:], mode="bilinear", antialias=True, align_corners=False)
+
+
+def squared_error(x: Tensor, target: Tensor) -> Tensor:
+    """0.5 * sum of squared errors per view (the gradient per pixel is x - target)."""
+    return 0.5 * ((x - target) ** 2).sum() / x.shape[0]
+
+
+@dataclass
+class PhotometricConfig:
+    """Reconstruction from posed images."""
+
+    lambda_mask: float = 1.0
+    """Weight of the alpha-vs-mask term (scenes with masks only)."""
+
+
+class PhotometricObjective:
+    """Fit renders to the scene's images (and alpha to its masks)."""
+
+    uses_render_output = True
+    needs_prior = False
+
+    def __init__(self, config: PhotometricConfig, prior: Any = None, total_steps: int = 0, generator: Optional[torch.Generator] = None) -> None:
+        self.config = config
+        self.images: Optional[Tensor] = None
+        self.masks: Optional[Tensor] = None
+
+    def prepare(self, trainer: Any) -> None:
+        scene = _scene_sampler(trainer, "photometric").scene
+        self.images, self.masks = scene.images, scene.masks
+
+    def targets(self, views: Tensor) -> Tensor:
+        assert self.images is not None, "prepare() first"
+        return self.images[views]
+
+    def __call__(self, images: Tensor, cams: Cameras, emb: Any, step: int, *, out: Any = None) -> GuidanceOutput:
+        views = _views(cams)
+        loss = squared_error(images, _resized(self.targets(views), images))
+        logs = {"rgb_error": float(loss.detach())}
+        if self.masks is not None and out is not None and self.config.lambda_mask > 0:
+            mask_loss = squared_error(out.alpha, _resized(self.masks[views], out.alpha))
+            loss = loss + self.config.lambda_mask * mask_loss
+            logs["mask_error"] = float(mask_loss.detach())
+        return GuidanceOutput(loss=loss, logs=logs)
+
+    def after_step(self, step: int) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+@dataclass
+class SceneDDSConfig(DDSConfig):
+    """DDS on a scene's views, with anchors to the source."""
+
+    source_prompt: str = ""
+    """Text describing the scene as it is (required)."""
+    anchor_rgb: Schedule = field(default_factory=lambda: [(0.0, 0.5), (0.3, 0.0)])
+    """Weight of 0.5 * |render - original image|^2 (a schedule: fades out so the edit can recolour)."""
+    anchor_alpha: Schedule = 2.0
+    """Weight of 0.5 * |alpha - source alpha|^2 (keeps the geometry)."""
+
+
+class SceneDDSObjective(DDSGuidance):
+    """DDS toward the target prompt against cached source renders, plus the anchors."""
+
+    config: SceneDDSConfig
+    uses_render_output = True
+    needs_source = False  # the source comes from the scene, not from the user
+
+    def __init__(self, config: SceneDDSConfig, prior: Any, total_steps: int, generator: torch.Generator) -> None:
+        super().__init__(config, prior, total_steps, generator)
+        if not config.source_prompt.strip():
+            raise UserError("--guidance.source-prompt is empty; describe the scene as it is (threedistill edit --source TEXT)")
+        self.total_steps = total_steps
+        self.source_x0: Optional[Tensor] = None
+        self.source_alpha: Optional[Tensor] = None
+        self.originals: Optional[Tensor] = None
+        self.source_prompts: Any = None
+
+    @torch.no_grad()
+    def prepare(self, trainer: Any) -> None:
+        """Render every scene view once: the source the edit is measured against."""
+        from ..prompts import PromptEmbedder
+
+        scene = _scene_sampler(trainer, "scene-dds").scene
+        self.source_prompts = PromptEmbedder(self.prior, self.config.source_prompt, trainer.cfg.negative_prompt, config=trainer.cfg.prompts)
+        x0, alpha = [], []
+        for start in range(0, len(scene), 8):
+            cams = scene.cameras[start : start + 8].to(trainer.device)
+            out = trainer.representation.render(cams, trainer.background)
+            x0.append(self.prior.encode(out.rgb).cpu())
+            alpha.append(out.alpha.cpu())
+        self.source_x0 = torch.cat(x0)
+        self.source_alpha = scene.masks if scene.masks is not None else torch.cat(alpha)
+        self.originals = scene.images
+
+    def __call__(self, images: Tensor, cams: Cameras, emb: TextEmbeddings, step: int, *, out: Any = None) -> GuidanceOutput:  # type: ignore[override]
+        if self.source_x0 is None or self.originals is None or self.source_alpha is None:
+            raise RuntimeError("SceneDDSObjective.prepare(trainer) was not called")
+        views = _views(cams)
+        g = self.edit_loss(self.prior.encode(images), self.source_x0[views].to(images), emb,
+                           self.source_prompts.for_cameras(cams), cams, step, images)
+        w_rgb = evaluate_schedule(self.config.anchor_rgb, step, self.total_steps)
+        w_alpha = evaluate_schedule(self.config.anchor_alpha, step, self.total_steps)
+        loss, logs = g.loss, dict(g.logs)
+        if w_rgb > 0:
+            anchor = squared_error(images, _resized(self.originals[views], images))
+            loss, logs["anchor_rgb"] = loss + w_rgb * anchor, float(anchor.detach())
+        if w_alpha > 0 and out is not None:
+            anchor = squared_error(out.alpha, _resized(self.source_alpha[views], out.alpha))
+            loss, logs["anchor_alpha"] = loss + w_alpha * anchor, float(anchor.detach())
+        return GuidanceOutput(loss=loss, logs=logs)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"source_x0": self.source_x0, "source_alpha": self.source_alpha}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """A resumed edit keeps the source renders of the stage's start (not of the half-edited scene)."""
+        if state.get("source_x0") is not None:
+            self.source_x0, self.source_alpha = state["source_x0"], state["source_alpha"]
+
+
+@dataclass
+class In2NConfig(PhotometricConfig, InstructPix2PixConfig):
+    """Instruct-NeRF2NeRF: photometric fitting to a dataset edited by InstructPix2Pix as it trains."""
+
+    update_every: int = 10
+    """Replace the rendered views' training images every N steps (in2n: 10)."""
+    instruction: str = ""
+    """The InstructPix2Pix instruction ("make the mug blue"; empty: the run's prompt)."""
+
+
+class In2NObjective(PhotometricObjective):
+    """Iterative dataset update with InstructPix2Pix; the target prompt is the instruction."""
+
+    def __init__(self, config: In2NConfig, prior: Any = None, total_steps: int = 0, generator: Optional[torch.Generator] = None) -> None:
+        super().__init__(config, prior, total_steps, generator)
+        self.config: In2NConfig = config
+        if config.update_every < 1:
+            raise UserError(f"--guidance.update-every must be >= 1, got {config.update_every}")
+        self.generator = generator or torch.Generator().manual_seed(0)
+        self.editor: Optional[InstructPix2PixEditor] = None
+        self.originals: Optional[Tensor] = None
+        self.instruction = ""
+        self.updates = 0
+
+    def prepare(self, trainer: Any) -> None:
+        super().prepare(trainer)
+        assert self.images is not None
+        self.originals, self.images = self.images, self.images.clone()
+        self.instruction = self.config.instruction or trainer.cfg.prompt
+        self.editor = InstructPix2PixEditor.load(self.config, trainer.device)
+
+    def __call__(self, images: Tensor, cams: Cameras, emb: Any, step: int, *, out: Any = None) -> GuidanceOutput:
+        if step % self.config.update_every == 0:
+            self.update_dataset(images.detach(), _views(cams))
+        g = super().__call__(images, cams, emb, step, out=out)
+        g.logs["dataset_updates"] = float(self.updates)
+        return g
+
+    def update_dataset(self, renders: Tensor, views: Tensor) -> None:
+        """Replace the training images of `views` by InstructPix2Pix edits of the renders."""
+        assert self.editor is not None and self.originals is not None and self.images is not None
+        original = _resized(self.originals[views], renders)
+        edited = self.editor.edit(renders, original, self.instruction, self.generator)
+        self.images[views] = _resized(edited.cpu(), self.images[views]).to(self.images)
+        self.updates += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"images": self.images, "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("images") is not None:
+            self.images = state["images"]
+        self.updates = int(state.get("updates", 0))
