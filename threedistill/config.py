@@ -51,6 +51,11 @@ class RenderConfig:
     backend: Literal["auto", "cuda", "torch"] = "auto"
     """auto: gsplat/nerfacc kernels on CUDA when they load, else the torch reference."""
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    """The solid background (evaluation and exports always use it)."""
+    background_mode: Literal["solid", "random", "mlp"] = "solid"
+    """Training background: solid, a random colour per view, or an MLP of the ray direction (render/background.py)."""
+    background_lr: float = 1e-3
+    """Learning rate of the background MLP."""
 
 
 @dataclass

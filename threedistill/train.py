@@ -19,6 +19,7 @@ from .config import ComponentNames
 from .errors import UserError
 from .edit.views import make_sampler
 from .eval.chamfer import chamfer_to_toyworld
+from .eval.mesh_fidelity import obj_psnr
 from .eval.metrics import evaluate_toyworld
 from .export.extract import extract_mesh, field_of
 from .export.images import save_image_grid, write_video
@@ -28,6 +29,7 @@ from .export.turntable import render_turntable
 from .guidance.registry import GUIDANCES
 from .priors.registry import PRIORS
 from .prompts import PromptEmbedder
+from .render.background import Background
 from .representations.particles import Particles
 from .representations.convert import representation_from_previous
 from .representations.registry import REPRESENTATIONS
@@ -98,8 +100,9 @@ class Trainer:
             if hasattr(member, "total_steps"):  # regulariser schedules given as fractions of the stage
                 member.total_steps = cfg.steps
         self.guidance = guidance.build(cfg.guidance, self.prior, cfg.steps, self.generator)
-        self.optimizer = self._make_optimizer()
         self.background = torch.tensor(cfg.render.background, dtype=torch.float32, device=self.device)
+        self.backdrop = Background(cfg.render.background_mode, self.background, cfg.render.background_lr, self.generator).to(self.device)
+        self.optimizer = self._make_optimizer()
         prepare = getattr(self.guidance, "prepare", None)
         if prepare is not None:  # scene objectives: read the scene, cache the source renders
             prepare(self)
@@ -142,7 +145,7 @@ class Trainer:
             f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.representation.param_groups(), eps=1e-15)
+        return torch.optim.Adam([*self.representation.param_groups(), *self.backdrop.param_groups()], eps=1e-15)
 
     # ------------------------------------------------------------------ persistence
     def save_config(self) -> None:
@@ -156,6 +159,7 @@ class Trainer:
             "stage": self.stage_index,
             "stage_history": self.stage_history,
             "representation": self.representation.state_dict(),
+            "background": self.backdrop.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "guidance": self.guidance.state_dict(),
             "generator": self.generator.get_state(),
@@ -179,6 +183,8 @@ class Trainer:
         if tuple(state.get("names", ())) != tuple(self.names):
             raise UserError(f"checkpoint was made by {state.get('names')} but the config says {tuple(self.names)}; resume the run folder it came from")
         self.representation.load_state_dict(state["representation"])
+        if "background" in state:
+            self.backdrop.load_state_dict(state["background"])
         self.representation.to(self.device)
         self.optimizer = self._make_optimizer()
         self.optimizer.load_state_dict(state["optimizer"])
@@ -213,7 +219,7 @@ class Trainer:
         """One optimisation step (DESIGN.md section 2). Returns scalars to log."""
         step = self.step + 1
         cams = self.sampler.sample(self.generator, batch_size=self.cfg.sampler.batch_size * self.num_particles)
-        out = self.representation.render(cams, self.background)
+        out = self.backdrop.apply(self.representation.render(cams, self.background), cams)
         emb = self.prompts.for_cameras(cams) if self.prompts is not None else None
         if getattr(self.guidance, "uses_render_output", False):  # scene objectives also fit alpha
             g = self.guidance(out.rgb, cams, emb, step, out=out)
@@ -365,7 +371,7 @@ class Trainer:
             formats = [f for f in formats if f != "splat"]  # splats.ply exists only for Gaussians
         for path in self.export(formats):
             self.log(f"exported {path.name}")
-        return summary
+        return json.loads((self.run_dir / "metrics.json").read_text())  # with obj_psnr when an OBJ was written
 
     def export(self, formats: list[str]) -> list[Path]:
         """Write the requested exports into RUN_DIR/export (atomically)."""
@@ -380,8 +386,22 @@ class Trainer:
                     albedo = SurfaceColour(member.surface_colour, member.albedo)
                 else:
                     albedo = field_of(member).albedo
-                written += write_mesh_files(mesh, self.run_dir / "export", mesh_formats, albedo, self.cfg.mesh, stem)
+                files = write_mesh_files(mesh, self.run_dir / "export", mesh_formats, albedo, self.cfg.mesh, stem)
+                written += files
+                obj = next((f for f in files if f.suffix == ".obj"), None)
+                if obj is not None:
+                    self._record_obj_psnr(obj, member, i)
         return written
+
+    def _record_obj_psnr(self, obj: Path, member: Any, index: int) -> None:
+        """Score the textured OBJ against the asset's renders; log it and add it to metrics.json."""
+        score = round(obj_psnr(obj, member, self.background), 3)
+        self.log(f"{obj.name}: textured OBJ renders at {score} dB PSNR against the asset's")
+        metrics_path = self.run_dir / "metrics.json"
+        if metrics_path.exists():
+            metrics = json.loads(metrics_path.read_text())
+            metrics["obj_psnr" if index == 0 else f"obj_psnr_particle{index}"] = score
+            atomic_write_text(metrics_path, json.dumps(metrics, indent=2) + "\n")
 
 
 def particle_members(representation: Any) -> list[Any]:
