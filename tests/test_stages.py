@@ -118,3 +118,36 @@ def test_single_stage_commands_refuse_staged_configs(tmp_path: Path, capsys) -> 
     preset = _preset(tmp_path, TWO_GAUSSIAN_STAGES)
     assert main(["edit-image", str(tmp_path / "x.png"), "--source", "a", "--target", "b", "--config", preset]) == 2
     assert "has stages" in capsys.readouterr().err
+
+
+def test_a_mesh_stage_starts_from_the_nerf_surface(tmp_path: Path) -> None:
+    from test_nerf import SMALL
+
+    flags = [f for i, f in enumerate(TINY_FLAGS) if "num-points" not in f and "num-points" not in TINY_FLAGS[i - 1]]
+    nerf = "{" + ", ".join(f"{k}: {v}" for k, v in SMALL.items()) + "}"
+    text = f"""\
+prompt: a red cube
+representation: {{name: nerf, {nerf[1:]}
+mesh: {{resolution: 40}}
+stages:
+  - {{name: coarse, share: 0.5}}
+  - {{name: refine, representation: {{name: mesh, init_subdivisions: 2}}}}
+"""
+    plan = parse_run_plan(["--config", _preset(tmp_path, text), *flags, "--out", str(tmp_path), "--log.export-formats", "glb"])
+    first = Trainer(plan[0].names, plan[0].cfg, new_run_dir(tmp_path, "a red cube", "sds", "nerf-mesh"), plan=plan)
+    assert first.train()
+    first.finish()
+    surface = first.mesh_of(0)
+    second = first.next_stage()
+    mesh = second.representation
+    assert type(mesh).__name__ == "Mesh" and mesh.num_points == len(surface.vertices)
+    assert torch.allclose(mesh.vertices, torch.from_numpy(surface.vertices), atol=1e-6)
+    assert torch.allclose(mesh.vertex_colours(), torch.from_numpy(surface.vertex_colors), atol=1e-4)  # the colours carry over
+    assert second.train()
+    summary = second.finish()
+    assert summary["representation"] == "mesh" and [s["stage"] for s in summary["stages"]] == ["coarse", "refine"]
+    assert (second.run_dir / "export" / "mesh.glb").exists()
+    with pytest.raises(UserError, match="cannot start from"):
+        from threedistill.representations.convert import representation_from_previous
+
+        representation_from_previous(second, "nerf", plan[0].cfg.representation, torch.Generator(), "auto")
