@@ -311,7 +311,9 @@ class Trainer:
             for i, s in enumerate(scores):
                 mesh = self.mesh_of(i)
                 if mesh is not None:
-                    s.update(chamfer_to_toyworld(mesh, self.prior, self.cfg.prompt), mesh_level=mesh.level)
+                    s.update(chamfer_to_toyworld(mesh, self.prior, self.cfg.prompt))
+                    if math.isfinite(mesh.level):  # marching cubes' level (an explicit mesh has none)
+                        s["mesh_level"] = mesh.level
         if len(scores) == 1:
             return scores[0]
         summary = {
