@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Callable, Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -194,8 +194,25 @@ def opaque_loss(alpha: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------- the representation
+class _WarpedField:
+    """A field queried at warped points: density/query(x) = field's at warp(x) (NeRF.point_warp)."""
+
+    def __init__(self, field: "NeRF", warp: Callable[[Tensor], Tensor]) -> None:
+        self.field, self.warp = field, warp
+
+    def density(self, points: Tensor) -> Tensor:
+        return self.field.density(self.warp(points))
+
+    def query(self, points: Tensor) -> tuple[Tensor, Tensor]:
+        return self.field.query(self.warp(points))
+
+
 class NeRF(nn.Module):
     """Hash-grid density + albedo field, volume-rendered with occupancy-grid skipping."""
+
+    point_warp: Optional[Callable[[Tensor], Tensor]] = None
+    """When set, `render` queries the field at point_warp(x) for every sample point x (a 4D
+    deformation sets it per time, representations/deformation.py); None renders the field as is."""
 
     def __init__(self, config: NeRFConfig, generator: torch.Generator, backend: str = "auto") -> None:
         super().__init__()
@@ -259,14 +276,15 @@ class NeRF(nn.Module):
         cfg = self.config
         occupancy = self.occupancy if cfg.occ_update_every > 0 else None
         keep = self.training and torch.is_grad_enabled() and cfg.lambda_orient > 0
+        field: Any = self if self.point_warp is None else _WarpedField(self, self.point_warp)
         if resolve_volume_backend(self.backend, self.encoding.table.device) == "cuda":
             return render_volume_nerfacc(
-                self, cams, background, bound=cfg.bound, samples_per_ray=cfg.samples_per_ray, occupancy=occupancy,
+                field, cams, background, bound=cfg.bound, samples_per_ray=cfg.samples_per_ray, occupancy=occupancy,
                 stratified=torch.is_grad_enabled(), early_stop_eps=cfg.early_stop_eps, alpha_threshold=cfg.alpha_threshold,
                 keep_samples=keep,
             )
         return render_volume_torch(
-            self, cams, background, bound=cfg.bound, samples_per_ray=cfg.samples_per_ray, occupancy=occupancy,
+            field, cams, background, bound=cfg.bound, samples_per_ray=cfg.samples_per_ray, occupancy=occupancy,
             stratified=torch.is_grad_enabled(), generator=self.generator, early_stop_eps=cfg.early_stop_eps,
             alpha_threshold=cfg.alpha_threshold, keep_samples=keep,
         )
