@@ -9,6 +9,7 @@ from helpers import TINY_FLAGS
 from threedistill.cameras import Cameras, look_at_c2w, orbit_cameras
 from threedistill.config import parse_run_args
 from threedistill.errors import UserError
+from threedistill.render.types import RenderOutput
 from threedistill.render.volume_nerfacc import resolve_volume_backend
 from threedistill.render.volume_torch import OccupancyGrid, camera_rays, render_volume_torch
 from threedistill.representations.nerf import NeRF, NeRFConfig
@@ -232,3 +233,17 @@ def test_trainer_adds_the_regularisers_to_the_loss(tmp_path: Path) -> None:
         trainer = Trainer(names, cfg, new_run_dir(cfg.out, cfg.prompt, names.guidance, names.representation))
         losses[weight] = trainer.train_step()["loss"]
     assert losses["100"] > losses["0"] + 1.0
+
+
+def test_regulariser_weights_follow_their_schedules() -> None:
+    from threedistill.representations.nerf import sparsity_loss
+
+    nerf = NeRF(NeRFConfig(**SMALL, lambda_sparsity=[(0.0, 0.0), (0.5, 100.0)]), torch.Generator().manual_seed(0))
+    nerf.total_steps = 100
+    alpha = torch.full((1, 1, 4, 4), 0.5)
+    out = RenderOutput(rgb=alpha.expand(1, 3, 4, 4), alpha=alpha, depth=alpha)
+    assert float(nerf.regularisation(out, 0)) == 0.0
+    assert float(nerf.regularisation(out, 25)) == pytest.approx(50.0 * float(sparsity_loss(alpha)))
+    assert float(nerf.regularisation(out, 100)) == pytest.approx(100.0 * float(sparsity_loss(alpha)))
+    with pytest.raises(UserError, match="lambda-opaque"):
+        NeRF(NeRFConfig(**SMALL, lambda_opaque=[(0.0,)]), torch.Generator())

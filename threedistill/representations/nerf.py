@@ -28,6 +28,7 @@ from ..errors import UserError
 from ..render.types import RenderOutput
 from ..render.volume_nerfacc import render_volume_nerfacc, resolve_volume_backend
 from ..render.volume_torch import OccupancyGrid, render_volume_torch
+from ..schedule import Schedule, evaluate_schedule, validate_schedule
 
 _PRIMES = (1, -1640531535, 805459861)  # instant-NGP's hash primes as int32 (2654435761 wraps)
 
@@ -90,11 +91,13 @@ class NeRFConfig:
     """Adam learning rate of the MLP (3x threestudio's 1e-3)."""
     lr_final_factor: float = 0.1
     """Every learning rate decays exponentially to this fraction of itself by the last step."""
-    lambda_orient: float = 0.0
-    """Orientation loss weight (normals facing away from the camera; needs 6 extra density passes)."""
-    lambda_sparsity: float = 0.0
+    lambda_orient: Schedule = 0.0
+    """Orientation loss weight (normals facing away from the camera; needs 6 extra density passes).
+    Every lambda is a constant or a schedule of (step, value) points, e.g. threestudio's
+    orientation warm-up `0 10 0.2 1000` (a float step in (0,1) is a fraction of the stage)."""
+    lambda_sparsity: Schedule = 0.0
     """Sparsity loss weight: mean(sqrt(alpha^2 + 0.01))."""
-    lambda_opaque: float = 0.0
+    lambda_opaque: Schedule = 0.0
     """Opacity loss weight: binary entropy of alpha (pushes alpha to 0 or 1)."""
 
 
@@ -224,6 +227,13 @@ class NeRF(nn.Module):
         self.albedo_head = _linear(cfg.hidden_dim, 3, generator)
         self.occupancy = OccupancyGrid(cfg.occ_resolution, cfg.bound, cfg.occ_threshold, cfg.occ_ema_decay, cfg.occ_dilate)
         density_bias(torch.zeros(1, 3), cfg.density_bias, 1.0, 1.0)  # validate the name early
+        for name in ("lambda_orient", "lambda_sparsity", "lambda_opaque"):
+            try:
+                validate_schedule(name, getattr(cfg, name))
+            except (ValueError, TypeError) as exc:
+                raise UserError(f"--representation.{name.replace('_', '-')}: {exc}") from None
+        self.total_steps = 1  # the stage length, for schedules with fractional steps (the trainer sets it)
+        self.last_step = 1
         if cfg.occ_update_every > 0:  # start from the density bias's shape, not a full grid
             self.update_occupancy(0)
 
@@ -275,7 +285,7 @@ class NeRF(nn.Module):
         """Render the cameras on `background` [3] or [B,3]."""
         cfg = self.config
         occupancy = self.occupancy if cfg.occ_update_every > 0 else None
-        keep = self.training and torch.is_grad_enabled() and cfg.lambda_orient > 0
+        keep = self.training and torch.is_grad_enabled() and self._weight("lambda_orient", self.last_step) > 0
         field: Any = self if self.point_warp is None else _WarpedField(self, self.point_warp)
         if resolve_volume_backend(self.backend, self.encoding.table.device) == "cuda":
             return render_volume_nerfacc(
@@ -291,17 +301,21 @@ class NeRF(nn.Module):
 
     def regularisation(self, out: RenderOutput, step: int) -> Tensor:
         """Weighted sum of the enabled regularisers on this step's render (0 when none are)."""
-        cfg = self.config
         loss = out.alpha.new_zeros(())
-        if cfg.lambda_sparsity > 0:
-            loss = loss + cfg.lambda_sparsity * sparsity_loss(out.alpha)
-        if cfg.lambda_opaque > 0:
-            loss = loss + cfg.lambda_opaque * opaque_loss(out.alpha)
-        if cfg.lambda_orient > 0 and "sample_points" in out.extras:
+        sparsity, opaque, orient = (self._weight(name, step) for name in ("lambda_sparsity", "lambda_opaque", "lambda_orient"))
+        if sparsity > 0:
+            loss = loss + sparsity * sparsity_loss(out.alpha)
+        if opaque > 0:
+            loss = loss + opaque * opaque_loss(out.alpha)
+        if orient > 0 and "sample_points" in out.extras:
             ex = out.extras
             normals = self.normals(ex["sample_points"])
-            loss = loss + cfg.lambda_orient * orientation_loss(ex["sample_weights"], normals, ex["sample_dirs"], out.alpha)
+            loss = loss + orient * orientation_loss(ex["sample_weights"], normals, ex["sample_dirs"], out.alpha)
         return loss
+
+    def _weight(self, name: str, step: int) -> float:
+        """A regulariser weight at `step` (its schedule over the stage's `total_steps`)."""
+        return evaluate_schedule(getattr(self.config, name), step, self.total_steps)
 
     @torch.no_grad()
     def update_occupancy(self, step: int) -> None:
@@ -313,6 +327,7 @@ class NeRF(nn.Module):
 
     def after_step(self, step: int, out: RenderOutput, optimizer: torch.optim.Optimizer) -> None:
         """Every occ_update_every steps, refresh the occupancy grid."""
+        self.last_step = step + 1  # the step the next render belongs to (orientation samples)
         every = self.config.occ_update_every
         if every > 0 and step % every == 0:
             self.update_occupancy(step)
