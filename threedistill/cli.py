@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from rich.console import Console
 
@@ -66,12 +66,19 @@ def cmd_run(argv: list[str]) -> int:
     console = _console()
     representations = "-".join(dict.fromkeys(stage.names.representation for stage in plan))
     run_dir = new_run_dir(cfg.out, cfg.prompt, names.guidance, representations)
+    return _start(run_dir, console, lambda: Trainer(names, cfg, run_dir, console, plan))
+
+
+def _start(run_dir: Path, console: Console, make_trainer: Callable[[], Any], note: str = "") -> int:
+    """Build the trainer (a failure leaves no empty run folder), save its config, train to the end."""
     try:
-        trainer = Trainer(names, cfg, run_dir, console, plan)
+        trainer = make_trainer()
     except BaseException:
         _remove_if_empty(run_dir)
         raise
     trainer.save_config()
+    if note:
+        trainer.log(note)
     console.print(f"run folder: {run_dir}")
     return _train_to_end(trainer, console)
 
@@ -102,7 +109,7 @@ def cmd_export(argv: list[str]) -> int:
 
     p = OneLineParser(prog="threedistill export", description="Export a run's asset into RUN_DIR/export.")
     p.add_argument("run_dir", type=Path)
-    formats = ["splat", "video", "glb", "obj", "ply"]
+    formats = ["splat", "video", "glb", "obj", "ply", "sequence"]
     p.add_argument("--format", dest="formats", action="append", choices=formats, help="repeatable; default: all")
     p.add_argument("--mesh-resolution", type=int, default=None, help="marching-cubes grid points per axis (default: the run's mesh.resolution, 128)")
     p.add_argument("--decimate-faces", type=int, default=None, help="decimate meshes to about N faces (0: keep all)")
@@ -115,7 +122,8 @@ def cmd_export(argv: list[str]) -> int:
                         ("texture_size", args.texture_size), ("level", args.level)):
         if value is not None:
             setattr(mesh, name, value)
-    for path in trainer.export(args.formats or formats):
+    default = [f for f in formats if f != "sequence" or trainer.cfg.dynamic]
+    for path in trainer.export(args.formats or default):
         print(path)
     return 0
 
@@ -231,13 +239,10 @@ def cmd_edit(argv: list[str]) -> int:
         stages = [edit] if source_run is not None else [
             {"name": "reconstruct", "steps": args.reconstruct_steps, "guidance": {"name": "photometric"}}, edit]
         plan = _edit_plan(flags, stages, parse_run_plan)
-        trainer = Trainer(plan[0].names, plan[0].cfg, run_dir, console, plan, previous=source_run)
     except BaseException:
         _remove_if_empty(run_dir)
         raise
-    trainer.save_config()
-    console.print(f"run folder: {run_dir}")
-    return _train_to_end(trainer, console)
+    return _start(run_dir, console, lambda: Trainer(plan[0].names, plan[0].cfg, run_dir, console, plan, previous=source_run))
 
 
 def _edit_plan(flags: list[str], stages: list[dict], parse_run_plan: Callable[..., list]) -> list:
@@ -249,6 +254,38 @@ def _edit_plan(flags: list[str], stages: list[dict], parse_run_plan: Callable[..
         if stage["steps"] is None:
             stage["steps"] = edit_steps
     return parse_run_plan(flags, "threedistill edit", stages=stages)
+
+
+def cmd_animate(argv: list[str]) -> int:
+    """Animate a finished static run: its asset becomes the first frame of a dynamic run."""
+    from .config import config_to_dict
+    from .run_dir import new_run_dir
+    from .stages import parse_run_plan
+    from .train import Trainer
+
+    p = OneLineParser(
+        prog="threedistill animate",
+        description="Animate a static run: a deformation field over its asset is distilled from a video prior. Other flags "
+        "are those of `threedistill run` (--prior NAME (default: the run's, as video), --prior.*, --guidance.*, "
+        "--deformation.*, --motion.*, --steps, --seed, --device).",
+    )
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--prompt", required=True, help="the motion to create, e.g. 'a bouncing ball'")
+    p.add_argument("--out", default="outputs", help="folder under which the new run folder is made")
+    args, rest = p.parse_known_args(argv)
+    console = _console()
+    source = Trainer.resume(args.run_dir, console)
+    if source.cfg.dynamic:
+        raise UserError(f"'{args.run_dir}' is already a dynamic run; continue it with `threedistill resume`")
+    base = config_to_dict(source.names, source.cfg)
+    prior = base["prior"]["name"]
+    flags = ["--prior", prior, "--guidance", source.names.guidance, "--representation", source.names.representation,
+             "--dynamic", "--prompt", args.prompt, "--out", args.out, "--seed", str(source.cfg.seed), *rest]
+    plan = parse_run_plan(flags, "threedistill animate")
+    names, cfg = plan[0].names, plan[0].cfg
+    cfg.representation = source.cfg.representation  # the asset's own settings (it keeps its shape)
+    run_dir = new_run_dir(args.out, args.prompt, names.guidance, names.representation)
+    return _start(run_dir, console, lambda: Trainer(names, cfg, run_dir, console, plan, previous=source), f"animating {args.run_dir}")
 
 
 def cmd_toyworld(argv: list[str]) -> int:
@@ -293,6 +330,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "resume": (cmd_resume, "continue a run from its last checkpoint"),
     "export": (cmd_export, "export a run's splats (.ply) or turntable video"),
     "edit-image": (cmd_edit_image, "edit an image toward a target prompt with DDS"),
+    "animate": (cmd_animate, "animate a static run with a video prior (4D)"),
     "edit": (cmd_edit, "edit a captured scene or a run toward a target prompt (dds, in2n)"),
     "toyworld": (cmd_toyworld, "the built-in ground-truth prior: list, scene"),
 }

@@ -28,6 +28,8 @@ from omegaconf.errors import OmegaConfBaseException
 from .cameras import OrbitSamplerConfig
 from .errors import UserError
 from .export.extract import MeshExportConfig
+from .motion import MotionConfig, video_prior_name
+from .representations.deformation import DeformationConfig
 from .schedule import validate_schedule
 from .guidance.registry import GUIDANCES
 from .priors.registry import PRIORS
@@ -106,6 +108,9 @@ def run_config_type(names: ComponentNames) -> type:
         ("render", RenderConfig, field(default_factory=RenderConfig)),
         ("log", LogConfig, field(default_factory=LogConfig)),
         ("mesh", MeshExportConfig, field(default_factory=MeshExportConfig)),
+        ("dynamic", bool, field(default=False, metadata={"help": "4D: deform the representation over time and distill clips (threedistill/motion.py)."})),
+        ("motion", MotionConfig, field(default_factory=MotionConfig)),
+        ("deformation", DeformationConfig, field(default_factory=DeformationConfig)),
     ]
     key = "_".join(names)
     return dataclasses.make_dataclass(f"RunConfig_{key}", fields)
@@ -158,6 +163,7 @@ def split_component_names(data: dict[str, Any], overrides: dict[str, Optional[st
             name = section
             data.pop(comp)
         chosen[comp] = overrides.get(comp) or name or getattr(ComponentNames(), comp)
+    chosen["prior"] = video_prior_name(chosen["prior"], bool(data.get("dynamic")))
     return ComponentNames(**chosen)
 
 
@@ -272,6 +278,7 @@ def name_flag_parser() -> argparse.ArgumentParser:
     p.add_argument("--prior", default=None)
     p.add_argument("--guidance", default=None)
     p.add_argument("--representation", default=None)
+    p.add_argument("--dynamic", action="store_true", default=None)
     return p
 
 
@@ -303,6 +310,8 @@ def parse_base_args(argv: list[str], prog: str = "threedistill run") -> ParsedRu
     known, rest = name_flag_parser().parse_known_args(argv)
     overrides = {"prior": known.prior, "guidance": known.guidance, "representation": known.representation}
     data, source = read_config_data(known.config)
+    if known.dynamic:
+        data["dynamic"] = True
     stages = data.pop("stages", None) or []
     if not isinstance(stages, list):
         raise UserError(f"config {source}: `stages` must be a list of stage mappings, got {type(stages).__name__}")

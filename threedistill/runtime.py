@@ -7,12 +7,15 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 
 def default_cache_dir() -> str:
     """Root of threedistill's caches (THREEDISTILL_CACHE overrides ~/.cache/threedistill)."""
     return os.environ.get("THREEDISTILL_CACHE", str(Path.home() / ".cache" / "threedistill"))
+
+
+T = TypeVar("T")
 
 
 @contextlib.contextmanager
@@ -30,3 +33,14 @@ def quiet_libraries(*logger_names: str, level: int = logging.ERROR) -> Iterator[
     finally:
         for logger, old in zip(loggers, previous):
             logger.setLevel(old)
+
+
+def load_quietly(load: Callable[[], T]) -> T:
+    """Run a diffusers/transformers loader with their loggers configured, then silenced (a
+    failure the loader turns into a one-line UserError is not preceded by their chatter)."""
+    import importlib
+
+    for library in ("diffusers", "transformers"):  # importing configures their loggers; quieten them after
+        importlib.import_module(library)
+    with quiet_libraries("diffusers", "transformers", "huggingface_hub"):
+        return load()

@@ -20,6 +20,8 @@ Rules:
 - A stage's length is `steps` (absolute) or `share` (a fraction of the top-level `steps`);
   entries without either split what is left equally.
 - `prompt`, `negative_prompt`, `seed`, `device` and `out` belong to the whole run.
+- A stage with `dynamic: true` (4D) uses the video counterpart of the base's image prior
+  (toyworld -> toyworld-video, sd -> video-sd) with that prior's defaults.
 - Command-line flags win in every stage: `--guidance.cfg-scale 50` sets it in each stage
   whose guidance has that field, `--sampler.width 64` everywhere. The name flags
   (`--representation nerf`) only change the base, so stages naming their own keep it.
@@ -44,9 +46,11 @@ from .config import (
     split_component_names,
 )
 from .errors import UserError
+from .motion import video_prior_name
 
 SHARED_KEYS = ("prompt", "negative_prompt", "seed", "device", "out")
-STAGE_KEYS = ("name", "steps", "share", "prior", "guidance", "representation", "sampler", "render", "log", "mesh", "prompts")
+STAGE_KEYS = ("name", "steps", "share", "prior", "guidance", "representation", "sampler", "render", "log", "mesh", "prompts",
+              "dynamic", "motion", "deformation")
 
 
 @dataclass
@@ -93,9 +97,16 @@ def expand_stages(
             if key in SHARED_KEYS or key not in STAGE_KEYS:
                 hint = "set it at the top level" if key in SHARED_KEYS else f"stage keys: {', '.join(STAGE_KEYS)}"
                 raise UserError(f"config {where}: key '{key}' is not allowed in a stage; {hint}")
-            data[key] = _override_section(data.get(key), value, key in COMPONENTS, where, key)
+            if key in COMPONENTS or isinstance(data.get(key), dict):
+                data[key] = _override_section(data.get(key), value, key in COMPONENTS, where, key)
+            else:  # a plain field (dynamic)
+                data[key] = value
         data["steps"] = lengths[i]
         _apply_changes(data, changes, names)
+        video = video_prior_name(data["prior"]["name"], bool(data.get("dynamic")))
+        if video != data["prior"]["name"]:  # a dynamic stage: the video counterpart, with its own defaults
+            own = entry.get("prior") if isinstance(entry.get("prior"), dict) else {}
+            data["prior"] = {**{k: v for k, v in own.items() if k != "name"}, "name": video}
         stage_names = split_component_names(data, {})
         stages.append(Stage(label, stage_names, config_from_dict(data, stage_names, where)))
     labels = [s.label for s in stages]

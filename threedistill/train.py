@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import signal
@@ -20,18 +21,22 @@ from .errors import UserError
 from .edit.views import make_sampler
 from .eval.chamfer import chamfer_to_toyworld
 from .eval.mesh_fidelity import obj_psnr
-from .eval.metrics import evaluate_toyworld
+from .eval.metrics import evaluate_toyworld, evaluate_toyworld_clips
 from .export.extract import extract_mesh, field_of
 from .export.images import save_image_grid, write_video
 from .export.mesh import MESH_FORMATS, SurfaceColour, write_mesh_files
+from .export.sequence import frame_field, view_grid_frames, write_sequence
 from .export.splat_ply import write_splat_ply
 from .export.turntable import render_turntable
 from .guidance.registry import GUIDANCES
 from .priors.registry import PRIORS
 from .prompts import PromptEmbedder
 from .render.background import Background
+from .schedule import evaluate_schedule
 from .representations.particles import Particles
+from .motion import IMAGE_PRIOR_OF, amplify_motion, clips_of
 from .representations.convert import representation_from_previous
+from .representations.deformation import Deformed
 from .representations.registry import REPRESENTATIONS
 from .stages import Stage, load_run_plan, plan_to_yaml, single_stage
 
@@ -91,15 +96,23 @@ class Trainer:
         if self.num_particles > 1 and len(self.plan) > 1:
             raise UserError("--guidance.particles needs a single-stage run; drop the config's stages or the particles")
         rep = REPRESENTATIONS[names.representation]
-        if previous is not None:
+        if previous is not None and previous.cfg.dynamic and cfg.dynamic:  # a 4D stage continues a 4D stage
+            member = Deformed(rep.build(cfg.representation, self.generator, backend=cfg.render.backend), cfg.deformation, self.generator)
+            member.load_state_dict(previous.representation.state_dict())
+            members = [member]
+        elif previous is not None:
             members = [representation_from_previous(previous, names.representation, cfg.representation, self.generator, cfg.render.backend)]
         else:
             members = [rep.build(cfg.representation, self.generator, backend=cfg.render.backend) for _ in range(self.num_particles)]
+        if cfg.dynamic and not isinstance(members[0], Deformed):  # 4D: the static asset plus a zero motion field
+            members = [Deformed(m, cfg.deformation, self.generator) for m in members]
+        self.frames = self._clip_frames()
         self.representation = (members[0] if len(members) == 1 else Particles(members)).to(self.device)
-        for member in members:
+        for member in [*members, *(m.static() for m in members if isinstance(m, Deformed))]:
             if hasattr(member, "total_steps"):  # regulariser schedules given as fractions of the stage
                 member.total_steps = cfg.steps
         self.guidance = guidance.build(cfg.guidance, self.prior, cfg.steps, self.generator)
+        self.image_objective = self._image_objective() if cfg.dynamic else None
         self.background = torch.tensor(cfg.render.background, dtype=torch.float32, device=self.device)
         self.backdrop = Background(cfg.render.background_mode, self.background, cfg.render.background_lr, self.generator).to(self.device)
         self.optimizer = self._make_optimizer()
@@ -118,6 +131,38 @@ class Trainer:
             f"{self.stage_title()}{names.guidance} x {names.representation} on {names.prior}, prompt '{cfg.prompt}', "
             f"{cfg.steps} steps, seed {cfg.seed}, device {self.device}"
         )
+
+    def _clip_frames(self) -> int:
+        """Frames per training clip (1 for static runs)."""
+        prior_frames = getattr(self.prior, "frames", None)
+        if not self.cfg.dynamic:
+            if prior_frames is not None:
+                raise UserError(f"--prior {self.names.prior} scores video clips; add --dynamic (or use an image prior)")
+            return 1
+        if prior_frames is None:
+            raise UserError(f"--dynamic needs a video prior (toyworld-video, video-sd), not --prior {self.names.prior}")
+        frames = self.cfg.motion.frames or prior_frames
+        if frames != prior_frames:
+            raise UserError(f"--motion.frames {frames} differs from the video prior's {prior_frames} frames; set --prior.frames instead")
+        if frames < 2:
+            raise UserError(f"a dynamic run needs clips of at least 2 frames, got {frames}")
+        return frames
+
+    def _image_objective(self) -> Optional[tuple[Any, PromptEmbedder]]:
+        """The hybrid objective of a dynamic run: per-frame SDS from the image counterpart of its
+        video prior, which takes the video prior's settings of the same names except the model
+        (None when `motion.image_weight` is 0)."""
+        if isinstance(self.cfg.motion.image_weight, (int, float)) and self.cfg.motion.image_weight == 0:
+            return None
+        name = IMAGE_PRIOR_OF.get(self.names.prior)
+        if name is None:
+            raise UserError(f"--motion.image-weight needs a video prior with an image counterpart ({', '.join(IMAGE_PRIOR_OF)})")
+        image_config = PRIORS[name].config
+        shared = {f.name: getattr(self.cfg.prior, f.name) for f in dataclasses.fields(image_config)
+                  if hasattr(self.cfg.prior, f.name) and f.name not in ("model", "frames")}
+        prior = PRIORS[name].build(image_config(**shared), self.cfg.sampler, self.device)
+        objective = GUIDANCES["sds"].build(GUIDANCES["sds"].config(), prior, self.cfg.steps, self.generator)
+        return objective, PromptEmbedder(prior, self.cfg.prompt, self.cfg.negative_prompt, config=self.cfg.prompts)
 
     @property
     def staged(self) -> bool:
@@ -219,13 +264,17 @@ class Trainer:
         """One optimisation step (DESIGN.md section 2). Returns scalars to log."""
         step = self.step + 1
         cams = self.sampler.sample(self.generator, batch_size=self.cfg.sampler.batch_size * self.num_particles)
+        if self.cfg.dynamic:
+            cams = clips_of(cams, self.frames, self.cfg.motion)
         out = self.backdrop.apply(self.representation.render(cams, self.background), cams)
-        emb = self.prompts.for_cameras(cams) if self.prompts is not None else None
+        images, emb = self._guidance_inputs(out.rgb, cams)
         if getattr(self.guidance, "uses_render_output", False):  # scene objectives also fit alpha
-            g = self.guidance(out.rgb, cams, emb, step, out=out)
+            g = self.guidance(images, cams, emb, step, out=out)
         else:
-            g = self.guidance(out.rgb, cams, emb, step)
+            g = self.guidance(images, cams, emb, step)
         loss = g.loss
+        if self.image_objective is not None:
+            loss = loss + self._image_loss(out.rgb, cams, step, g.logs)
         regularisation = getattr(self.representation, "regularisation", None)
         if regularisation is not None:  # e.g. NeRF's orientation / sparsity / opacity terms
             loss = loss + regularisation(out, step)
@@ -244,6 +293,25 @@ class Trainer:
         self.step = step
         self._last_render = out.rgb.detach()
         return {"loss": float(loss.detach()), **g.logs}
+
+    def _guidance_inputs(self, rgb: torch.Tensor, cams: Any) -> tuple[torch.Tensor, Any]:
+        """The renders as the objective sees them (clips [B,F,3,H,W] for a video prior) and their embeddings."""
+        if self.frames == 1:
+            return rgb, (self.prompts.for_cameras(cams) if self.prompts is not None else None)
+        clip = rgb.view(-1, self.frames, *rgb.shape[1:])
+        amplify_motion(clip, self.cfg.motion.motion_amplification)
+        assert self.prompts is not None
+        return clip, self.prompts.for_cameras(cams[torch.arange(0, len(cams), self.frames)])  # one embedding per clip
+
+    def _image_loss(self, rgb: torch.Tensor, cams: Any, step: int, logs: dict[str, float]) -> torch.Tensor:
+        """Weighted per-frame SDS of the hybrid objective on the first (or every) frame of each clip."""
+        assert self.image_objective is not None
+        objective, prompts = self.image_objective
+        weight = evaluate_schedule(self.cfg.motion.image_weight, step, self.cfg.steps)
+        rows = torch.arange(0, len(cams), self.frames if self.cfg.motion.image_frames == "first" else 1, device=rgb.device)
+        g = objective(rgb[rows], cams[rows], prompts.for_cameras(cams[rows]), step)
+        logs["image_loss"] = float(g.loss.detach())
+        return weight * g.loss
 
     def _set_learning_rates(self, step: int) -> None:
         """Exponential decay from each group's base rate to lr_final_factor times it."""
@@ -306,6 +374,8 @@ class Trainer:
         if not hasattr(self.prior, "modes"):
             return None
         members = particle_members(self.representation)
+        if self.cfg.dynamic:
+            return evaluate_toyworld_clips(members[0], self.prior, self.cfg.prompt, self.cfg.log.eval_views, self.frames, self.background)
         scores = [evaluate_toyworld(m, self.prior, self.cfg.prompt, self.cfg.log.eval_views, self.background) for m in members]
         if any(f in MESH_FORMATS for f in self.cfg.log.export_formats):
             for i, s in enumerate(scores):
@@ -334,7 +404,8 @@ class Trainer:
                 self._meshes[index] = member.exported_mesh()
                 return self._meshes[index]
             try:
-                self._meshes[index] = extract_mesh(field_of(member), self.cfg.mesh)
+                field = frame_field(member, 0.0) if isinstance(member, Deformed) else field_of(member)  # 4D: the first frame
+                self._meshes[index] = extract_mesh(field, self.cfg.mesh)
             except UserError as exc:
                 self.log(f"no mesh for particle {index}: {exc}")
                 self._meshes[index] = None
@@ -369,7 +440,7 @@ class Trainer:
             return summary
         atomic_write_text(self.run_dir / "metrics.json", json.dumps(summary, indent=2) + "\n")
         formats = list(self.cfg.log.export_formats)
-        if not all(hasattr(m, "splat_tensors") for m in particle_members(self.representation)):
+        if not all(hasattr(_static(m), "splat_tensors") for m in particle_members(self.representation)):
             formats = [f for f in formats if f != "splat"]  # splats.ply exists only for Gaussians
         for path in self.export(formats):
             self.log(f"exported {path.name}")
@@ -378,7 +449,7 @@ class Trainer:
     def export(self, formats: list[str]) -> list[Path]:
         """Write the requested exports into RUN_DIR/export (atomically)."""
         written = export_representation(self.representation, self.run_dir / "export", [f for f in formats if f not in MESH_FORMATS],
-                                        self.cfg, self.background)
+                                        self.cfg, self.background, self.frames)
         mesh_formats = [f for f in formats if f in MESH_FORMATS]
         for i, member in enumerate(particle_members(self.representation) if mesh_formats else []):
             mesh = self.mesh_of(i)
@@ -386,6 +457,8 @@ class Trainer:
                 stem = "mesh" if i == 0 else f"mesh_particle{i}"
                 if hasattr(member, "surface_colour"):  # an explicit mesh: field + per-vertex residual
                     albedo = SurfaceColour(member.surface_colour, member.albedo)
+                elif isinstance(member, Deformed):
+                    albedo = frame_field(member, 0.0).albedo
                 else:
                     albedo = field_of(member).albedo
                 files = write_mesh_files(mesh, self.run_dir / "export", mesh_formats, albedo, self.cfg.mesh, stem)
@@ -411,27 +484,43 @@ def particle_members(representation: Any) -> list[Any]:
     return list(representation.members) if isinstance(representation, Particles) else [representation]
 
 
-def export_representation(representation: Any, out_dir: Path, formats: list[str], cfg: Any, background: torch.Tensor) -> list[Path]:
-    """splat -> splats.ply (particle i > 0: splats_particle{i}.ply); video -> turntable.mp4 + .gif
-    (particles side by side)."""
+def export_representation(representation: Any, out_dir: Path, formats: list[str], cfg: Any, background: torch.Tensor,
+                          clip_frames: int = 1) -> list[Path]:
+    """splat -> splats.ply (particle i > 0: splats_particle{i}.ply; 4D: the first frame);
+    video -> turntable.mp4 + .gif (particles side by side; 4D: animated, plus clips.mp4, four
+    views over time); sequence (4D) -> splats_tNNN.ply and mesh_tNNN.glb per frame."""
     written: list[Path] = []
     members = particle_members(representation)
+    dynamic = isinstance(members[0], Deformed)
     for fmt in formats:
         if fmt == "splat":
             for i, member in enumerate(members):
-                if not hasattr(member, "splat_tensors"):
-                    raise UserError(f"--format splat needs a Gaussian run; this representation is {type(member).__name__}")
+                if not hasattr(_static(member), "splat_tensors"):
+                    raise UserError(f"--format splat needs a Gaussian run; this representation is {type(_static(member)).__name__}")
                 name = "splats.ply" if i == 0 else f"splats_particle{i}.ply"
-                written.append(write_splat_ply(out_dir / name, **member.splat_tensors()))
+                tensors = member.splat_tensors_at(0.0) if dynamic else member.splat_tensors()
+                written.append(write_splat_ply(out_dir / name, **tensors))
         elif fmt == "video":
-            frames = torch.cat(
-                [render_turntable(m, cfg.log.turntable_frames, cfg.log.turntable_resolution, background) for m in members], dim=-1
-            )
+            cycles = 2 if dynamic else 0
+            frames = torch.cat([render_turntable(m, cfg.log.turntable_frames, cfg.log.turntable_resolution, background,
+                                                 animation_cycles=cycles) for m in members], dim=-1)
             written.append(write_video(out_dir / "turntable.mp4", frames, fps=24))
             written.append(write_video(out_dir / "turntable.gif", frames, fps=24))
+            if dynamic:
+                grid = view_grid_frames(members[0], 4, max(clip_frames, 2) * 3, cfg.log.turntable_resolution, background)
+                written.append(write_video(out_dir / "clips.mp4", grid, fps=12))
+        elif fmt == "sequence":
+            if not dynamic:
+                raise UserError("--format sequence needs a dynamic (4D) run; use glb/ply/splat for a static one")
+            written += write_sequence(members[0], out_dir, max(clip_frames, 2), cfg.mesh)
         else:
-            raise UserError(f"unknown export format '{fmt}'; valid formats: splat, video, {', '.join(MESH_FORMATS)}")
+            raise UserError(f"unknown export format '{fmt}'; valid formats: splat, video, sequence, {', '.join(MESH_FORMATS)}")
     return written
+
+
+def _static(member: Any) -> Any:
+    """A 4D asset's undeformed representation (the member itself when static)."""
+    return member.static() if isinstance(member, Deformed) else member
 
 
 def _num_points(representation: Any) -> int:

@@ -11,8 +11,12 @@ from ..cameras import turntable_cameras
 
 
 @torch.no_grad()
-def render_turntable(representation: Any, frames: int, resolution: int, background: Tensor, chunk: int = 4) -> Tensor:
-    """One full orbit, frames [T,3,H,W] in [0,1], rendered a few views at a time."""
+def render_turntable(representation: Any, frames: int, resolution: int, background: Tensor, chunk: int = 4,
+                     animation_cycles: int = 0) -> Tensor:
+    """One full orbit, frames [T,3,H,W] in [0,1], rendered a few views at a time. With
+    `animation_cycles` > 0 (4D assets) time also runs 0 -> 1 that many times over the orbit."""
     cams = turntable_cameras(frames, resolution, resolution).to(background.device)
+    if animation_cycles > 0:
+        cams.time = (torch.arange(frames, device=background.device, dtype=torch.float32) * animation_cycles / frames) % 1.0
     out = [representation.render(cams[i : i + chunk], background).rgb.cpu() for i in range(0, frames, chunk)]
     return torch.cat(out)

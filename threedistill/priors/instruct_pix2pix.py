@@ -25,7 +25,6 @@ silenced library chatter as the Stable Diffusion prior.
 
 from __future__ import annotations
 
-import importlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import UserError
-from ..runtime import quiet_libraries
+from ..runtime import load_quietly
 from .base import add_noise, ddim_step, noise_coefficients, predict_x0
 from .stable_diffusion import _check_tokenizer, _hf_cache_dir, _load_errors, _looks_like_path, _one_line, _resolve_dtype
 
@@ -68,10 +67,7 @@ class InstructPix2PixConfig:
 
 def load_ip2p_pipeline(config: InstructPix2PixConfig) -> Any:
     """Load `config.model` as a StableDiffusionInstructPix2PixPipeline; every failure is a one-line UserError."""
-    for name in ("diffusers", "transformers"):  # configure the libraries' loggers first, then quieten them
-        importlib.import_module(name)
-    with quiet_libraries("diffusers", "transformers", "huggingface_hub"):
-        return _load_pipeline(config)
+    return load_quietly(lambda: _load_pipeline(config))
 
 
 def _load_pipeline(config: InstructPix2PixConfig) -> Any:

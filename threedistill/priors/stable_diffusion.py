@@ -32,7 +32,7 @@ from torch import Tensor
 
 from ..cameras import Cameras
 from ..errors import UserError
-from ..runtime import quiet_libraries
+from ..runtime import load_quietly
 from .base import GuidanceDefaults, VariationalConfig, noise_coefficients
 
 if TYPE_CHECKING:
@@ -129,11 +129,7 @@ def load_pipeline(config: StableDiffusionConfig) -> Any:
 
     The libraries' own warnings are silenced while loading, so a failure stays one line.
     """
-    import diffusers  # noqa: F401 - configure the libraries' loggers first, then quieten them
-    import transformers  # noqa: F401
-
-    with quiet_libraries("diffusers", "transformers", "huggingface_hub"):
-        return _load_pipeline(config)
+    return load_quietly(lambda: _load_pipeline(config))
 
 
 def _load_pipeline(config: StableDiffusionConfig) -> Any:

@@ -115,7 +115,17 @@ class ToyworldPrior:
         """The object(s) a prompt names, view phrase ignored: one mesh per mode (user mesh when configured)."""
         if self._user_mesh is not None:
             return [self._user_mesh]
-        return resolve_prompt(split_view_phrase(prompt)[0])
+        base = split_view_phrase(prompt)[0]
+        try:
+            return resolve_prompt(base)
+        except UserError:
+            from .toyworld_animated import resolve_animated
+
+            try:  # an animated object ("a bouncing ball") as its first frame: the static stage of a 4D run
+                return [toy.at(0.0) for toy in resolve_animated(base)]
+            except UserError:
+                pass
+            raise
 
     def _embedding_id(self, text: str) -> int:
         """The id of one prompt, registering it (and its object, for a view phrase) on first use."""

@@ -30,7 +30,7 @@ import trimesh
 
 from threedistill.errors import UserError
 
-from .toyworld_catalogue import ALIASES, CATALOGUE, COLOURS, Part, ToyMesh, _rgb, resolve_prompt
+from .toyworld_catalogue import ALIASES, CATALOGUE, COLOURS, Part, ToyMesh, assemble, resolve_prompt
 
 FLOOR_Z = -0.6
 """Top of the bouncing ball's floor disc (the ground plane)."""
@@ -58,12 +58,7 @@ class AnimatedToy:
 
 def _join(parts: list[Part], name: str) -> ToyMesh:
     """Concatenate parts into a ToyMesh *without* normalising (coordinates are world units)."""
-    offsets = np.cumsum([0] + [len(p.mesh.vertices) for p in parts[:-1]])
-    faces = np.concatenate([np.asarray(p.mesh.faces) + o for p, o in zip(parts, offsets)])
-    colors = np.concatenate([np.tile(_rgb(p.colour), (len(p.mesh.faces), 1)) for p in parts])
-    main = np.concatenate([np.full(len(p.mesh.faces), p.main) for p in parts])
-    vertices = np.concatenate([np.asarray(p.mesh.vertices) for p in parts])
-    return ToyMesh(vertices.astype(np.float32), faces.astype(np.int64), colors.astype(np.float32), name, main)
+    return assemble(parts, name, normalised=False)
 
 
 def _yaw(vertices: np.ndarray, degrees: float, pivot: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:

@@ -91,14 +91,16 @@ def normalise(vertices: np.ndarray) -> np.ndarray:
     return (v * (RADIUS / np.linalg.norm(v, axis=1).max())).astype(np.float32)
 
 
-def assemble(parts: Sequence[Part], name: str) -> ToyMesh:
-    """Concatenate parts into one normalised ToyMesh with per-face colours."""
+def assemble(parts: Sequence[Part], name: str, normalised: bool = True) -> ToyMesh:
+    """Concatenate parts into one ToyMesh with per-face colours, normalised into the unit
+    sphere (`normalised=False`: kept in world units, e.g. animated frames)."""
     offsets = np.cumsum([0] + [len(p.mesh.vertices) for p in parts[:-1]])
     faces = np.concatenate([np.asarray(p.mesh.faces) + o for p, o in zip(parts, offsets)])
     colors = np.concatenate([np.tile(_rgb(p.colour), (len(p.mesh.faces), 1)) for p in parts])
     main = np.concatenate([np.full(len(p.mesh.faces), p.main) for p in parts])
     vertices = np.concatenate([np.asarray(p.mesh.vertices) for p in parts])
-    return ToyMesh(normalise(vertices), faces.astype(np.int64), colors.astype(np.float32), name, main)
+    vertices = normalise(vertices) if normalised else vertices.astype(np.float32)
+    return ToyMesh(vertices, faces.astype(np.int64), colors.astype(np.float32), name, main)
 
 
 # --- geometry helpers (z up, front +x) ---------------------------------------------------

@@ -17,7 +17,6 @@ the local Hugging Face cache only unless `allow_download`, every failure one lin
 
 from __future__ import annotations
 
-import importlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ..errors import UserError
-from ..runtime import quiet_libraries
+from ..runtime import load_quietly
 from .base import VariationalConfig
 from .stable_diffusion import StableDiffusionPrior, _hf_cache_dir, _load_errors, _looks_like_path, _model_key, _one_line
 
@@ -68,10 +67,7 @@ class VideoDiffusionConfig:
 
 def load_video_pipeline(config: VideoDiffusionConfig) -> Any:
     """Load the `TextToVideoSDPipeline` named by `config.model`; every failure is a one-line UserError."""
-    for library in ("diffusers", "transformers"):  # configure the libraries' loggers first, then quieten them
-        importlib.import_module(library)
-    with quiet_libraries("diffusers", "transformers", "huggingface_hub"):
-        return _load_video_pipeline(config)
+    return load_quietly(lambda: _load_video_pipeline(config))
 
 
 def _load_video_pipeline(config: VideoDiffusionConfig) -> Any:

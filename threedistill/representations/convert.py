@@ -21,8 +21,10 @@ def representation_from_previous(previous: Any, name: str, config: Any, generato
     before = previous.names.representation
     if name == before:
         model = REPRESENTATIONS[name].build(config, generator, backend=backend)
+        source = previous.representation
+        source = source.static() if hasattr(source, "static") else source  # a 4D asset's undeformed base
         try:
-            model.load_state_dict(previous.representation.state_dict())
+            model.load_state_dict(source.state_dict())
         except (RuntimeError, KeyError, ValueError) as exc:
             raise UserError(f"this stage changes the {name}'s shape settings, so it cannot continue from the previous result "
                             f"({str(exc).splitlines()[0][:120]}); keep them equal") from None
