@@ -13,13 +13,13 @@ from helpers import tiny_config
 from test_cli import assert_one_line_error, run_cli
 from threedistill.cameras import OrbitSampler, OrbitSamplerConfig
 from threedistill.config import parse_run_args
-from threedistill.guidance.registry import GUIDANCES
+from threedistill.guidance.registry import GUIDANCES, SCENE_OBJECTIVES
 from threedistill.priors.base import VariationalConfig
 from threedistill.priors.toyworld import ReferenceSet, ToyworldConfig, ToyworldPrior
 from threedistill.run_dir import new_run_dir
 from threedistill.train import Trainer
 
-RUN_OBJECTIVES = [name for name in GUIDANCES if name != "dds"]
+RUN_OBJECTIVES = [name for name in GUIDANCES if name != "dds" and name not in SCENE_OBJECTIVES]  # scenes: test_scene_edit
 
 
 def _trainer(tmp_path: Path, *extra: str) -> Trainer:

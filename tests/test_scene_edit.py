@@ -121,3 +121,11 @@ def test_bad_edit_arguments_are_one_line_errors(red_mug_scene: Path, tmp_path: P
 def test_missing_scene_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["edit", "--scene", str(tmp_path / "nope"), "--source", "a", "--target", "b"]) == 2
     assert "scene not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("objective", ["photometric", "scene-dds", "in2n"])
+def test_scene_objectives_without_a_scene_are_one_line_errors(objective: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    extra = ["--guidance.source-prompt", "a red mug"] if objective == "scene-dds" else []
+    assert main(["run", *EDIT_FLAGS, "--guidance", objective, *extra, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--sampler.scene" in err and len(err.splitlines()) == 1, err

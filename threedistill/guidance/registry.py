@@ -25,3 +25,6 @@ GUIDANCES = Registry(
         "in2n": Component(In2NConfig, In2NObjective),
     },
 )
+
+SCENE_OBJECTIVES = ("photometric", "scene-dds", "in2n")
+"""Objectives that fit a scene's posed images (`--sampler.scene`; `threedistill edit`)."""

@@ -40,7 +40,7 @@ from .user_mesh import load_user_mesh
 if TYPE_CHECKING:
     from .toyworld_variational import ToyworldVariationalModel
 
-REFERENCE_FORMAT_VERSION = 1
+REFERENCE_FORMAT_VERSION = 2  # 2: reference cameras shuffled (modes see every direction)
 UNCOND_ID = 0
 
 
@@ -165,10 +165,13 @@ class ToyworldPrior:
 
     # ------------------------------------------------------------------ references
     def reference_cameras(self, n: int, seed: int) -> Cameras:
-        """Reference cameras drawn from the training camera distribution at the prior resolution."""
+        """Reference cameras drawn from the training camera distribution at the prior resolution,
+        in a seeded random order: the sampler stratifies azimuth, so its cameras come sorted by
+        azimuth, and each mode (or catalogue object) takes a contiguous slice of them."""
         cfg = OrbitSamplerConfig(**{**asdict(self.sampler_config), "width": self.resolution, "height": self.resolution})
         gen = torch.Generator().manual_seed(seed)
-        return OrbitSampler(cfg).sample(gen, batch_size=n)
+        cams = OrbitSampler(cfg).sample(gen, batch_size=n)
+        return cams[torch.randperm(n, generator=torch.Generator().manual_seed(seed))]
 
     def render_ground_truth(self, mesh: ToyMesh, cams: Cameras) -> RenderOutput:
         """Render a catalogue mesh with the reference renderer (Lambertian, white background)."""

@@ -147,14 +147,6 @@ class ToyworldVideoPrior(ToyworldPrior):
                 rgb[i], alpha[i], depth[i] = out.rgb[j], out.alpha[j], out.depth[j]
         return RenderOutput(torch.stack(rgb), torch.stack(alpha), torch.stack(depth))  # type: ignore[arg-type]
 
-    def reference_cameras(self, n: int, seed: int) -> Cameras:
-        """The image prior's reference cameras in a seeded random order.
-
-        The sampler stratifies azimuth, so its cameras come sorted by azimuth; shuffling them keeps
-        a contiguous slice (one mode's share of the references) spread over every direction."""
-        cams = super().reference_cameras(n, seed)
-        return cams[torch.randperm(n, generator=torch.Generator().manual_seed(seed))]
-
     def _clip_cache_key(self, toys: list[AnimatedToy], counts: list[int], seed: int) -> str:
         h = hashlib.sha1()
         h.update(f"v{VIDEO_REFERENCE_FORMAT_VERSION}|{self.resolution}|{self.frames}|{counts}|{seed}|{asdict(self.sampler_config)}".encode())
