@@ -117,3 +117,10 @@ def test_hybrid_objective_adds_per_frame_image_sds(tmp_path: Path) -> None:
         losses[weight] = trainer.train_step()
     assert "image_loss" in losses["50"] and "image_loss" not in losses["0"]
     assert losses["50"]["loss"] > losses["0"]["loss"]
+
+
+def test_a_failed_start_leaves_no_folders(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "outputs"
+    assert main(["run", *TINY_FLAGS, "--dynamic", "--prompt", "a red mug", "--out", str(out)]) == 2
+    assert "unknown animated toyworld prompt" in capsys.readouterr().err
+    assert not out.exists() or not any(out.iterdir())

@@ -89,6 +89,8 @@ def _remove_if_empty(run_dir: Path) -> None:
         for sub in sorted(run_dir.rglob("*"), reverse=True):
             sub.rmdir()
         run_dir.rmdir()
+        if not any(run_dir.parent.iterdir()):  # nor an empty prompt folder
+            run_dir.parent.rmdir()
 
 
 def cmd_resume(argv: list[str]) -> int:
