@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from threedistill.config import parse_run_args  # noqa: E402
-from threedistill.guidance.registry import GUIDANCES  # noqa: E402
+from threedistill.guidance.registry import GUIDANCES, SCENE_OBJECTIVES  # noqa: E402
 from threedistill.run_dir import new_run_dir  # noqa: E402
 from threedistill.train import Trainer  # noqa: E402
 
@@ -98,7 +98,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--objectives", default=",".join(n for n in GUIDANCES if n != "dds"))
+    p.add_argument("--objectives", default=",".join(n for n in GUIDANCES if n != "dds" and n not in SCENE_OBJECTIVES))
     p.add_argument("--kinds", default=",".join(PROMPTS), help="which prompts: symmetric, asymmetric, multi-modal")
     p.add_argument("--particles", type=int, default=4, help="VSD particles on the multi-modal prompt (0: skip that row)")
     p.add_argument("--quick", action="store_true", help="tiny settings (a smoke test of this script)")
