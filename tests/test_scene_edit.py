@@ -129,3 +129,18 @@ def test_scene_objectives_without_a_scene_are_one_line_errors(objective: str, tm
     assert main(["run", *EDIT_FLAGS, "--guidance", objective, *extra, "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "--sampler.scene" in err and len(err.splitlines()) == 1, err
+
+
+def test_scenes_are_normalised_to_the_training_framing() -> None:
+    from threedistill.edit.scene import cameras_from_c2w
+    from threedistill.edit.views import look_at_centre, normalised
+
+    scene = _scene(8)
+    assert normalised(scene) is scene  # toyworld framing: looks at the origin from 2.8
+    c2w = scene.cameras.c2w.clone()
+    c2w[:, :3, 3] = c2w[:, :3, 3] * 10.0 + torch.tensor([5.0, -3.0, 1.0])  # a capture in its own units
+    far = Scene(scene.images, cameras_from_c2w(c2w, scene.cameras.fov_y, 16, 16), None, "far", Path("."))
+    assert torch.allclose(look_at_centre(far.cameras), torch.tensor([5.0, -3.0, 1.0]), atol=1e-4)
+    back = normalised(far).cameras
+    assert torch.allclose(back.c2w, scene.cameras.c2w, atol=1e-4)
+    assert torch.allclose(back.distance, scene.cameras.distance, atol=1e-4)

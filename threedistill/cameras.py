@@ -157,6 +157,9 @@ class OrbitSamplerConfig:
     transforms.json): reconstruction and edit runs (`threedistill edit`)."""
     scene_downscale: int = 0
     """Integer factor the scene's images are shrunk by (0: the one that brings their height closest to `height`)."""
+    scene_normalise: bool = True
+    """Move and scale the scene so its cameras look at the origin from ~2.8 units, as the
+    training orbit does (scenes that already do, like toyworld's, are left as they are)."""
 
 
 class OrbitSampler:
