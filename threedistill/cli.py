@@ -330,7 +330,7 @@ def _write_toyworld_scene(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "run": (cmd_run, "optimise a 3D asset for a prompt"),
     "resume": (cmd_resume, "continue a run from its last checkpoint"),
-    "export": (cmd_export, "export a run's splats (.ply) or turntable video"),
+    "export": (cmd_export, "export a run's splats, meshes, videos or 4D sequences"),
     "edit-image": (cmd_edit_image, "edit an image toward a target prompt with DDS"),
     "animate": (cmd_animate, "animate a static run with a video prior (4D)"),
     "edit": (cmd_edit, "edit a captured scene or a run toward a target prompt (dds, in2n)"),
