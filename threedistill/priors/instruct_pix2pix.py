@@ -37,7 +37,7 @@ from torch import Tensor
 from ..errors import UserError
 from ..runtime import load_quietly
 from .base import add_noise, ddim_step, noise_coefficients, predict_x0
-from .stable_diffusion import _check_tokenizer, _hf_cache_dir, _load_errors, _looks_like_path, _one_line, _resolve_dtype
+from .stable_diffusion import _check_tokenizer, _load_errors, _looks_like_path, _resolve_dtype, pipeline_load_failure
 
 FLAG = "--guidance"
 """CLI prefix of `InstructPix2PixConfig`'s fields, used in error messages."""
@@ -89,26 +89,12 @@ def _load_pipeline(config: InstructPix2PixConfig) -> Any:
             safety_checker=None, feature_extractor=None, requires_safety_checker=False,
         )
     except _load_errors() as err:
-        raise UserError(_load_failure(model, local, config.allow_download, err)) from err
+        raise UserError(pipeline_load_failure("InstructPix2Pix", model, local, config.allow_download, err, FLAG)) from err
     channels = int(pipe.unet.config.in_channels)
     if channels != 8:
         raise UserError(f"'{model}' is not an InstructPix2Pix model (its UNet takes {channels} input channels, "
                         f"not 8); {fix}, e.g. timbrooks/instruct-pix2pix")
     return pipe
-
-
-def _load_failure(model: str, local: Path, allow_download: bool, err: BaseException) -> str:
-    why = _one_line(err)
-    if local.is_dir():
-        return (f"could not load the InstructPix2Pix folder '{model}' ({why}); make sure it is a complete diffusers "
-                f"export, or pass {FLAG}.model PATH to another copy")
-    cache = _hf_cache_dir()
-    if not allow_download:
-        return (f"InstructPix2Pix model '{model}' is not in the local Hugging Face cache ({cache}) and downloads are "
-                f"off; download it with `huggingface-cli download {model}`, pass {FLAG}.model PATH to a local copy, "
-                f"or add {FLAG}.allow-download")
-    return (f"could not download InstructPix2Pix model '{model}' into {cache} ({why}); check the model id and the "
-            f"network, or pass {FLAG}.model PATH to a local copy")
 
 
 class InstructPix2PixEditor:

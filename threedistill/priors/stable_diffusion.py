@@ -178,22 +178,29 @@ def _from_hub(model: str, allow_download: bool) -> Any:
 
 
 def _load_failure(model: str, local: Path, allow_download: bool, err: BaseException) -> str:
-    why = _one_line(err)
     if local.is_file():
-        return (f"could not load Stable Diffusion checkpoint '{model}' ({why}); if the file is corrupt re-download "
+        return (f"could not load Stable Diffusion checkpoint '{model}' ({_one_line(err)}); if the file is corrupt re-download "
                 f"it; single-file loading also needs the base model's diffusers config in the Hugging Face cache "
                 f"({_hf_cache_dir()}), so add --prior.allow-download once, or pass --prior.model PATH to a diffusers "
                 f"folder, or use --prior toyworld")
+    return pipeline_load_failure("Stable Diffusion", model, local, allow_download, err, "--prior", "use --prior toyworld")
+
+
+def pipeline_load_failure(kind: str, model: str, local: Path, allow_download: bool, err: BaseException, flag: str,
+                          fallback: str = "") -> str:
+    """One line on why a diffusers pipeline (`kind`, set by `flag`.model) did not load from a
+    folder, the local Hugging Face cache or the Hub, with the fixes (and `fallback`, if any)."""
+    why, cache = _one_line(err), _hf_cache_dir()
+    alternative = f", or {fallback}" if fallback else ""
     if local.is_dir():
-        return (f"could not load the Stable Diffusion folder '{model}' ({why}); make sure it is a complete "
-                f"diffusers export, pass --prior.model PATH to another copy, or use --prior toyworld")
-    cache = _hf_cache_dir()
+        return (f"could not load the {kind} folder '{model}' ({why}); make sure it is a complete diffusers export, "
+                f"pass {flag}.model PATH to another copy{alternative}")
     if not allow_download:
-        return (f"Stable Diffusion model '{model}' is not in the local Hugging Face cache ({cache}) and downloads "
-                f"are off; download it with `huggingface-cli download {model}`, pass --prior.model PATH to a local "
-                f"copy, add --prior.allow-download, or use --prior toyworld")
-    return (f"could not download Stable Diffusion model '{model}' into {cache} ({why}); check the model id and "
-            f"the network, pass --prior.model PATH to a local copy, or use --prior toyworld")
+        return (f"{kind} model '{model}' is not in the local Hugging Face cache ({cache}) and downloads are off; "
+                f"download it with `huggingface-cli download {model}`, pass {flag}.model PATH to a local copy, "
+                f"add {flag}.allow-download{alternative}")
+    return (f"could not download {kind} model '{model}' into {cache} ({why}); check the model id and the network, "
+            f"pass {flag}.model PATH to a local copy{alternative}")
 
 
 def _resolve_dtype(name: str, device: torch.device) -> torch.dtype:

@@ -28,7 +28,7 @@ from torch import Tensor
 from ..errors import UserError
 from ..runtime import load_quietly
 from .base import VariationalConfig
-from .stable_diffusion import StableDiffusionPrior, _hf_cache_dir, _load_errors, _looks_like_path, _model_key, _one_line
+from .stable_diffusion import StableDiffusionPrior, _load_errors, _looks_like_path, _model_key, pipeline_load_failure
 
 PIPELINE_CLASS = "TextToVideoSDPipeline"
 UNET_CLASS = "UNet3DConditionModel"
@@ -91,7 +91,8 @@ def _load_video_pipeline(config: VideoDiffusionConfig) -> Any:
     except UserError:
         raise
     except _load_errors() as err:
-        raise UserError(_load_failure(model, local, config.allow_download, err)) from err
+        failure = pipeline_load_failure("text-to-video", model, local, config.allow_download, err, "--prior", "use --prior toyworld-video")
+        raise UserError(failure) from err
 
 
 def _check_pipeline_class(model: str, index: dict[str, Any]) -> None:
@@ -99,20 +100,6 @@ def _check_pipeline_class(model: str, index: dict[str, Any]) -> None:
     if name != PIPELINE_CLASS:
         raise UserError(f"'{model}' is a {name or 'unknown'} pipeline, not a {PIPELINE_CLASS} (UNet3DConditionModel); "
                         f"for image models use --prior sd; {_FIX}")
-
-
-def _load_failure(model: str, local: Path, allow_download: bool, err: BaseException) -> str:
-    why = _one_line(err)
-    if local.is_dir():
-        return (f"could not load the text-to-video folder '{model}' ({why}); make sure it is a complete diffusers "
-                f"export, pass --prior.model PATH to another copy, or use --prior toyworld-video")
-    cache = _hf_cache_dir()
-    if not allow_download:
-        return (f"text-to-video model '{model}' is not in the local Hugging Face cache ({cache}) and downloads are "
-                f"off; download it with `huggingface-cli download {model}`, pass --prior.model PATH to a local copy, "
-                f"add --prior.allow-download, or use --prior toyworld-video")
-    return (f"could not download text-to-video model '{model}' into {cache} ({why}); check the model id and the "
-            f"network, pass --prior.model PATH to a local copy, or use --prior toyworld-video")
 
 
 class VideoDiffusionPrior(StableDiffusionPrior):
