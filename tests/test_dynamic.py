@@ -124,3 +124,17 @@ def test_a_failed_start_leaves_no_folders(tmp_path: Path, capsys: pytest.Capture
     assert main(["run", *TINY_FLAGS, "--dynamic", "--prompt", "a red mug", "--out", str(out)]) == 2
     assert "unknown animated toyworld prompt" in capsys.readouterr().err
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_dynamic_stage_continues_the_motion_of_the_one_before(tmp_path: Path) -> None:
+    preset = tmp_path / "two.yaml"
+    preset.write_text("dynamic: true\nstages:\n  - {name: a, share: 0.5}\n  - {name: b, deformation: {lambda_time_l1: 0.5}}\n")
+    plan = parse_run_plan(["--config", str(preset), *DYNAMIC, "--out", str(tmp_path)])
+    first = Trainer(plan[0].names, plan[0].cfg, new_run_dir(tmp_path, "x", "sds", "gaussians"), plan=plan)
+    assert first.train()
+    first.finish()
+    second = first.next_stage()
+    before, after = first.representation.state_dict(), second.representation.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert any(k.startswith("deformation.") and not torch.equal(v, Trainer(plan[0].names, plan[0].cfg, tmp_path / "fresh").representation.state_dict()[k])
+               for k, v in before.items())  # the motion it carries is the trained one, not a fresh field

@@ -96,16 +96,14 @@ class Trainer:
         if self.num_particles > 1 and len(self.plan) > 1:
             raise UserError("--guidance.particles needs a single-stage run; drop the config's stages or the particles")
         rep = REPRESENTATIONS[names.representation]
-        if previous is not None and previous.cfg.dynamic and cfg.dynamic:  # a 4D stage continues a 4D stage
-            member = Deformed(rep.build(cfg.representation, self.generator, backend=cfg.render.backend), cfg.deformation, self.generator)
-            member.load_state_dict(previous.representation.state_dict())
-            members = [member]
-        elif previous is not None:
+        if previous is not None:
             members = [representation_from_previous(previous, names.representation, cfg.representation, self.generator, cfg.render.backend)]
         else:
             members = [rep.build(cfg.representation, self.generator, backend=cfg.render.backend) for _ in range(self.num_particles)]
-        if cfg.dynamic and not isinstance(members[0], Deformed):  # 4D: the static asset plus a zero motion field
+        if cfg.dynamic:  # 4D: the static asset plus a motion field, zero unless a 4D stage continues
             members = [Deformed(m, cfg.deformation, self.generator) for m in members]
+            if previous is not None and isinstance(previous.representation, Deformed):
+                members[0].field.load_state_dict(previous.representation.field.state_dict())
         self.frames = self._clip_frames()
         self.representation = (members[0] if len(members) == 1 else Particles(members)).to(self.device)
         for member in [*members, *(m.static() for m in members if isinstance(m, Deformed))]:
