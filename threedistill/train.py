@@ -123,6 +123,7 @@ class Trainer:
         self._stop_requested = False
         self._last_render: Optional[torch.Tensor] = None  # the latest training views, for previews
         self._meshes: dict[int, Any] = {}  # particle index -> ExtractedMesh of the final asset (finish/export)
+        self._fields: dict[int, Any] = {}  # particle index -> the field those meshes and their colours come from
         for sub in ("checkpoints", "previews", "export"):
             (self.run_dir / sub).mkdir(parents=True, exist_ok=True)
         self.log(
@@ -394,6 +395,18 @@ class Trainer:
             summary["chamfer"] = sum(s["chamfer"] for s in scores) / len(scores)
         return summary
 
+    def field_of_member(self, index: int) -> Any:
+        """The density/albedo field meshes of particle `index` come from (cached): its own field,
+        the Gaussians' opacity field, or a 4D asset's first frame. An explicit mesh has no density;
+        its colour source knows each surface point's face (`SurfaceColour`)."""
+        if index not in self._fields:
+            member = particle_members(self.representation)[index]
+            if hasattr(member, "surface_colour"):
+                self._fields[index] = SurfaceColour(member.surface_colour, member.albedo)
+            else:
+                self._fields[index] = frame_field(member, 0.0) if isinstance(member, Deformed) else field_of(member)
+        return self._fields[index]
+
     def mesh_of(self, index: int) -> Any:
         """The extracted mesh of particle `index` (cached; None, logged, when it has no surface)."""
         if index not in self._meshes:
@@ -402,8 +415,7 @@ class Trainer:
                 self._meshes[index] = member.exported_mesh()
                 return self._meshes[index]
             try:
-                field = frame_field(member, 0.0) if isinstance(member, Deformed) else field_of(member)  # 4D: the first frame
-                self._meshes[index] = extract_mesh(field, self.cfg.mesh)
+                self._meshes[index] = extract_mesh(self.field_of_member(index), self.cfg.mesh)
             except UserError as exc:
                 self.log(f"no mesh for particle {index}: {exc}")
                 self._meshes[index] = None
@@ -453,12 +465,8 @@ class Trainer:
             mesh = self.mesh_of(i)
             if mesh is not None:
                 stem = "mesh" if i == 0 else f"mesh_particle{i}"
-                if hasattr(member, "surface_colour"):  # an explicit mesh: field + per-vertex residual
-                    albedo = SurfaceColour(member.surface_colour, member.albedo)
-                elif isinstance(member, Deformed):
-                    albedo = frame_field(member, 0.0).albedo
-                else:
-                    albedo = field_of(member).albedo
+                field = self.field_of_member(i)
+                albedo = field if isinstance(field, SurfaceColour) else field.albedo
                 files = write_mesh_files(mesh, self.run_dir / "export", mesh_formats, albedo, self.cfg.mesh, stem)
                 written += files
                 obj = next((f for f in files if f.suffix == ".obj"), None)
