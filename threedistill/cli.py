@@ -157,8 +157,7 @@ def cmd_edit_image(argv: list[str]) -> int:
     p.add_argument("--out", default="outputs/edits", help="folder under which a new edit folder is made")
     p.add_argument("--lr", type=float, default=0.05, help="SGD step on the edited latent/pixels")
     args, rest = p.parse_known_args(argv)
-    if "--steps" not in rest and not any(a.startswith("--steps=") for a in rest):
-        rest = ["--steps", "200", *rest]
+    rest = _with_default_steps(rest, 200)
     names, cfg = parse_run_args(["--guidance", "dds", *rest], prog="threedistill edit-image")
     image = read_image(args.image)
     device = resolve_device(cfg.device)
@@ -219,8 +218,7 @@ def cmd_edit(argv: list[str]) -> int:
     if not args.scene.exists():
         raise UserError(f"scene not found: '{args.scene}'; pass a folder with transforms.json or a threedistill run folder")
     console = _console()
-    if "--steps" not in rest and not any(a.startswith("--steps=") for a in rest):
-        rest = ["--steps", "400", *rest]
+    rest = _with_default_steps(rest, 400)
     guidance = "scene-dds" if args.method == "dds" else "in2n"
     source_run = Trainer.resume(args.scene, console) if is_run_folder(args.scene) else None
     representation = source_run.names.representation if source_run is not None else args.representation
@@ -237,30 +235,25 @@ def cmd_edit(argv: list[str]) -> int:
             flags += ["--guidance.source-prompt", args.source]
         elif args.instruction:
             flags += ["--guidance.instruction", args.instruction]
-        edit = {"name": "edit", "steps": None}
+        edit = {"name": "edit", "share": 1.0}  # --steps, whole
         stages = [edit] if source_run is not None else [
             {"name": "reconstruct", "steps": args.reconstruct_steps, "guidance": {"name": "photometric"}}, edit]
-        plan = _edit_plan(flags, stages, parse_run_plan)
+        plan = parse_run_plan(flags, "threedistill edit", stages=stages)
     except BaseException:
         _remove_if_empty(run_dir)
         raise
     return _start(run_dir, console, lambda: Trainer(plan[0].names, plan[0].cfg, run_dir, console, plan, previous=source_run))
 
 
-def _edit_plan(flags: list[str], stages: list[dict], parse_run_plan: Callable[..., list]) -> list:
-    """The edit's stages; the edit stage runs --steps, the reconstruction its own count."""
-    from .config import parse_base_args
-
-    edit_steps = parse_base_args(flags, "threedistill edit").cfg.steps
-    for stage in stages:
-        if stage["steps"] is None:
-            stage["steps"] = edit_steps
-    return parse_run_plan(flags, "threedistill edit", stages=stages)
+def _with_default_steps(rest: list[str], steps: int) -> list[str]:
+    """The run flags with `--steps` set to this command's default unless given."""
+    if "--steps" in rest or any(a.startswith("--steps=") for a in rest):
+        return rest
+    return ["--steps", str(steps), *rest]
 
 
 def cmd_animate(argv: list[str]) -> int:
     """Animate a finished static run: its asset becomes the first frame of a dynamic run."""
-    from .config import config_to_dict
     from .run_dir import new_run_dir
     from .stages import parse_run_plan
     from .train import Trainer
@@ -279,9 +272,7 @@ def cmd_animate(argv: list[str]) -> int:
     source = Trainer.resume(args.run_dir, console)
     if source.cfg.dynamic:
         raise UserError(f"'{args.run_dir}' is already a dynamic run; continue it with `threedistill resume`")
-    base = config_to_dict(source.names, source.cfg)
-    prior = base["prior"]["name"]
-    flags = ["--prior", prior, "--guidance", source.names.guidance, "--representation", source.names.representation,
+    flags = ["--prior", source.names.prior, "--guidance", source.names.guidance, "--representation", source.names.representation,
              "--dynamic", "--prompt", args.prompt, "--out", args.out, "--seed", str(source.cfg.seed), *rest]
     plan = parse_run_plan(flags, "threedistill animate")
     names, cfg = plan[0].names, plan[0].cfg
