@@ -34,6 +34,7 @@ from ..guidance.base import GuidanceOutput
 from ..guidance.dds import DDSConfig, DDSGuidance
 from ..priors.base import TextEmbeddings
 from ..priors.instruct_pix2pix import InstructPix2PixConfig, InstructPix2PixEditor
+from ..render.types import render_in_chunks
 from ..schedule import Schedule, evaluate_schedule
 from .views import SceneViewSampler
 
@@ -145,14 +146,10 @@ class SceneDDSObjective(DDSGuidance):
 
         scene = _scene_sampler(trainer, "scene-dds").scene
         self.source_prompts = PromptEmbedder(self.prior, self.config.source_prompt, trainer.cfg.negative_prompt, config=trainer.cfg.prompts)
-        x0, alpha = [], []
-        for start in range(0, len(scene), 8):
-            cams = scene.cameras[start : start + 8].to(trainer.device)
-            out = trainer.representation.render(cams, trainer.background)
-            x0.append(self.prior.encode(out.rgb).cpu())
-            alpha.append(out.alpha.cpu())
-        self.source_x0 = torch.cat(x0)
-        self.source_alpha = scene.masks if scene.masks is not None else torch.cat(alpha)
+        source = render_in_chunks(lambda cams: trainer.representation.render(cams.to(trainer.device), trainer.background), scene.cameras)
+        device = self.prior.alphas_cumprod.device  # encoded a few views at a time: SD's VAE at 512 px is large
+        self.source_x0 = torch.cat([self.prior.encode(source.rgb[i : i + 8].to(device)).cpu() for i in range(0, len(source.rgb), 8)])
+        self.source_alpha = scene.masks if scene.masks is not None else source.alpha
         self.originals = scene.images
 
     def __call__(self, images: Tensor, cams: Cameras, emb: TextEmbeddings, step: int, *, out: Any = None) -> GuidanceOutput:  # type: ignore[override]

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from threedistill.atomic import atomic_path, atomic_write_text
 from threedistill.cameras import Cameras
+from threedistill.render.types import render_in_chunks
 
 _FLIP_YZ = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0]))
 
@@ -89,12 +90,7 @@ def write_nerfstudio_scene(out_dir: str | Path, images: Tensor, cams: Cameras, a
     return out
 
 
-@torch.no_grad()
 def write_rendered_scene(out_dir: str | Path, render: Any, cams: Cameras, chunk: int = 8) -> Path:
     """Render `cams` with `render(cams) -> RenderOutput` in chunks and write them as a scene (with masks)."""
-    images, alphas = [], []
-    for i in range(0, len(cams), chunk):
-        out = render(cams[i : i + chunk])
-        images.append(out.rgb.cpu())
-        alphas.append(out.alpha.cpu())
-    return write_nerfstudio_scene(out_dir, torch.cat(images), cams.to("cpu"), torch.cat(alphas))
+    out = render_in_chunks(render, cams, chunk)
+    return write_nerfstudio_scene(out_dir, out.rgb, cams.to("cpu"), out.alpha)

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from ..cameras import heldout_cameras
 from ..motion import MotionConfig, clips_of, frame_times
+from ..render.types import render_in_chunks
 from .extract import ExtractedMesh, GaussianField, extract_mesh
 from .mesh import write_glb
 from .splat_ply import write_splat_ply
@@ -41,6 +42,6 @@ def write_sequence(deformed: Any, out_dir: Path, frames: int, mesh_config: Any) 
 def view_grid_frames(deformed: Any, views: int, frames: int, resolution: int, background: Tensor) -> Tensor:
     """Video frames [T,3,H,views*W]: `views` held-out cameras side by side, time running 0 -> 1."""
     cams = clips_of(heldout_cameras(views, resolution, resolution), frames, MotionConfig()).to(background.device)
-    rgb = torch.cat([deformed.render(cams[i : i + frames], background).rgb.cpu() for i in range(0, len(cams), frames)])
+    rgb = render_in_chunks(lambda clip: deformed.render(clip, background), cams, frames).rgb
     grid = rgb.view(views, frames, *rgb.shape[1:])  # [V,T,3,H,W]
     return torch.cat(list(grid), dim=-1)

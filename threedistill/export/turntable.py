@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from ..cameras import turntable_cameras
+from ..render.types import render_in_chunks
 
 
 @torch.no_grad()
@@ -18,5 +19,4 @@ def render_turntable(representation: Any, frames: int, resolution: int, backgrou
     cams = turntable_cameras(frames, resolution, resolution).to(background.device)
     if animation_cycles > 0:
         cams.time = (torch.arange(frames, device=background.device, dtype=torch.float32) * animation_cycles / frames) % 1.0
-    out = [representation.render(cams[i : i + chunk], background).rgb.cpu() for i in range(0, frames, chunk)]
-    return torch.cat(out)
+    return render_in_chunks(lambda views: representation.render(views, background), cams, chunk).rgb

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
+import torch
 from torch import Tensor
 
 
@@ -21,3 +22,11 @@ class RenderOutput:
     alpha: Tensor
     depth: Tensor
     extras: dict[str, Any] = field(default_factory=dict)
+
+
+@torch.no_grad()
+def render_in_chunks(render: Callable[[Any], RenderOutput], cams: Any, chunk: int = 8) -> RenderOutput:
+    """render(cams[i : i + chunk]) for every chunk, without gradients, joined on the CPU (extras dropped)."""
+    outs = [render(cams[i : i + chunk]) for i in range(0, len(cams), chunk)]
+    return RenderOutput(rgb=torch.cat([o.rgb.cpu() for o in outs]), alpha=torch.cat([o.alpha.cpu() for o in outs]),
+                        depth=torch.cat([o.depth.cpu() for o in outs]))
