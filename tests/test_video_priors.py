@@ -18,7 +18,8 @@ from threedistill.priors.toyworld import ReferenceSet
 from threedistill.priors.toyworld_animated import (
     BALL_RADIUS, FLOOR_Z, _n_ball_vertices, animated_mesh, animated_prompts, resolve_animated,
 )
-from threedistill.priors.toyworld_video import ToyworldVideoConfig, ToyworldVideoPrior, clip_cameras, frame_times
+from threedistill.motion import MotionConfig, clips_of, frame_times
+from threedistill.priors.toyworld_video import ToyworldVideoConfig, ToyworldVideoPrior
 from threedistill.priors.video_diffusers import VideoDiffusionConfig, VideoDiffusionPrior
 
 
@@ -79,7 +80,7 @@ def test_reference_clips_are_renders_at_frame_times_and_cached(reference_cache: 
     refs = prior.reference_set(set_id)
     assert refs.x.shape == (4, 3 * 3 * 16 * 16)
     assert list((Path(reference_cache) / "toyworld-video").glob("*.pt"))
-    cams = clip_cameras(prior.reference_cameras(4, prior.config.reference_seed + set_id * 7919), 3)
+    cams = clips_of(prior.reference_cameras(4, prior.config.reference_seed + set_id * 7919), 3, MotionConfig())
     torch.testing.assert_close(cams.time, torch.tensor([0.0, 0.5, 1.0]).repeat(4))
     truth = prior.render_ground_truth("a swinging door", cams).rgb.view(4, 3, 3, 16, 16)
     torch.testing.assert_close(refs.x.float().view(4, 3, 3, 16, 16), truth * 2 - 1, atol=2e-3, rtol=0)
@@ -102,7 +103,7 @@ def test_encode_decode_clips_and_variational_model() -> None:
     assert x0.shape == (3, 2, 3, 8, 8) and prior.decode(x0).shape == (3, 2, 3, 8, 8)
     assert prior.is_video and prior.frames == 2
     vm = prior.variational_model(VariationalConfig(buffer_size=4))
-    cams = clip_cameras(heldout_cameras(3, 8, 8), 2)
+    cams = clips_of(heldout_cameras(3, 8, 8), 2, MotionConfig())
     vm.update(x0, torch.zeros(3, dtype=torch.long), cams, torch.Generator())
     assert len(vm) == 3
     t = torch.full((3,), 500)

@@ -32,6 +32,7 @@ from torch import Tensor
 from ..cameras import Cameras, OrbitSamplerConfig, split_view_phrase
 from ..atomic import atomic_path
 from ..errors import UserError
+from ..motion import frame_times
 from ..render.mesh_torch import render_mesh
 from ..render.types import RenderOutput
 from .base import VariationalConfig
@@ -65,19 +66,6 @@ class ToyworldVideoConfig:
     """Seed of the reference cameras (independent of the run seed)."""
     cache_dir: Optional[str] = None
     """Reference cache folder (default: $THREEDISTILL_CACHE or ~/.cache/threedistill)."""
-
-
-def frame_times(frames: int) -> Tensor:
-    """Times f / (F - 1) of a clip's frames [F] (a single frame is at time 0)."""
-    return torch.linspace(0.0, 1.0, frames) if frames > 1 else torch.zeros(1)
-
-
-def clip_cameras(cams: Cameras, frames: int) -> Cameras:
-    """B cameras -> B*F view-major cameras, each clip's camera repeated at the F frame times."""
-    idx = torch.arange(len(cams)).repeat_interleave(frames)
-    out = cams[idx]
-    out.time = frame_times(frames).repeat(len(cams)).to(cams.device)
-    return out
 
 
 def clip_directions(cameras: Cameras, clips: int, frames: int) -> Tensor:
