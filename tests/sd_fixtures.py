@@ -12,7 +12,7 @@ from typing import Literal
 
 import torch
 
-from threedistill.priors.byte_tokenizer import write_byte_tokenizer
+from threedistill.priors.diffusers.byte_tokenizer import write_byte_tokenizer
 
 Kind = Literal["sd1", "sd2v", "sdxl"]
 HIDDEN = 32

@@ -7,11 +7,11 @@ from pathlib import Path
 import torch
 
 from helpers import tiny_config
-from threedistill.cameras import scene_cameras
+from threedistill.core.cameras import scene_cameras
 from threedistill.render.background import Background
-from threedistill.render.types import RenderOutput
-from threedistill.run_dir import new_run_dir
-from threedistill.train import Trainer
+from threedistill.core.types import RenderOutput
+from threedistill.engine.run_dir import new_run_dir
+from threedistill.engine.loop import Trainer
 
 WHITE = torch.ones(3)
 

@@ -1,6 +1,6 @@
 import torch
 
-from threedistill.cameras import (
+from threedistill.core.cameras import (
     OrbitSampler,
     OrbitSamplerConfig,
     heldout_cameras,

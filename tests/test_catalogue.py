@@ -7,11 +7,11 @@ import pytest
 import torch
 import trimesh
 
-from threedistill.cameras import heldout_cameras
-from threedistill.errors import UserError
-from threedistill.edit.scene import read_nerfstudio_scene
+from threedistill.core.cameras import heldout_cameras
+from threedistill.core.errors import UserError
+from threedistill.scene.loading import read_nerfstudio_scene
 from threedistill.export.scene import write_nerfstudio_scene
-from threedistill.priors.toyworld_catalogue import (
+from threedistill.priors.toyworld.catalogue import (
     COLOURS,
     RADIUS,
     catalogue_names,
@@ -19,7 +19,7 @@ from threedistill.priors.toyworld_catalogue import (
     describe_catalogue,
     resolve_prompt,
 )
-from threedistill.priors.user_mesh import load_user_mesh
+from threedistill.priors.toyworld.user_mesh import load_user_mesh
 from threedistill.render.mesh_torch import render_mesh
 
 

@@ -78,7 +78,7 @@ def test_toyworld_list() -> None:
 
 
 def test_toyworld_scene(tmp_path: Path) -> None:
-    from threedistill.edit.scene import read_nerfstudio_scene
+    from threedistill.scene.loading import read_nerfstudio_scene
 
     proc = run_cli("toyworld", "scene", "a red mug", str(tmp_path / "scene"), "--views", "6", "--resolution", "32")
     assert proc.returncode == 0, proc.stderr

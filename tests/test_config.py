@@ -9,8 +9,8 @@ from threedistill.config import (
     load_run_config,
     parse_run_args,
 )
-from threedistill.errors import UserError
-from threedistill.stages import parse_run_plan
+from threedistill.core.errors import UserError
+from threedistill.engine.plan import parse_run_plan
 
 
 def test_defaults() -> None:

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from threedistill.cameras import orbit_cameras
-from threedistill.errors import UserError
+from threedistill.core.cameras import orbit_cameras
+from threedistill.core.errors import UserError
 from threedistill.representations.deformation import Deformed, DeformationConfig
 from threedistill.representations.gaussians import Gaussians, GaussiansConfig
 from threedistill.representations.nerf import NeRF, NeRFConfig

@@ -9,15 +9,15 @@ import pytest
 import torch
 
 from helpers import TINY_FLAGS
-from threedistill.cameras import heldout_cameras
+from threedistill.core.cameras import heldout_cameras
 from threedistill.cli import main
 from threedistill.config import parse_run_args
-from threedistill.errors import UserError
-from threedistill.motion import MotionConfig, amplify_motion, clips_of
+from threedistill.core.errors import UserError
+from threedistill.core.motion import MotionConfig, amplify_motion, clips_of
 from threedistill.representations.deformation import Deformed
-from threedistill.run_dir import new_run_dir
-from threedistill.stages import parse_run_plan
-from threedistill.train import Trainer
+from threedistill.engine.run_dir import new_run_dir
+from threedistill.engine.plan import parse_run_plan
+from threedistill.engine.loop import Trainer
 
 from video_fixtures import build_tiny_t2v
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import torch
 
 from test_cli import assert_one_line_error, run_cli
-from threedistill.cameras import orbit_cameras
+from threedistill.core.cameras import orbit_cameras
 from threedistill.export.images import read_image, save_image
-from threedistill.priors.toyworld import ToyworldConfig, ToyworldPrior
-from threedistill.priors.toyworld_catalogue import resolve_prompt
-from threedistill.cameras import OrbitSamplerConfig
+from threedistill.priors.toyworld.prior import ToyworldConfig, ToyworldPrior
+from threedistill.priors.toyworld.catalogue import resolve_prompt
+from threedistill.core.cameras import OrbitSamplerConfig
 
 SMALL = ["--prior", "toyworld", "--prior.resolution", "32", "--prior.num-references", "96", "--device", "cpu"]
 

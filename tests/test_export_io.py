@@ -10,7 +10,7 @@ import pytest
 import torch
 from plyfile import PlyData, PlyElement
 
-from threedistill.errors import UserError
+from threedistill.core.errors import UserError
 from threedistill.export import images as images_mod
 from threedistill.export.images import image_grid, save_image, save_image_grid, to_uint8, write_video
 from threedistill.export.splat_ply import read_splat_ply, splat_property_names, write_splat_ply

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from fake_prior import KnownEpsPrior
-from threedistill.cameras import orbit_cameras
+from threedistill.core.cameras import orbit_cameras
 from threedistill.guidance.base import pixelwise_clip
 from threedistill.guidance.csd import CSDConfig, CSDGuidance, CSMConfig, CSMGuidance
 from threedistill.guidance.dds import DDSConfig, DDSGuidance

@@ -11,13 +11,13 @@ import yaml
 
 from helpers import tiny_config
 from test_cli import assert_one_line_error, run_cli
-from threedistill.cameras import OrbitSampler, OrbitSamplerConfig
+from threedistill.core.cameras import OrbitSampler, OrbitSamplerConfig
 from threedistill.config import parse_run_args
 from threedistill.guidance.registry import GUIDANCES, SCENE_OBJECTIVES
 from threedistill.priors.base import VariationalConfig
-from threedistill.priors.toyworld import ReferenceSet, ToyworldConfig, ToyworldPrior
-from threedistill.run_dir import new_run_dir
-from threedistill.train import Trainer
+from threedistill.priors.toyworld.prior import ReferenceSet, ToyworldConfig, ToyworldPrior
+from threedistill.engine.run_dir import new_run_dir
+from threedistill.engine.loop import Trainer
 
 RUN_OBJECTIVES = [name for name in GUIDANCES if name != "dds" and name not in SCENE_OBJECTIVES]  # scenes: test_scene_edit
 

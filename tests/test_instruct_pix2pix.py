@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from threedistill.errors import UserError
-from threedistill.priors.instruct_pix2pix import InstructPix2PixConfig, InstructPix2PixEditor
+from threedistill.core.errors import UserError
+from threedistill.priors.diffusers.instruct_pix2pix import InstructPix2PixConfig, InstructPix2PixEditor
 
 from ip2p_fixtures import build_tiny_ip2p
 

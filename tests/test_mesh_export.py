@@ -10,8 +10,8 @@ import pytest
 import torch
 import trimesh
 
-from threedistill.cameras import heldout_cameras
-from threedistill.errors import UserError
+from threedistill.core.cameras import heldout_cameras
+from threedistill.core.errors import UserError
 from threedistill.eval.chamfer import chamfer_distance, chamfer_to_modes, sample_surface
 from threedistill.eval.metrics import mask_iou
 from threedistill.export.extract import (

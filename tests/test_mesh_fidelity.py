@@ -12,7 +12,7 @@ import trimesh
 from helpers import TINY_FLAGS
 from test_nerf import SMALL
 from threedistill.cli import main
-from threedistill.errors import UserError
+from threedistill.core.errors import UserError
 from threedistill.eval.mesh_fidelity import obj_psnr, read_textured_obj
 
 

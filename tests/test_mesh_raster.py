@@ -8,7 +8,7 @@ import pytest
 import torch
 import trimesh
 
-from threedistill.cameras import orbit_cameras
+from threedistill.core.cameras import orbit_cameras
 from threedistill.render import mesh_torch
 from threedistill.render.mesh_torch import render_mesh
 
@@ -241,7 +241,7 @@ def test_nvdiffrast_agrees_with_torch_backend():
 
 
 def test_nvdiffrast_clip_space_lands_on_the_torch_projection_and_backend_choice():
-    from threedistill.errors import UserError
+    from threedistill.core.errors import UserError
     from threedistill.render.mesh_nvdiffrast import clip_space, resolve_mesh_backend
 
     v = torch.tensor([[0.3, -0.2, 0.5], [-0.4, 0.6, -0.1], [0.1, 0.1, 0.1]])

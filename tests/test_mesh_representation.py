@@ -7,8 +7,8 @@ import pytest
 import torch
 import trimesh
 
-from threedistill.cameras import orbit_cameras
-from threedistill.errors import UserError
+from threedistill.core.cameras import orbit_cameras
+from threedistill.core.errors import UserError
 from threedistill.render.mesh_torch import render_textured_mesh
 from threedistill.representations.mesh import Mesh, MeshConfig, icosphere
 from threedistill.representations.registry import REPRESENTATIONS

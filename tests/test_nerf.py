@@ -6,16 +6,16 @@ import pytest
 import torch
 
 from helpers import TINY_FLAGS
-from threedistill.cameras import Cameras, look_at_c2w, orbit_cameras
+from threedistill.core.cameras import Cameras, look_at_c2w, orbit_cameras
 from threedistill.config import parse_run_args
-from threedistill.errors import UserError
-from threedistill.render.types import RenderOutput
+from threedistill.core.errors import UserError
+from threedistill.core.types import RenderOutput
 from threedistill.render.volume_nerfacc import resolve_volume_backend
 from threedistill.render.volume_torch import OccupancyGrid, camera_rays, render_volume_torch
 from threedistill.representations.nerf import NeRF, NeRFConfig
 from threedistill.representations.registry import REPRESENTATIONS
-from threedistill.run_dir import new_run_dir
-from threedistill.train import Trainer
+from threedistill.engine.run_dir import new_run_dir
+from threedistill.engine.loop import Trainer
 
 SMALL = dict(levels=4, log2_table_size=12, base_resolution=8, max_resolution=32, hidden_dim=16,
              samples_per_ray=32, occ_resolution=16)  # levels 8 and 11 dense, 16 and 32 hashed

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from threedistill.cameras import (
+from threedistill.core.cameras import (
     VIEW_LABEL_ANGLES,
     VIEW_LABELS,
     OrbitSamplerConfig,
@@ -17,10 +17,10 @@ from threedistill.cameras import (
     view_direction_labels,
     view_phrase,
 )
-from threedistill.errors import UserError
+from threedistill.core.errors import UserError
 from threedistill.priors.base import GuidanceDefaults
-from threedistill.priors.toyworld import ReferenceSet, ToyworldConfig, ToyworldPrior
-from threedistill.prompts import PromptConfig, PromptEmbedder
+from threedistill.priors.toyworld.prior import ReferenceSet, ToyworldConfig, ToyworldPrior
+from threedistill.priors.prompts import PromptConfig, PromptEmbedder
 
 
 def _cams(elevation: list[float], azimuth: list[float]):

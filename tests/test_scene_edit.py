@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from helpers import TINY_FLAGS
-from threedistill.cameras import scene_cameras
+from threedistill.core.cameras import scene_cameras
 from threedistill.cli import main
-from threedistill.edit.objectives import PhotometricConfig, PhotometricObjective
-from threedistill.edit.scene import Scene
-from threedistill.edit.views import SceneViewSampler
-from threedistill.train import Trainer
+from threedistill.scene.objectives import PhotometricConfig, PhotometricObjective
+from threedistill.scene.loading import Scene
+from threedistill.scene.views import SceneViewSampler
+from threedistill.engine.loop import Trainer
 
 from ip2p_fixtures import build_tiny_ip2p
 
@@ -132,8 +132,8 @@ def test_scene_objectives_without_a_scene_are_one_line_errors(objective: str, tm
 
 
 def test_scenes_are_normalised_to_the_training_framing() -> None:
-    from threedistill.edit.scene import cameras_from_c2w
-    from threedistill.edit.views import look_at_centre, normalised
+    from threedistill.scene.loading import cameras_from_c2w
+    from threedistill.scene.views import look_at_centre, normalised
 
     scene = _scene(8)
     assert normalised(scene) is scene  # toyworld framing: looks at the origin from 2.8

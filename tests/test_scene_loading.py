@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from threedistill.cameras import heldout_cameras, look_at_c2w
-from threedistill.edit.scene import is_run_folder, load_scene
-from threedistill.errors import UserError
+from threedistill.core.cameras import heldout_cameras, look_at_c2w
+from threedistill.scene.loading import is_run_folder, load_scene
+from threedistill.core.errors import UserError
 from threedistill.export.scene import opencv_to_opengl, write_nerfstudio_scene
 
 W, H = 24, 16

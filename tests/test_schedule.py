@@ -1,6 +1,6 @@
 import pytest
 
-from threedistill.schedule import evaluate_schedule, validate_schedule
+from threedistill.core.schedule import evaluate_schedule, validate_schedule
 
 
 def test_constant() -> None:

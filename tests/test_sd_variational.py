@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from threedistill.cameras import Cameras
-from threedistill.errors import UserError
+from threedistill.core.cameras import Cameras
+from threedistill.core.errors import UserError
 from threedistill.priors.base import VariationalConfig, VariationalModel
-from threedistill.priors.sd_variational import LORA_KEY, SDVariationalModel
-from threedistill.priors.stable_diffusion import StableDiffusionConfig, StableDiffusionPrior
+from threedistill.priors.diffusers.sd_variational import LORA_KEY, SDVariationalModel
+from threedistill.priors.diffusers.stable_diffusion import StableDiffusionConfig, StableDiffusionPrior
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from threedistill.cameras import Cameras, orbit_cameras
-from threedistill.errors import UserError
+from threedistill.core.cameras import Cameras, orbit_cameras
+from threedistill.core.errors import UserError
 from threedistill.render.splats import render_splats, resolve_splat_backend
 from threedistill.render.splats_torch import (
     EPS2D,

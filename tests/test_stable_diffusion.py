@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from threedistill.errors import UserError
+from threedistill.core.errors import UserError
 from threedistill.priors.base import DiffusionPrior, add_noise
-from threedistill.priors.stable_diffusion import StableDiffusionConfig, StableDiffusionPrior
+from threedistill.priors.diffusers.stable_diffusion import StableDiffusionConfig, StableDiffusionPrior
 
 from sd_fixtures import KINDS
 

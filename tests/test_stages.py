@@ -10,11 +10,11 @@ import torch
 
 from helpers import TINY_FLAGS
 from threedistill.cli import main
-from threedistill.errors import UserError
+from threedistill.core.errors import UserError
 from threedistill.representations.gaussians import PARAM_NAMES
-from threedistill.run_dir import new_run_dir
-from threedistill.stages import load_run_plan, parse_run_plan
-from threedistill.train import Trainer
+from threedistill.engine.run_dir import new_run_dir
+from threedistill.engine.plan import load_run_plan, parse_run_plan
+from threedistill.engine.loop import Trainer
 
 TWO_GAUSSIAN_STAGES = """\
 prompt: a red cube

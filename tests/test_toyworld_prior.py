@@ -4,9 +4,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from threedistill.cameras import OrbitSamplerConfig, heldout_cameras
-from threedistill.errors import UserError
-from threedistill.priors.toyworld import ReferenceSet, ToyworldConfig, ToyworldPrior
+from threedistill.core.cameras import OrbitSamplerConfig, heldout_cameras
+from threedistill.core.errors import UserError
+from threedistill.priors.toyworld.prior import ReferenceSet, ToyworldConfig, ToyworldPrior
 
 
 def _prior(**kw) -> ToyworldPrior:
@@ -98,7 +98,7 @@ def test_multimodal_prompt_splits_references_over_modes() -> None:
 
 def test_unconditional_set_is_the_union_of_the_catalogue() -> None:
     prior = _prior(uncond_references_per_object=1, resolution=8)
-    from threedistill.priors.toyworld_catalogue import catalogue_prompts, resolve_prompt
+    from threedistill.priors.toyworld.catalogue import catalogue_prompts, resolve_prompt
 
     n_meshes = sum(len(resolve_prompt(p)) for p in catalogue_prompts())
     assert prior.reference_set(int(prior.embed([""])[0])).x.shape[0] == n_meshes

@@ -11,8 +11,8 @@ from helpers import TINY_FLAGS, tiny_config
 from threedistill.eval.metrics import psnr
 from threedistill.export.splat_ply import read_splat_ply
 from threedistill.representations.gaussians import PARAM_NAMES, Gaussians
-from threedistill.run_dir import new_run_dir
-from threedistill.train import Trainer
+from threedistill.engine.run_dir import new_run_dir
+from threedistill.engine.loop import Trainer
 
 
 def _trainer(tmp_path: Path, *extra: str) -> Trainer:
@@ -89,7 +89,7 @@ def test_splat_ply_round_trip_renders_the_same_image(tmp_path: Path) -> None:
     (path,) = trainer.export(["splat"])
     loaded = Gaussians.from_splat_tensors(read_splat_ply(path))
     assert loaded.sh_degree == 1 and loaded.num_points == trainer.representation.num_points
-    from threedistill.cameras import heldout_cameras
+    from threedistill.core.cameras import heldout_cameras
 
     cams = heldout_cameras(4, 48, 48)
     bg = torch.ones(3)
@@ -176,7 +176,7 @@ def test_init_from_point_cloud(tmp_path: Path) -> None:
 def test_bad_point_cloud_is_a_user_error(tmp_path: Path) -> None:
     import pytest
 
-    from threedistill.errors import UserError
+    from threedistill.core.errors import UserError
     from threedistill.representations.gaussians import GaussiansConfig
 
     bad = tmp_path / "bad.ply"

@@ -10,17 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-from threedistill.cameras import OrbitSamplerConfig, heldout_cameras, orbit_cameras
-from threedistill.errors import UserError
+from threedistill.core.cameras import OrbitSamplerConfig, heldout_cameras, orbit_cameras
+from threedistill.core.errors import UserError
 from threedistill.priors.base import VariationalConfig, add_noise
 from threedistill.priors.registry import PRIORS
-from threedistill.priors.toyworld import ReferenceSet
-from threedistill.priors.toyworld_animated import (
+from threedistill.priors.toyworld.prior import ReferenceSet
+from threedistill.priors.toyworld.animated import (
     BALL_RADIUS, FLOOR_Z, _n_ball_vertices, animated_mesh, animated_prompts, resolve_animated,
 )
-from threedistill.motion import MotionConfig, clips_of, frame_times
-from threedistill.priors.toyworld_video import ToyworldVideoConfig, ToyworldVideoPrior
-from threedistill.priors.video_diffusers import VideoDiffusionConfig, VideoDiffusionPrior
+from threedistill.core.motion import MotionConfig, clips_of, frame_times
+from threedistill.priors.toyworld.video import ToyworldVideoConfig, ToyworldVideoPrior
+from threedistill.priors.diffusers.video import VideoDiffusionConfig, VideoDiffusionPrior
 
 
 def _prior(**kw) -> ToyworldVideoPrior:

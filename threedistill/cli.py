@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional
 
 from rich.console import Console
 
-from .errors import UserError
+from .core.errors import UserError
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -57,9 +57,9 @@ def _train_to_end(trainer, console: Console) -> int:
 
 
 def cmd_run(argv: list[str]) -> int:
-    from .run_dir import new_run_dir
-    from .stages import parse_run_plan
-    from .train import Trainer
+    from .engine.run_dir import new_run_dir
+    from .engine.plan import parse_run_plan
+    from .engine.loop import Trainer
 
     plan = parse_run_plan(argv)
     names, cfg = plan[0].names, plan[0].cfg
@@ -94,7 +94,7 @@ def _remove_if_empty(run_dir: Path) -> None:
 
 
 def cmd_resume(argv: list[str]) -> int:
-    from .train import Trainer
+    from .engine.loop import Trainer
 
     p = OneLineParser(prog="threedistill resume", description="Continue a run from its last checkpoint.")
     p.add_argument("run_dir", type=Path)
@@ -107,7 +107,7 @@ def cmd_resume(argv: list[str]) -> int:
 
 
 def cmd_export(argv: list[str]) -> int:
-    from .train import Trainer
+    from .engine.loop import Trainer
 
     p = OneLineParser(prog="threedistill export", description="Export a run's asset into RUN_DIR/export.")
     p.add_argument("run_dir", type=Path)
@@ -137,14 +137,14 @@ def cmd_edit_image(argv: list[str]) -> int:
 
     import torch
 
-    from .atomic import atomic_write_text
+    from .core.atomic import atomic_write_text
     from .config import parse_run_args
-    from .edit.image import edit_image, prompt_embeddings
+    from .guidance.image_edit import edit_image, prompt_embeddings
     from .export.images import image_grid, read_image, save_image
     from .guidance.registry import GUIDANCES
     from .priors.registry import PRIORS
-    from .run_dir import new_run_dir
-    from .train import progress_bar, resolve_device
+    from .engine.run_dir import new_run_dir
+    from .engine.loop import progress_bar, resolve_device
 
     p = OneLineParser(
         prog="threedistill edit-image",
@@ -188,12 +188,12 @@ def cmd_edit_image(argv: list[str]) -> int:
 
 def cmd_edit(argv: list[str]) -> int:
     """Edit a scene (posed images or a threedistill run) toward a target prompt."""
-    from .cameras import scene_cameras
-    from .edit.scene import is_run_folder
+    from .core.cameras import scene_cameras
+    from .scene.loading import is_run_folder
     from .export.scene import write_rendered_scene
-    from .run_dir import new_run_dir
-    from .stages import parse_run_plan
-    from .train import Trainer
+    from .engine.run_dir import new_run_dir
+    from .engine.plan import parse_run_plan
+    from .engine.loop import Trainer
 
     p = OneLineParser(
         prog="threedistill edit",
@@ -254,9 +254,9 @@ def _with_default_steps(rest: list[str], steps: int) -> list[str]:
 
 def cmd_animate(argv: list[str]) -> int:
     """Animate a finished static run: its asset becomes the first frame of a dynamic run."""
-    from .run_dir import new_run_dir
-    from .stages import parse_run_plan
-    from .train import Trainer
+    from .engine.run_dir import new_run_dir
+    from .engine.plan import parse_run_plan
+    from .engine.loop import Trainer
 
     p = OneLineParser(
         prog="threedistill animate",
@@ -293,7 +293,7 @@ def cmd_toyworld(argv: list[str]) -> int:
     scene.add_argument("--mesh", default=None, help="a user mesh to render instead of a catalogue object")
     args = p.parse_args(argv)
     if args.action == "list":
-        from .priors.toyworld_catalogue import describe_catalogue
+        from .priors.toyworld.catalogue import describe_catalogue
 
         for prompt, description in describe_catalogue():
             print(f"{prompt:<24} {description}")
@@ -302,11 +302,11 @@ def cmd_toyworld(argv: list[str]) -> int:
 
 
 def _write_toyworld_scene(args: argparse.Namespace) -> int:
-    from .cameras import scene_cameras
+    from .core.cameras import scene_cameras
     from .export.scene import write_rendered_scene
     from .render.mesh_torch import render_mesh
-    from .priors.toyworld_catalogue import resolve_prompt
-    from .priors.user_mesh import load_user_mesh
+    from .priors.toyworld.catalogue import resolve_prompt
+    from .priors.toyworld.user_mesh import load_user_mesh
 
     if args.views < 1 or args.resolution < 8:
         raise UserError("--views must be >= 1 and --resolution >= 8")

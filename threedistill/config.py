@@ -25,15 +25,15 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .cameras import OrbitSamplerConfig
-from .errors import UserError
+from .core.cameras import OrbitSamplerConfig
+from .core.errors import UserError
 from .export.extract import MeshExportConfig
-from .motion import MotionConfig, video_prior_name
+from .core.motion import MotionConfig, video_prior_name
 from .representations.deformation import DeformationConfig
-from .schedule import validate_schedule
+from .core.schedule import validate_schedule
 from .guidance.registry import GUIDANCES
 from .priors.registry import PRIORS
-from .prompts import PromptConfig
+from .priors.prompts import PromptConfig
 from .representations.registry import REPRESENTATIONS
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"

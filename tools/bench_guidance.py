@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from threedistill.config import parse_run_args  # noqa: E402
 from threedistill.guidance.registry import GUIDANCES, SCENE_OBJECTIVES  # noqa: E402
-from threedistill.run_dir import new_run_dir  # noqa: E402
-from threedistill.train import Trainer  # noqa: E402
+from threedistill.engine.run_dir import new_run_dir  # noqa: E402
+from threedistill.engine.loop import Trainer  # noqa: E402
 
 PROMPTS = {"symmetric": "a red cube", "asymmetric": "a yellow duck", "multi-modal": "a ball"}
 START, END = "<!-- bench_guidance:start -->", "<!-- bench_guidance:end -->"

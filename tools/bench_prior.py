@@ -40,7 +40,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor
 
-from threedistill.cameras import orbit_cameras
+from threedistill.core.cameras import orbit_cameras
 from threedistill.guidance.sds import SDSConfig, SDSGuidance
 from threedistill.priors.base import GuidanceDefaults, TextEmbeddings, scaled_linear_alphas_cumprod
 
@@ -94,7 +94,7 @@ def build_text(folder: Path):
     """A byte-level CLIP tokenizer (77 tokens) and a 2-layer CLIP text encoder of hidden size 1024."""
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from threedistill.priors.byte_tokenizer import write_byte_tokenizer
+    from threedistill.priors.diffusers.byte_tokenizer import write_byte_tokenizer
 
     tokenizer = CLIPTokenizer.from_pretrained(str(write_byte_tokenizer(folder, TEXT_LEN)))
     vocab = len(tokenizer)
@@ -118,7 +118,7 @@ def _filtered_kwargs(fn: Callable, kwargs: dict[str, Any]) -> dict[str, Any]:
 
 def make_project_prior(components: dict[str, Any], device: torch.device, args) -> tuple[Any, str]:
     """The project's StableDiffusionPrior built from in-memory components."""
-    from threedistill.priors.stable_diffusion import StableDiffusionConfig, StableDiffusionPrior
+    from threedistill.priors.diffusers.stable_diffusion import StableDiffusionConfig, StableDiffusionPrior
 
     wanted = {"model": MODEL_ID, "dtype": args.dtype, "compile": args.compile, "cfg_scale": args.cfg_scale}
     if args.channels_last is not None:

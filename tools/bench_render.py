@@ -16,7 +16,7 @@ from typing import Callable, Optional
 
 import torch
 
-from threedistill.cameras import orbit_cameras
+from threedistill.core.cameras import orbit_cameras
 from threedistill.render.splats import resolve_splat_backend
 from threedistill.render.splats_gsplat import render_splats_gsplat
 from threedistill.render.splats_torch import render_splats_dense, render_splats_torch

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..cameras import heldout_cameras
-from ..errors import UserError
+from ..core.cameras import heldout_cameras
+from ..core.errors import UserError
 from ..render.mesh_torch import render_textured_mesh
 from .metrics import psnr
 

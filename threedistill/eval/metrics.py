@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..cameras import Cameras, heldout_cameras
-from ..render.types import RenderOutput
+from ..core.cameras import Cameras, heldout_cameras
+from ..core.types import RenderOutput
 
 
 BACK_AZIMUTH = 135.0  # |azimuth| above this is a back view (threestudio's back threshold)
@@ -62,7 +62,7 @@ def evaluate_toyworld_clips(representation: Any, prior: Any, prompt: str, n_view
     mask_iou and psnr are means over frames of each frame's scores (over all views);
     `per_frame` lists them; `mode` is the best-matching mode.
     """
-    from ..motion import MotionConfig, clips_of
+    from ..core.motion import MotionConfig, clips_of
 
     cams = clips_of(heldout_cameras(n_views, prior.resolution, prior.resolution), frames, MotionConfig()).to(background.device)
     render = representation.render(cams, background)

@@ -59,8 +59,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import UserError
-from .gaussian_field import ALPHA_MIN, GaussianField
+from ..core.errors import UserError
+from ..representations.gaussian_field import ALPHA_MIN, GaussianField
 
 __all__ = ["ALPHA_MIN", "ExtractedMesh", "Field", "GaussianField", "MeshExportConfig", "extract_mesh", "field_of"]
 
@@ -230,7 +230,7 @@ def decimate(vertices: np.ndarray, faces: np.ndarray, target_faces: int) -> tupl
 
 def calibration_cameras(n: int, resolution: int) -> Any:
     """n orbit cameras at elevations 0/25/50 degrees, azimuths offset from the held-out cameras'."""
-    from ..cameras import orbit_cameras
+    from ..core.cameras import orbit_cameras
 
     az = torch.arange(n, dtype=torch.float32) * (360.0 / n) - 180.0 + 7.5
     el = torch.tensor([(0.0, 25.0, 50.0)[i % 3] for i in range(n)])

@@ -12,8 +12,8 @@ import imageio_ffmpeg
 import numpy as np
 import torch
 
-from threedistill.atomic import atomic_path
-from threedistill.errors import UserError
+from threedistill.core.atomic import atomic_path
+from threedistill.core.errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 VIDEO_SUFFIXES = (".mp4", ".gif")

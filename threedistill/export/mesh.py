@@ -21,8 +21,8 @@ from typing import Any, Callable, Optional, Sequence
 import imageio.v3 as iio
 import numpy as np
 
-from ..atomic import atomic_path, atomic_write_bytes, atomic_write_text
-from ..errors import UserError
+from ..core.atomic import atomic_path, atomic_write_bytes, atomic_write_text
+from ..core.errors import UserError
 from .extract import ExtractedMesh, MeshExportConfig, eval_chunked, extract_mesh, field_of
 
 MESH_FORMATS = ("glb", "obj", "ply")

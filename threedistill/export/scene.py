@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from threedistill.atomic import atomic_path, atomic_write_text
-from threedistill.cameras import Cameras
-from threedistill.render.types import render_in_chunks
+from threedistill.core.atomic import atomic_path, atomic_write_text
+from threedistill.core.cameras import Cameras
+from threedistill.core.types import render_in_chunks
 
 _FLIP_YZ = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0]))
 

@@ -8,9 +8,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..cameras import heldout_cameras
-from ..motion import MotionConfig, clips_of, frame_times
-from ..render.types import render_in_chunks
+from ..core.cameras import heldout_cameras
+from ..core.motion import MotionConfig, clips_of, frame_times
+from ..core.types import render_in_chunks
 from .extract import ExtractedMesh, GaussianField, extract_mesh
 from .mesh import write_glb
 from .splat_ply import write_splat_ply

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from plyfile import PlyData, PlyElement
 
-from threedistill.atomic import atomic_path
-from threedistill.errors import UserError
+from threedistill.core.atomic import atomic_path
+from threedistill.core.errors import UserError
 
 _EXPECTED = "expected a 3D Gaussian Splatting .ply (x,y,z,f_dc_*,opacity,scale_*,rot_*)"
 _REQUIRED = ("x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity",

@@ -7,8 +7,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..cameras import turntable_cameras
-from ..render.types import render_in_chunks
+from ..core.cameras import turntable_cameras
+from ..core.types import render_in_chunks
 
 
 @torch.no_grad()

@@ -15,10 +15,10 @@ from typing import Any, ClassVar, Literal, Optional
 import torch
 from torch import Tensor
 
-from ..cameras import Cameras
+from ..core.cameras import Cameras
 from ..priors.base import DiffusionPrior, TextEmbeddings, ddim_step
-from ..errors import UserError
-from ..schedule import Schedule, evaluate_schedule, validate_schedule
+from ..core.errors import UserError
+from ..core.schedule import Schedule, evaluate_schedule, validate_schedule
 
 Weighting = Literal["sds", "uniform", "fantasia3d", "lucid"]
 

@@ -29,9 +29,9 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from ..cameras import Cameras
+from ..core.cameras import Cameras
 from ..priors.base import TextEmbeddings, add_noise
-from ..schedule import Schedule
+from ..core.schedule import Schedule
 from .base import BaseGuidanceConfig, Guidance, GuidanceOutput, repeat_cams
 
 SOFT_TOYWORLD: dict[str, dict[str, Any]] = {"toyworld": {"temperature": 100.0}}

@@ -18,9 +18,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ..cameras import Cameras
+from ..core.cameras import Cameras
 from ..priors.base import TextEmbeddings, add_noise
-from ..schedule import Schedule
+from ..core.schedule import Schedule
 from .base import BaseGuidanceConfig, Guidance, GuidanceOutput, Weighting
 
 

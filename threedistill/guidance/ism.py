@@ -22,9 +22,9 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from ..cameras import Cameras
+from ..core.cameras import Cameras
 from ..priors.base import TextEmbeddings, ddim_step
-from ..schedule import Schedule
+from ..core.schedule import Schedule
 from .base import BaseGuidanceConfig, Guidance, GuidanceOutput, Weighting
 
 

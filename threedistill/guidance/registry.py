@@ -1,7 +1,7 @@
 """The one table of objectives: name -> (config dataclass, Guidance class)."""
 
-from ..edit.objectives import In2NConfig, In2NObjective, PhotometricConfig, PhotometricObjective, SceneDDSConfig, SceneDDSObjective
-from ..registry import Component, Registry
+from ..scene.objectives import In2NConfig, In2NObjective, PhotometricConfig, PhotometricObjective, SceneDDSConfig, SceneDDSObjective
+from ..core.registry import Component, Registry
 from .csd import CSDConfig, CSDGuidance, CSMConfig, CSMGuidance
 from .dds import DDSConfig, DDSGuidance
 from .ism import ISMConfig, ISMGuidance, TSMConfig, TSMGuidance

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..cameras import Cameras
+from ..core.cameras import Cameras
 from ..priors.base import TextEmbeddings, add_noise
 from .base import BaseGuidanceConfig, Guidance, GuidanceOutput
 

@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..cameras import Cameras
-from ..errors import UserError
+from ..core.cameras import Cameras
+from ..core.errors import UserError
 from ..priors.base import DiffusionPrior, TextEmbeddings, VariationalConfig, add_noise
 from .base import BaseGuidanceConfig, Guidance, GuidanceOutput
 

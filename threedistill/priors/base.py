@@ -8,7 +8,7 @@ from typing import Any, Optional, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from ..cameras import Cameras
+from ..core.cameras import Cameras
 
 
 @dataclass

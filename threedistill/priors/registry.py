@@ -1,10 +1,10 @@
 """The one table of priors: name -> (config dataclass, constructor(config, sampler_config, device))."""
 
-from ..registry import Component, Registry
-from .stable_diffusion import StableDiffusionConfig, StableDiffusionPrior
-from .toyworld import ToyworldConfig, ToyworldPrior
-from .toyworld_video import ToyworldVideoConfig, ToyworldVideoPrior
-from .video_diffusers import VideoDiffusionConfig, VideoDiffusionPrior
+from ..core.registry import Component, Registry
+from .diffusers.stable_diffusion import StableDiffusionConfig, StableDiffusionPrior
+from .toyworld.prior import ToyworldConfig, ToyworldPrior
+from .toyworld.video import ToyworldVideoConfig, ToyworldVideoPrior
+from .diffusers.video import VideoDiffusionConfig, VideoDiffusionPrior
 
 PRIORS = Registry(
     "prior",

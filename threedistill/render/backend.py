@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from threedistill.errors import UserError, unknown_name
+from threedistill.core.errors import UserError, unknown_name
 
 BACKENDS = ("auto", "cuda", "torch")
 _log = logging.getLogger(__name__)

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..cameras import Cameras
-from .types import RenderOutput
+from ..core.cameras import Cameras
+from ..core.types import RenderOutput
 from .volume_torch import camera_rays
 
 

@@ -22,10 +22,10 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch import Tensor
 
-from threedistill.cameras import Cameras
+from threedistill.core.cameras import Cameras
 from threedistill.render.backend import BACKENDS, resolve_backend
 from threedistill.render.mesh_torch import NEAR, composite
-from threedistill.render.types import RenderOutput
+from threedistill.core.types import RenderOutput
 
 MESH_BACKENDS = BACKENDS
 FAR = 100.0

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from threedistill.cameras import Cameras
-from threedistill.render.types import RenderOutput
+from threedistill.core.cameras import Cameras
+from threedistill.core.types import RenderOutput
 
 NEAR = 1e-2
 """Triangles with any vertex closer than this (camera z) are not drawn."""

@@ -11,11 +11,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from threedistill.cameras import Cameras
+from threedistill.core.cameras import Cameras
 from threedistill.render.backend import BACKENDS, resolve_backend
 from threedistill.render.splats_gsplat import gsplat_status, render_splats_gsplat
 from threedistill.render.splats_torch import render_splats_torch
-from threedistill.render.types import RenderOutput
+from threedistill.core.types import RenderOutput
 
 SPLAT_BACKENDS = BACKENDS
 

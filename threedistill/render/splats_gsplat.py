@@ -11,9 +11,9 @@ import functools
 import torch
 from torch import Tensor
 
-from threedistill.cameras import Cameras
+from threedistill.core.cameras import Cameras
 from threedistill.render.splats_torch import EPS2D, NEAR_PLANE
-from threedistill.render.types import RenderOutput
+from threedistill.core.types import RenderOutput
 
 
 @functools.lru_cache(maxsize=None)

@@ -20,9 +20,9 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from threedistill.cameras import Cameras
+from threedistill.core.cameras import Cameras
 from threedistill.render.backend import BACKENDS, resolve_backend
-from threedistill.render.types import RenderOutput
+from threedistill.core.types import RenderOutput
 from threedistill.render.volume_torch import NEAR_PLANE, OccupancyGrid, RadianceField, camera_rays
 
 VOLUME_BACKENDS = BACKENDS

@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from threedistill.cameras import Cameras
-from threedistill.render.types import RenderOutput
+from threedistill.core.cameras import Cameras
+from threedistill.core.types import RenderOutput
 
 NEAR_PLANE = 0.01
 CHUNK_RAYS = 8192

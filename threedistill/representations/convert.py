@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .registry import REPRESENTATIONS
 
 

@@ -43,10 +43,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..cameras import Cameras
-from ..errors import UserError
-from ..render.types import RenderOutput
-from ..schedule import Schedule, evaluate_schedule, validate_schedule
+from ..core.cameras import Cameras
+from ..core.errors import UserError
+from ..core.types import RenderOutput
+from ..core.schedule import Schedule, evaluate_schedule, validate_schedule
 from .gaussians import Gaussians
 from .nerf import NeRF, _linear
 

@@ -9,11 +9,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..cameras import Cameras
-from ..errors import UserError
+from ..core.cameras import Cameras
+from ..core.errors import UserError
 from ..render.splats import render_splats
 from ..render.splats_torch import quat_to_rotmat
-from ..render.types import RenderOutput
+from ..core.types import RenderOutput
 from .adam_state import replace_rows
 from .sh import num_sh_bases, rgb_to_sh_dc, sh_to_rgb
 

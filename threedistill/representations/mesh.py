@@ -25,12 +25,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..cameras import Cameras
-from ..errors import UserError
+from ..core.cameras import Cameras
+from ..core.errors import UserError
 from ..render.mesh_nvdiffrast import render_textured_mesh_nvdiffrast, resolve_mesh_backend
 from ..render.mesh_torch import edge_neighbours, mesh_normals, render_textured_mesh
-from ..render.types import RenderOutput
-from ..schedule import Schedule, evaluate_schedule, validate_schedule
+from ..core.types import RenderOutput
+from ..core.schedule import Schedule, evaluate_schedule, validate_schedule
 from .nerf import HashGrid, _linear
 
 
@@ -149,7 +149,7 @@ class Mesh(nn.Module):
     def _initial_mesh(self) -> tuple[Tensor, Tensor, Optional[Tensor]]:
         cfg = self.config
         if cfg.path:
-            from ..priors.user_mesh import load_user_mesh
+            from ..priors.toyworld.user_mesh import load_user_mesh
 
             toy = load_user_mesh(cfg.path, "mesh")
             v, f, c = toy.to_torch()

@@ -23,12 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..cameras import Cameras
-from ..errors import UserError
-from ..render.types import RenderOutput
+from ..core.cameras import Cameras
+from ..core.errors import UserError
+from ..core.types import RenderOutput
 from ..render.volume_nerfacc import render_volume_nerfacc, resolve_volume_backend
 from ..render.volume_torch import OccupancyGrid, render_volume_torch
-from ..schedule import Schedule, evaluate_schedule, validate_schedule
+from ..core.schedule import Schedule, evaluate_schedule, validate_schedule
 
 _PRIMES = (1, -1640531535, 805459861)  # instant-NGP's hash primes as int32 (2654435761 wraps)
 

@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..cameras import Cameras
-from ..render.types import RenderOutput
+from ..core.cameras import Cameras
+from ..core.types import RenderOutput
 
 
 class Particles(nn.Module):

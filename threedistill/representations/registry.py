@@ -1,6 +1,6 @@
 """The one table of representations: name -> (config dataclass, Representation class)."""
 
-from ..registry import Component, Registry
+from ..core.registry import Component, Registry
 from .gaussians import Gaussians, GaussiansConfig
 from .mesh import Mesh, MeshConfig
 from .nerf import NeRF, NeRFConfig

@@ -43,8 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..cameras import Cameras
-from ..errors import UserError
+from ..core.cameras import Cameras
+from ..core.errors import UserError
 from ..export.scene import opencv_to_opengl
 
 TRANSFORMS_FILES = ("transforms.json", "transforms_train.json")

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import trimesh
 
-from ..errors import UserError
-from ..runtime import quiet_libraries
-from .toyworld_catalogue import ToyMesh, normalise
+from ...core.errors import UserError
+from ...core.runtime import quiet_libraries
+from .catalogue import ToyMesh, normalise
 
 _USER_MESH_GREY = (0.7, 0.7, 0.7)
 GLTF_SUFFIXES = (".glb", ".gltf")

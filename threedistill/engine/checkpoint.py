@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from .atomic import atomic_path
-from .errors import UserError
+from ..core.atomic import atomic_path
+from ..core.errors import UserError
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

@@ -30,10 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..cameras import Cameras
-from ..errors import UserError
-from ..runtime import load_quietly
-from .base import GuidanceDefaults, VariationalConfig, noise_coefficients
+from ...core.cameras import Cameras
+from ...core.errors import UserError
+from ...core.runtime import load_quietly
+from ..base import GuidanceDefaults, VariationalConfig, noise_coefficients
 
 if TYPE_CHECKING:
     from .sd_variational import SDVariationalModel

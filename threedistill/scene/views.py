@@ -9,9 +9,9 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from ..cameras import Cameras
-from ..errors import UserError
-from .scene import Scene, cameras_from_c2w, load_scene
+from ..core.cameras import Cameras
+from ..core.errors import UserError
+from .loading import Scene, cameras_from_c2w, load_scene
 
 
 TRAINING_DISTANCE = 2.8
@@ -99,7 +99,7 @@ class SceneViewSampler:
 
 def make_sampler(sampler_config: Any, device: torch.device) -> Any:
     """The run's camera sampler: a scene's views when `sampler.scene` is set, else the random orbit."""
-    from ..cameras import OrbitSampler
+    from ..core.cameras import OrbitSampler
 
     if sampler_config.scene:
         return SceneViewSampler(scene_for(sampler_config), sampler_config.batch_size, device)

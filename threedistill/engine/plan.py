@@ -36,7 +36,7 @@ from typing import Any, Optional
 
 import yaml
 
-from .config import (
+from ..config import (
     COMPONENTS,
     ComponentNames,
     _read_yaml,
@@ -45,8 +45,8 @@ from .config import (
     parse_base_args,
     split_component_names,
 )
-from .errors import UserError
-from .motion import video_prior_name
+from ..core.errors import UserError
+from ..core.motion import video_prior_name
 
 SHARED_KEYS = ("prompt", "negative_prompt", "seed", "device", "out")
 STAGE_KEYS = ("name", "steps", "share", "prior", "guidance", "representation", "sampler", "render", "log", "mesh", "prompts",

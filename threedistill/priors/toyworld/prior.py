@@ -27,18 +27,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..atomic import atomic_path
-from ..errors import UserError
-from ..cameras import VIEW_LABEL_ANGLES, Cameras, OrbitSampler, OrbitSamplerConfig, orbit_cameras, split_view_phrase, view_phrase
-from ..render.mesh_torch import render_mesh
-from ..runtime import default_cache_dir
-from ..render.types import RenderOutput
-from .base import GuidanceDefaults, VariationalConfig, noise_coefficients, scaled_linear_alphas_cumprod
-from .toyworld_catalogue import ToyMesh, catalogue_prompts, resolve_prompt
+from ...core.atomic import atomic_path
+from ...core.errors import UserError
+from ...core.cameras import VIEW_LABEL_ANGLES, Cameras, OrbitSampler, OrbitSamplerConfig, orbit_cameras, split_view_phrase, view_phrase
+from ...render.mesh_torch import render_mesh
+from ...core.runtime import default_cache_dir
+from ...core.types import RenderOutput
+from ..base import GuidanceDefaults, VariationalConfig, noise_coefficients, scaled_linear_alphas_cumprod
+from .catalogue import ToyMesh, catalogue_prompts, resolve_prompt
 from .user_mesh import load_user_mesh
 
 if TYPE_CHECKING:
-    from .toyworld_variational import ToyworldVariationalModel
+    from .variational import ToyworldVariationalModel
 
 REFERENCE_FORMAT_VERSION = 2  # 2: reference cameras shuffled (modes see every direction)
 UNCOND_ID = 0
@@ -119,7 +119,7 @@ class ToyworldPrior:
         try:
             return resolve_prompt(base)
         except UserError:
-            from .toyworld_animated import resolve_animated
+            from .animated import resolve_animated
 
             try:  # an animated object ("a bouncing ball") as its first frame: the static stage of a 4D run
                 return [toy.at(0.0) for toy in resolve_animated(base)]
@@ -263,7 +263,7 @@ class ToyworldPrior:
 
     def variational_model(self, config: VariationalConfig) -> "ToyworldVariationalModel":
         """VSD's variational model: the exact denoiser over a buffer of recent renders."""
-        from .toyworld_variational import ToyworldVariationalModel
+        from .variational import ToyworldVariationalModel
 
         return ToyworldVariationalModel(self, config)
 

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any, Optional
 import torch
 from torch import Tensor
 
-from ..cameras import Cameras
-from .base import VariationalConfig
+from ...core.cameras import Cameras
+from ..base import VariationalConfig
 
 if TYPE_CHECKING:
-    from .toyworld import ReferenceSet, ToyworldPrior
+    from .prior import ReferenceSet, ToyworldPrior
 
 
 class ToyworldVariationalModel:
@@ -37,7 +37,7 @@ class ToyworldVariationalModel:
         return self._x.shape[0]
 
     def _references(self) -> "ReferenceSet":
-        from .toyworld import ReferenceSet
+        from .prior import ReferenceSet
 
         return ReferenceSet(x=self._x, sq_norm=(self._x * self._x).sum(1), dirs=self._dirs)
 

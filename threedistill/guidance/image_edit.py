@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..guidance.dds import DDSGuidance
+from .dds import DDSGuidance
 from ..priors.base import DiffusionPrior, TextEmbeddings
 
 

@@ -25,9 +25,9 @@ from typing import Any, Literal, NoReturn, Optional
 import torch
 from torch import Tensor
 
-from ..errors import UserError
-from ..runtime import load_quietly
-from .base import VariationalConfig
+from ...core.errors import UserError
+from ...core.runtime import load_quietly
+from ..base import VariationalConfig
 from .stable_diffusion import StableDiffusionPrior, _load_errors, _looks_like_path, _model_key, pipeline_load_failure
 
 PIPELINE_CLASS = "TextToVideoSDPipeline"

@@ -14,31 +14,31 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from .atomic import atomic_write_text
+from ..core.atomic import atomic_write_text
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import ComponentNames
-from .errors import UserError
-from .edit.views import make_sampler
-from .eval.chamfer import chamfer_to_toyworld
-from .eval.mesh_fidelity import obj_psnr
-from .eval.metrics import evaluate_toyworld, evaluate_toyworld_clips
-from .export.extract import extract_mesh, field_of
-from .export.images import save_image_grid, write_video
-from .export.mesh import MESH_FORMATS, SurfaceColour, write_mesh_files
-from .export.sequence import frame_field, view_grid_frames, write_sequence
-from .export.splat_ply import write_splat_ply
-from .export.turntable import render_turntable
-from .guidance.registry import GUIDANCES
-from .priors.registry import PRIORS
-from .prompts import PromptEmbedder
-from .render.background import Background
-from .schedule import evaluate_schedule
-from .representations.particles import Particles
-from .motion import IMAGE_PRIOR_OF, amplify_motion, clips_of
-from .representations.convert import representation_from_previous
-from .representations.deformation import Deformed
-from .representations.registry import REPRESENTATIONS
-from .stages import Stage, load_run_plan, plan_to_yaml, single_stage
+from ..config import ComponentNames
+from ..core.errors import UserError
+from ..scene.views import make_sampler
+from ..eval.chamfer import chamfer_to_toyworld
+from ..eval.mesh_fidelity import obj_psnr
+from ..eval.metrics import evaluate_toyworld, evaluate_toyworld_clips
+from ..export.extract import extract_mesh, field_of
+from ..export.images import save_image_grid, write_video
+from ..export.mesh import MESH_FORMATS, SurfaceColour, write_mesh_files
+from ..export.sequence import frame_field, view_grid_frames, write_sequence
+from ..export.splat_ply import write_splat_ply
+from ..export.turntable import render_turntable
+from ..guidance.registry import GUIDANCES
+from ..priors.registry import PRIORS
+from ..priors.prompts import PromptEmbedder
+from ..render.background import Background
+from ..core.schedule import evaluate_schedule
+from ..representations.particles import Particles
+from ..core.motion import IMAGE_PRIOR_OF, amplify_motion, clips_of
+from ..representations.convert import representation_from_previous
+from ..representations.deformation import Deformed
+from ..representations.registry import REPRESENTATIONS
+from .plan import Stage, load_run_plan, plan_to_yaml, single_stage
 
 CHECKPOINT_VERSION = 1
 

@@ -33,9 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..cameras import Cameras
-from ..errors import UserError
-from .base import VariationalConfig, add_noise, noise_coefficients
+from ...core.cameras import Cameras
+from ...core.errors import UserError
+from ..base import VariationalConfig, add_noise, noise_coefficients
 
 if TYPE_CHECKING:
     from .stable_diffusion import StableDiffusionPrior

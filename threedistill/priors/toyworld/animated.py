@@ -28,9 +28,9 @@ from typing import Callable, Optional
 import numpy as np
 import trimesh
 
-from threedistill.errors import UserError
+from threedistill.core.errors import UserError
 
-from .toyworld_catalogue import ALIASES, CATALOGUE, COLOURS, Part, ToyMesh, assemble, resolve_prompt
+from .catalogue import ALIASES, CATALOGUE, COLOURS, Part, ToyMesh, assemble, resolve_prompt
 
 FLOOR_Z = -0.6
 """Top of the bouncing ball's floor disc (the ground plane)."""

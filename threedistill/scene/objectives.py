@@ -28,14 +28,14 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from ..cameras import Cameras
-from ..errors import UserError
+from ..core.cameras import Cameras
+from ..core.errors import UserError
 from ..guidance.base import GuidanceOutput
 from ..guidance.dds import DDSConfig, DDSGuidance
 from ..priors.base import TextEmbeddings
-from ..priors.instruct_pix2pix import InstructPix2PixConfig, InstructPix2PixEditor
-from ..render.types import render_in_chunks
-from ..schedule import Schedule, evaluate_schedule
+from ..priors.diffusers.instruct_pix2pix import InstructPix2PixConfig, InstructPix2PixEditor
+from ..core.types import render_in_chunks
+from ..core.schedule import Schedule, evaluate_schedule
 from .views import SceneViewSampler
 
 
@@ -142,7 +142,7 @@ class SceneDDSObjective(DDSGuidance):
     @torch.no_grad()
     def prepare(self, trainer: Any) -> None:
         """Render every scene view once: the source the edit is measured against."""
-        from ..prompts import PromptEmbedder
+        from ..priors.prompts import PromptEmbedder
 
         scene = _scene_sampler(trainer, "scene-dds").scene
         self.source_prompts = PromptEmbedder(self.prior, self.config.source_prompt, trainer.cfg.negative_prompt, config=trainer.cfg.prompts)

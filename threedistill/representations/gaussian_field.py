@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from ..render.splats_torch import quat_to_rotmat
-from ..representations.sh import sh_to_rgb
+from .sh import sh_to_rgb
 
 ALPHA_MIN = 1.0 / 255.0
 """Per-Gaussian alphas below this contribute nothing (as in the splat renderer)."""

@@ -14,11 +14,11 @@ from typing import Literal, Optional
 import torch
 from torch import Tensor
 
-from .atomic import atomic_path
-from .cameras import VIEW_LABELS, Cameras, ViewLabelConfig, view_label_indices, view_phrase, wrapped_abs_azimuth
-from .errors import UserError
-from .priors.base import DiffusionPrior, TextEmbeddings
-from .runtime import default_cache_dir
+from ..core.atomic import atomic_path
+from ..core.cameras import VIEW_LABELS, Cameras, ViewLabelConfig, view_label_indices, view_phrase, wrapped_abs_azimuth
+from ..core.errors import UserError
+from .base import DiffusionPrior, TextEmbeddings
+from ..core.runtime import default_cache_dir
 
 
 @dataclass

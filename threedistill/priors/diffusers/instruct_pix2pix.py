@@ -34,9 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import UserError
-from ..runtime import load_quietly
-from .base import add_noise, ddim_step, noise_coefficients, predict_x0
+from ...core.errors import UserError
+from ...core.runtime import load_quietly
+from ..base import add_noise, ddim_step, noise_coefficients, predict_x0
 from .stable_diffusion import _check_tokenizer, _load_errors, _looks_like_path, _resolve_dtype, pipeline_load_failure
 
 FLAG = "--guidance"

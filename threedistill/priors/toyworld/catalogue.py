@@ -19,7 +19,7 @@ import torch
 import trimesh
 from torch import Tensor
 
-from threedistill.errors import UserError
+from threedistill.core.errors import UserError
 
 RADIUS = 0.85
 """Distance of every object's farthest vertex from the origin."""

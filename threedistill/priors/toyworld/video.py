@@ -29,17 +29,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..cameras import Cameras, OrbitSamplerConfig, split_view_phrase
-from ..atomic import atomic_path
-from ..errors import UserError
-from ..motion import frame_times
-from ..render.mesh_torch import render_mesh
-from ..render.types import RenderOutput
-from .base import VariationalConfig
-from .toyworld import UNCOND_ID, ReferenceSet, ToyworldConfig, ToyworldPrior
-from .toyworld_animated import AnimatedToy, animated_mesh, animated_prompts, resolve_animated
-from .toyworld_catalogue import ToyMesh
-from .toyworld_variational import ToyworldVariationalModel
+from ...core.cameras import Cameras, OrbitSamplerConfig, split_view_phrase
+from ...core.atomic import atomic_path
+from ...core.errors import UserError
+from ...core.motion import frame_times
+from ...render.mesh_torch import render_mesh
+from ...core.types import RenderOutput
+from ..base import VariationalConfig
+from .prior import UNCOND_ID, ReferenceSet, ToyworldConfig, ToyworldPrior
+from .animated import AnimatedToy, animated_mesh, animated_prompts, resolve_animated
+from .catalogue import ToyMesh
+from .variational import ToyworldVariationalModel
 
 VIDEO_REFERENCE_FORMAT_VERSION = 2
 

@@ -1,1 +1,0 @@
-"""Editing existing content: single images (DDS) and, later, scenes."""
