@@ -30,7 +30,7 @@ def reference_cache(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="session")
 def tiny_sd(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Each tiny Stable-Diffusion-shaped pipeline kind, built once per session."""
-    from sd_fixtures import KINDS, build_tiny_sd
+    from support import KINDS, build_tiny_sd
 
     root = tmp_path_factory.mktemp("tiny-sd")
     return {kind: build_tiny_sd(root / kind, kind) for kind in KINDS}

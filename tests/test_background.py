@@ -6,12 +6,11 @@ from pathlib import Path
 
 import torch
 
-from helpers import tiny_config
+from support import tiny_config, trainer_for
 from threedistill.core.cameras import scene_cameras
 from threedistill.render.background import Background
 from threedistill.core.types import RenderOutput
 from threedistill.engine.run_dir import new_run_dir
-from threedistill.engine.loop import Trainer
 
 WHITE = torch.ones(3)
 
@@ -35,7 +34,7 @@ def test_solid_is_the_identity_and_random_replaces_only_the_background() -> None
 
 def test_mlp_background_is_learnt(tmp_path: Path) -> None:
     names, cfg = tiny_config("--out", str(tmp_path), "--render.background-mode", "mlp", "--render.background-lr", "0.05", "--steps", "3")
-    trainer = Trainer(names, cfg, new_run_dir(cfg.out, cfg.prompt, names.guidance, names.representation))
+    trainer = trainer_for(names, cfg)
     before = [p.detach().clone() for p in trainer.backdrop.parameters()]
     assert trainer.train()
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.backdrop.parameters()))

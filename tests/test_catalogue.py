@@ -19,7 +19,7 @@ from threedistill.priors.toyworld.catalogue import (
     describe_catalogue,
     resolve_prompt,
 )
-from threedistill.priors.toyworld.user_mesh import load_user_mesh
+from threedistill.core.mesh_file import load_mesh_file as load_user_mesh
 from threedistill.render.mesh_torch import render_mesh
 
 

@@ -1,27 +1,10 @@
 """Every bad input ends with one line on stderr, exit code 2 and no traceback."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-
-def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "threedistill.cli", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300
-    )
-
-
-def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, proc.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
+from support import assert_one_line_error, run_cli
 
 
 @pytest.mark.parametrize(
@@ -93,7 +76,7 @@ def test_help() -> None:
 
 
 def test_run_then_export(tmp_path: Path) -> None:
-    from helpers import TINY_FLAGS
+    from support import TINY_FLAGS
 
     proc = run_cli("run", *TINY_FLAGS, "--prompt", "a red cube", "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stderr

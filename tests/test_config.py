@@ -6,11 +6,10 @@ from threedistill.config import (
     ComponentNames,
     config_to_yaml,
     load_config,
-    load_run_config,
     parse_run_args,
 )
 from threedistill.core.errors import UserError
-from threedistill.engine.plan import parse_run_plan
+from threedistill.engine.plan import load_run_plan, parse_run_plan
 
 
 def test_defaults() -> None:
@@ -80,7 +79,8 @@ def test_yaml_round_trip(tmp_path: Path) -> None:
     names, cfg = parse_run_args(["--prompt", "a ball", "--guidance.max-step", "0", "980", "0.5", "500", "--sampler.batch-size", "2"])
     path = tmp_path / "config.yaml"
     path.write_text(config_to_yaml(names, cfg))
-    names2, cfg2 = load_run_config(path)
+    (stage,) = load_run_plan(path)
+    names2, cfg2 = stage.names, stage.cfg
     assert names2 == names and cfg2 == cfg
 
 

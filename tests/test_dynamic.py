@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import TINY_FLAGS
+from support import TINY_FLAGS, trainer_for
 from threedistill.core.cameras import heldout_cameras
 from threedistill.cli import main
 from threedistill.config import parse_run_args
@@ -16,10 +16,11 @@ from threedistill.core.errors import UserError
 from threedistill.core.motion import MotionConfig, amplify_motion, clips_of
 from threedistill.representations.deformation import Deformed
 from threedistill.engine.run_dir import new_run_dir
-from threedistill.engine.plan import parse_run_plan
-from threedistill.engine.loop import Trainer
+from threedistill.engine.plan import parse_run_plan, single_stage
+from threedistill.engine.validate import validate_plan
+from threedistill.engine.run import Run
 
-from video_fixtures import build_tiny_t2v
+from support import build_tiny_t2v
 
 FRAMES = ["--prior.frames", "3", "--prior.resolution", "16", "--prior.num-references", "12", "--prior.uncond-references-per-object", "2"]
 DYNAMIC = [*TINY_FLAGS, "--dynamic", *FRAMES, "--prompt", "a bouncing ball", "--log.export-formats", "splat", "video", "sequence",
@@ -53,7 +54,7 @@ def test_dynamic_flag_picks_the_video_prior_and_round_trips() -> None:
 def test_static_prior_without_dynamic_is_refused(tmp_path: Path) -> None:
     names, cfg = parse_run_args([*TINY_FLAGS, "--prior", "toyworld-video", *FRAMES, "--prompt", "a bouncing ball", "--out", str(tmp_path)])
     with pytest.raises(UserError, match="add --dynamic"):
-        Trainer(names, cfg, new_run_dir(tmp_path, "x", "sds", "gaussians"))
+        validate_plan(single_stage(names, cfg))
 
 
 def test_dynamic_run_scores_every_frame_and_exports_a_sequence(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -66,18 +67,18 @@ def test_dynamic_run_scores_every_frame_and_exports_a_sequence(tmp_path: Path, c
     assert {f"splats_t{i:03d}.ply" for i in range(3)} <= exported and {f"mesh_t{i:03d}.glb" for i in range(3)} <= exported
     assert not any(name.startswith("splats_t003") for name in exported)
     assert {"splats.ply", "turntable.mp4", "clips.mp4"} <= exported
-    resumed = Trainer.resume(run)
+    resumed = Run.resume(run).trainer
     assert isinstance(resumed.representation, Deformed) and resumed.frames == 3
 
 
 def test_animate_starts_from_the_static_asset(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["run", *TINY_FLAGS, "--prompt", "a bouncing ball", "--out", str(tmp_path / "static")]) == 0
     static = Path(capsys.readouterr().out.strip().splitlines()[-1])
-    source = Trainer.resume(static)
+    source = Run.resume(static).trainer
     assert main(["animate", str(static), "--prompt", "a bouncing ball", "--out", str(tmp_path), *TINY_FLAGS, *FRAMES,
                  "--steps", "2", "--log.export-formats", "video"]) == 0
     run = Path(capsys.readouterr().out.strip().splitlines()[-1])
-    animated = Trainer.resume(run)
+    animated = Run.resume(run).trainer
     assert animated.cfg.dynamic and animated.names.prior == "toyworld-video"
     assert animated.representation.num_points == source.representation.num_points
     assert "animating" in (run / "log.txt").read_text()
@@ -87,7 +88,7 @@ def test_animate_starts_from_the_static_asset(tmp_path: Path, capsys: pytest.Cap
 
 def test_zero_motion_at_start_reproduces_the_static_asset(tmp_path: Path) -> None:
     names, cfg = parse_run_args([*DYNAMIC, "--out", str(tmp_path)])
-    trainer = Trainer(names, cfg, new_run_dir(tmp_path, "x", "sds", "gaussians"))
+    trainer = trainer_for(names, cfg, new_run_dir(tmp_path, "x", "sds", "gaussians"))
     cams = clips_of(heldout_cameras(2, 16, 16), 3, MotionConfig())
     out = trainer.representation.render(cams, trainer.background)
     static = trainer.representation.static().render(cams, trainer.background)
@@ -111,7 +112,7 @@ def test_hybrid_objective_adds_per_frame_image_sds(tmp_path: Path) -> None:
     losses = {}
     for weight in ("0", "50"):
         names, cfg = parse_run_args([*DYNAMIC, "--out", str(tmp_path / weight), "--motion.image-weight", weight])
-        trainer = Trainer(names, cfg, new_run_dir(cfg.out, cfg.prompt, names.guidance, names.representation))
+        trainer = trainer_for(names, cfg)
         assert (trainer.image_objective is not None) == (weight != "0")
         torch.manual_seed(0)
         losses[weight] = trainer.train_step()
@@ -130,11 +131,11 @@ def test_a_dynamic_stage_continues_the_motion_of_the_one_before(tmp_path: Path) 
     preset = tmp_path / "two.yaml"
     preset.write_text("dynamic: true\nstages:\n  - {name: a, share: 0.5}\n  - {name: b, deformation: {lambda_time_l1: 0.5}}\n")
     plan = parse_run_plan(["--config", str(preset), *DYNAMIC, "--out", str(tmp_path)])
-    first = Trainer(plan[0].names, plan[0].cfg, new_run_dir(tmp_path, "x", "sds", "gaussians"), plan=plan)
+    first = trainer_for(plan[0].names, plan[0].cfg, new_run_dir(tmp_path, "x", "sds", "gaussians"), plan)
     assert first.train()
     first.finish()
-    second = first.next_stage()
+    second = first.run.next_stage()
     before, after = first.representation.state_dict(), second.representation.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
-    assert any(k.startswith("deformation.") and not torch.equal(v, Trainer(plan[0].names, plan[0].cfg, tmp_path / "fresh").representation.state_dict()[k])
+    assert any(k.startswith("deformation.") and not torch.equal(v, trainer_for(plan[0].names, plan[0].cfg, tmp_path / "fresh").representation.state_dict()[k])
                for k, v in before.items())  # the motion it carries is the trained one, not a fresh field

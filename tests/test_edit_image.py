@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from test_cli import assert_one_line_error, run_cli
+from support import assert_one_line_error, run_cli
 from threedistill.core.cameras import orbit_cameras
 from threedistill.export.images import read_image, save_image
 from threedistill.priors.toyworld.prior import ToyworldConfig, ToyworldPrior

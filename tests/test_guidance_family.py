@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from fake_prior import KnownEpsPrior
+from support import KnownEpsPrior
 from threedistill.core.cameras import orbit_cameras
 from threedistill.guidance.base import pixelwise_clip
 from threedistill.guidance.csd import CSDConfig, CSDGuidance, CSMConfig, CSMGuidance
@@ -16,7 +16,8 @@ from threedistill.guidance.dds import DDSConfig, DDSGuidance
 from threedistill.guidance.ism import ISMConfig, ISMGuidance, TSMConfig, TSMGuidance
 from threedistill.guidance.sds import SDSConfig, SDSGuidance
 from threedistill.guidance.vsd import ESDConfig, VSDConfig, VSDGuidance
-from threedistill.priors.base import TextEmbeddings, VariationalConfig, ddim_step
+from threedistill.core.types import TextEmbeddings
+from threedistill.priors.base import VariationalConfig, ddim_step
 
 B, SHAPE = 3, (3, 4, 4)
 SLOPE = 0.5
@@ -225,7 +226,7 @@ def test_dds_gradient_and_identity() -> None:
     prior = KnownEpsPrior(slope=SLOPE)
     guidance = DDSGuidance(DDSConfig(cfg_scale=2.0), prior, 10, torch.Generator().manual_seed(12))
     source = torch.rand((B,) + SHAPE, generator=torch.Generator().manual_seed(13))
-    grad = _grad_of(guidance, IMAGES, _cams(), _emb(cond=4.0), 1, source, _emb(cond=2.0))
+    grad = _grad_of(guidance.edit_renders, IMAGES, _cams(), _emb(cond=4.0), 1, source, _emb(cond=2.0))
     t, noise = _t_and_noise(12, 50, 949)
     a = _abar(prior, t)
     zt_tgt = a.sqrt() * IMAGES + (1 - a).sqrt() * noise
@@ -233,7 +234,7 @@ def test_dds_gradient_and_identity() -> None:
     cfg = lambda c, z: _eps(-1, z) + 2.0 * (_eps(c, z) - _eps(-1, z))  # noqa: E731
     torch.testing.assert_close(grad, (cfg(4.0, zt_tgt) - cfg(2.0, zt_src)) / B, atol=1e-5, rtol=1e-4)
 
-    same = _grad_of(guidance, IMAGES, _cams(), _emb(), 2, IMAGES.clone(), _emb())
+    same = _grad_of(guidance.edit_renders, IMAGES, _cams(), _emb(), 2, IMAGES.clone(), _emb())
     assert torch.count_nonzero(same) == 0
 
 

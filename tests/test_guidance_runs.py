@@ -9,23 +9,22 @@ import pytest
 import torch
 import yaml
 
-from helpers import tiny_config
-from test_cli import assert_one_line_error, run_cli
+from support import assert_one_line_error, run_cli, tiny_config, trainer_for
+from threedistill.engine.loop import StageTrainer
 from threedistill.core.cameras import OrbitSampler, OrbitSamplerConfig
 from threedistill.config import parse_run_args
-from threedistill.guidance.registry import GUIDANCES, SCENE_OBJECTIVES
+from threedistill.core.objective import OBJECTIVES
 from threedistill.priors.base import VariationalConfig
 from threedistill.priors.toyworld.prior import ReferenceSet, ToyworldConfig, ToyworldPrior
 from threedistill.engine.run_dir import new_run_dir
-from threedistill.engine.loop import Trainer
+from threedistill.engine.run import Run
 
-RUN_OBJECTIVES = [name for name in GUIDANCES if name != "dds" and name not in SCENE_OBJECTIVES]  # scenes: test_scene_edit
+RUN_OBJECTIVES = [name for name in OBJECTIVES if OBJECTIVES[name].needs.prior and not OBJECTIVES[name].needs.scene and not OBJECTIVES[name].needs.source_image]  # scenes: test_scene_edit
 
 
-def _trainer(tmp_path: Path, *extra: str) -> Trainer:
+def _trainer(tmp_path: Path, *extra: str) -> StageTrainer:
     names, cfg = tiny_config("--out", str(tmp_path), *extra)
-    trainer = Trainer(names, cfg, new_run_dir(cfg.out, cfg.prompt, names.guidance, names.representation))
-    trainer.save_config()
+    trainer = trainer_for(names, cfg)
     return trainer
 
 
@@ -64,9 +63,9 @@ def test_particles_render_their_own_views_and_report_modes(tmp_path: Path) -> No
     assert trainer.train(until=3)
     assert trainer._last_render.shape[0] == 3 * trainer.cfg.sampler.batch_size
     trainer.save_checkpoint()
-    resumed = Trainer.resume(trainer.run_dir)
+    resumed = Run.resume(trainer.run_dir).trainer
     assert len(resumed.representation) == 3 and resumed.step == 3
-    for a, b in zip(trainer.representation.members, resumed.representation.members):
+    for a, b in zip(trainer.representation.members(), resumed.representation.members()):
         torch.testing.assert_close(a.means, b.means, atol=0, rtol=0)
     assert resumed.train()
     summary = resumed.finish()
@@ -120,8 +119,8 @@ def test_vsd_and_esd_train_lora_on_a_tiny_sd(name: str, tiny_sd: dict[str, Path]
         "--representation.num-points", "200", "--sampler.batch-size", "2", "--device", "cpu", "--log.no-progress",
         "--log.log-every", "1",
     ])
-    trainer = Trainer(names, cfg, new_run_dir(cfg.out, cfg.prompt, names.guidance, names.representation))
-    model = trainer.guidance.variational
+    trainer = trainer_for(names, cfg)
+    model = trainer.objective.variational
     frozen = {k: v.clone() for k, v in trainer.prior.unet.state_dict().items()}
     lora = [p.detach().clone() for p in model.trainable_parameters()]
     assert trainer.train()

@@ -10,7 +10,7 @@ import torch
 from threedistill.core.errors import UserError
 from threedistill.priors.diffusers.instruct_pix2pix import InstructPix2PixConfig, InstructPix2PixEditor
 
-from ip2p_fixtures import build_tiny_ip2p
+from support import build_tiny_ip2p
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def test_missing_model_is_one_line_error(model: str, needle: str) -> None:
 
 
 def test_plain_sd_is_refused(tiny_sd: dict[str, Path]) -> None:
-    with pytest.raises(UserError, match="not an InstructPix2Pix model"):
+    with pytest.raises(UserError, match="not a StableDiffusionInstructPix2PixPipeline"):
         InstructPix2PixEditor.load(InstructPix2PixConfig(model=str(tiny_sd["sd1"])), "cpu")
 
 

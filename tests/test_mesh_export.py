@@ -14,13 +14,10 @@ from threedistill.core.cameras import heldout_cameras
 from threedistill.core.errors import UserError
 from threedistill.eval.chamfer import chamfer_distance, chamfer_to_modes, sample_surface
 from threedistill.eval.metrics import mask_iou
-from threedistill.export.extract import (
-    ALPHA_MIN,
-    GaussianField,
-    MeshExportConfig,
-    extract_mesh,
-    field_of,
-)
+from threedistill.export.asset import AssetExports, ExportSettings
+from threedistill.export.extract import MeshExportConfig, extract_mesh
+from threedistill.representations.base import Representation
+from threedistill.representations.gaussian_field import ALPHA_MIN, GaussianField
 from threedistill.export.mesh import Z_UP_TO_Y_UP, export_mesh, write_mesh_files
 from threedistill.render.mesh_torch import render_mesh
 from threedistill.render.splats import render_splats
@@ -40,6 +37,9 @@ class SphereField:
 
     def albedo(self, points: torch.Tensor) -> torch.Tensor:
         return (points * 0.5 + 0.5).clamp(0.0, 1.0)
+
+    def render_alpha(self, cams) -> None:
+        return None  # it cannot render: its surface_level is used
 
 
 def _gaussians(means, scales, opacity, quats=None, rgb=None) -> dict[str, torch.Tensor]:
@@ -170,11 +170,15 @@ def test_floaters_are_dropped_and_decimation_reduces_faces() -> None:
     assert chamfer_distance(small, kept, n_points=5000) < 0.01
 
 
-def test_empty_field_and_unknown_representation_are_user_errors() -> None:
+def test_empty_field_and_a_representation_without_a_surface_are_user_errors(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="never reaches"):
         extract_mesh(SphereField(), MeshExportConfig(resolution=16, level=2.0))
-    with pytest.raises(UserError, match="no density/albedo"):
-        field_of(object())
+
+    class Bare(Representation):  # neither as_field nor as_mesh
+        pass
+
+    with pytest.raises(UserError, match="neither a mesh nor a field"):
+        AssetExports(Bare(), tmp_path, ExportSettings(MeshExportConfig()), torch.ones(3)).mesh(0)
 
 
 # ---------------------------------------------------------------------- writers

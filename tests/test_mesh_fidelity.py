@@ -9,8 +9,8 @@ import pytest
 import torch
 import trimesh
 
-from helpers import TINY_FLAGS
-from test_nerf import SMALL
+from support import TINY_FLAGS
+from support import SMALL_NERF as SMALL
 from threedistill.cli import main
 from threedistill.core.errors import UserError
 from threedistill.eval.mesh_fidelity import obj_psnr, read_textured_obj

@@ -7,11 +7,12 @@ import pytest
 import torch
 import trimesh
 
+from threedistill.representations.base import regularisation
 from threedistill.core.cameras import orbit_cameras
 from threedistill.core.errors import UserError
 from threedistill.render.mesh_torch import render_textured_mesh
 from threedistill.representations.mesh import Mesh, MeshConfig, icosphere
-from threedistill.representations.registry import REPRESENTATIONS
+from threedistill.representations.base import REPRESENTATIONS
 
 BG = torch.tensor([1.0, 1.0, 1.0])
 
@@ -35,7 +36,7 @@ def _patch(n: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_registered_and_renders_a_sphere():
-    assert REPRESENTATIONS["mesh"].config is MeshConfig
+    assert REPRESENTATIONS["mesh"].Config is MeshConfig
     mesh = REPRESENTATIONS["mesh"].build(MeshConfig(init_subdivisions=2), torch.Generator().manual_seed(0), backend="torch")
     out = mesh.render(_cams(), BG)
     assert out.rgb.shape == (4, 3, 32, 32) and out.alpha.shape == out.depth.shape == (4, 1, 32, 32)
@@ -61,10 +62,10 @@ def test_regularisers_vanish_on_a_flat_regular_patch_and_not_on_a_noisy_one():
     cfg = MeshConfig(lambda_laplacian=1.0, lambda_normal_consistency=1.0)
     mesh = Mesh.from_vertices_faces(v, f, cfg, torch.Generator().manual_seed(0), "torch")
     out = mesh.render(_cams(1), BG)
-    assert mesh.regularisation(out, 0).item() == pytest.approx(0.0, abs=1e-10)
+    assert regularisation(mesh, out, 0).item() == pytest.approx(0.0, abs=1e-10)
     with torch.no_grad():
         mesh.offsets[:, 2] += 0.02 * torch.randn(len(v), generator=torch.Generator().manual_seed(1))
-    loss = mesh.regularisation(out, 0)
+    loss = regularisation(mesh, out, 0)
     assert loss.item() > 1e-5
     loss.backward()
     assert mesh.offsets.grad.abs().sum() > 0
@@ -77,7 +78,7 @@ def test_vertex_colours_show_in_the_first_render_and_in_the_export():
     out = mesh.render(_cams(2), BG)
     inside = (out.alpha[:, 0] == 1)[:, None].expand_as(out.rgb)
     assert torch.allclose(out.rgb.permute(0, 2, 3, 1)[inside[:, 0]], red[0], atol=0.02)
-    exported = mesh.exported_mesh()
+    exported = mesh.as_mesh()
     assert exported.vertices.shape == (len(v), 3) and exported.faces.shape == (len(f), 3)
     assert np.allclose(exported.vertex_colors, red.numpy(), atol=1e-3)
     assert len(exported.to_trimesh().faces) == len(f)
@@ -104,7 +105,7 @@ def test_user_mesh_file_initialises_geometry_and_colours(tmp_path):
     box.export(path)
     mesh = _mesh(MeshConfig(path=str(path)))
     assert mesh.num_points == 8 and len(mesh.faces) == 12
-    assert np.allclose(mesh.exported_mesh().vertex_colors, [0, 1, 0], atol=2e-3)
+    assert np.allclose(mesh.as_mesh().vertex_colors, [0, 1, 0], atol=2e-3)
 
 
 def _iou(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -121,7 +122,7 @@ def test_silhouette_fitting_grows_the_sphere_toward_a_larger_target():
     before = _iou(mesh.render(cams, BG).alpha.detach(), target)
     for step in range(30):
         out = mesh.render(cams, BG)
-        loss = (out.alpha - target).square().sum() + mesh.regularisation(out, step)
+        loss = (out.alpha - target).square().sum() + regularisation(mesh, out, step)
         opt.zero_grad()
         loss.backward()
         opt.step()

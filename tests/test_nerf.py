@@ -5,7 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import TINY_FLAGS
+from support import SMALL_NERF as SMALL
+from support import TINY_FLAGS, trainer_for
+from threedistill.representations.base import regularisation
 from threedistill.core.cameras import Cameras, look_at_c2w, orbit_cameras
 from threedistill.config import parse_run_args
 from threedistill.core.errors import UserError
@@ -13,12 +15,10 @@ from threedistill.core.types import RenderOutput
 from threedistill.render.volume_nerfacc import resolve_volume_backend
 from threedistill.render.volume_torch import OccupancyGrid, camera_rays, render_volume_torch
 from threedistill.representations.nerf import NeRF, NeRFConfig
-from threedistill.representations.registry import REPRESENTATIONS
+from threedistill.representations.base import REPRESENTATIONS
 from threedistill.engine.run_dir import new_run_dir
-from threedistill.engine.loop import Trainer
+from threedistill.engine.run import Run
 
-SMALL = dict(levels=4, log2_table_size=12, base_resolution=8, max_resolution=32, hidden_dim=16,
-             samples_per_ray=32, occ_resolution=16)  # levels 8 and 11 dense, 16 and 32 hashed
 
 
 class SlabField:
@@ -136,14 +136,16 @@ def test_normals_point_out_of_a_ball_and_regularisers_are_finite() -> None:
     points = torch.tensor([[0.3, 0.0, 0.0], [0.0, -0.3, 0.0], [0.0, 0.0, 0.35]])
     normals = nerf.normals(points)  # the blob's density falls off with |p|
     assert ((normals * torch.nn.functional.normalize(points, dim=-1)).sum(-1) > 0.9).all()
+    nerf.before_step(1, frozenset({"orient", "sparsity", "opaque"}))  # the render keeps its samples for orient
     out = nerf.render(_cams(), torch.ones(3))
     assert "sample_points" in out.extras
-    reg = nerf.regularisation(out, step=1)
+    assert set(nerf.losses(out, frozenset({"orient", "sparsity", "opaque"}))) == {"orient", "sparsity", "opaque"}
+    reg = regularisation(nerf, out, step=1)
     assert reg.dim() == 0 and torch.isfinite(reg) and reg > 0
     reg.backward()
     assert nerf.encoding.table.grad is not None
     plain = NeRF(NeRFConfig(**SMALL), torch.Generator().manual_seed(0))
-    assert float(plain.regularisation(plain.render(_cams(), torch.ones(3)), step=1)) == 0.0
+    assert float(regularisation(plain, plain.render(_cams(), torch.ones(3)), step=1)) == 0.0
 
 
 def test_occupancy_update_and_state_dict_round_trip() -> None:
@@ -179,15 +181,14 @@ def test_backend_resolution_on_cpu() -> None:
 
 
 def test_nerf_is_in_the_registry() -> None:
-    assert REPRESENTATIONS["nerf"].config is NeRFConfig and REPRESENTATIONS["nerf"].build is NeRF
+    assert REPRESENTATIONS["nerf"].Config is NeRFConfig and REPRESENTATIONS["nerf"] is NeRF
 
 
 def test_five_step_toyworld_run(tmp_path: Path) -> None:
     flags = [f for i, f in enumerate(TINY_FLAGS) if f != "--representation.num-points" and TINY_FLAGS[i - 1] != "--representation.num-points"]
     small = [f"--representation.{k.replace('_', '-')}={v}" for k, v in SMALL.items()]
     names, cfg = parse_run_args([*flags, "--representation", "nerf", *small, "--steps", "5", "--out", str(tmp_path), "--prompt", "a red mug"])
-    trainer = Trainer(names, cfg, new_run_dir(cfg.out, cfg.prompt, names.guidance, names.representation))
-    trainer.save_config()
+    trainer = trainer_for(names, cfg)
     start = [p.detach().clone() for p in trainer.representation.parameters()]
     assert trainer.train()
     trainer.finish()  # splats.ply is skipped: it exists only for Gaussians
@@ -197,7 +198,7 @@ def test_five_step_toyworld_run(tmp_path: Path) -> None:
     assert 0.0 <= metrics["mask_iou"] <= 1.0 and math.isfinite(metrics["psnr"])
     assert trainer.step == 5 and trainer.skipped_steps == 0
     assert any(not torch.equal(a, b) for a, b in zip(start, trainer.representation.parameters()))
-    resumed = Trainer.resume(trainer.run_dir)  # checkpoints hold the NeRF and its occupancy grid
+    resumed = Run.resume(trainer.run_dir).trainer  # checkpoints hold the NeRF and its occupancy grid
     assert resumed.step == 5
     assert torch.equal(resumed.representation.occupancy.binary, trainer.representation.occupancy.binary)
 
@@ -230,7 +231,7 @@ def test_trainer_adds_the_regularisers_to_the_loss(tmp_path: Path) -> None:
     for weight in ("0", "100"):
         names, cfg = parse_run_args([*flags, "--representation", "nerf", *small, "--steps", "1", "--out", str(tmp_path / weight),
                                      "--representation.lambda-sparsity", weight])
-        trainer = Trainer(names, cfg, new_run_dir(cfg.out, cfg.prompt, names.guidance, names.representation))
+        trainer = trainer_for(names, cfg)
         losses[weight] = trainer.train_step()["loss"]
     assert losses["100"] > losses["0"] + 1.0
 
@@ -239,11 +240,10 @@ def test_regulariser_weights_follow_their_schedules() -> None:
     from threedistill.representations.nerf import sparsity_loss
 
     nerf = NeRF(NeRFConfig(**SMALL, lambda_sparsity=[(0.0, 0.0), (0.5, 100.0)]), torch.Generator().manual_seed(0))
-    nerf.total_steps = 100
     alpha = torch.full((1, 1, 4, 4), 0.5)
     out = RenderOutput(rgb=alpha.expand(1, 3, 4, 4), alpha=alpha, depth=alpha)
-    assert float(nerf.regularisation(out, 0)) == 0.0
-    assert float(nerf.regularisation(out, 25)) == pytest.approx(50.0 * float(sparsity_loss(alpha)))
-    assert float(nerf.regularisation(out, 100)) == pytest.approx(100.0 * float(sparsity_loss(alpha)))
+    assert float(regularisation(nerf, out, 0, 100)) == 0.0
+    assert float(regularisation(nerf, out, 25, 100)) == pytest.approx(50.0 * float(sparsity_loss(alpha)))
+    assert float(regularisation(nerf, out, 100, 100)) == pytest.approx(100.0 * float(sparsity_loss(alpha)))
     with pytest.raises(UserError, match="lambda-opaque"):
         NeRF(NeRFConfig(**SMALL, lambda_opaque=[(0.0,)]), torch.Generator())

@@ -32,6 +32,7 @@ class FakePrior:
     """embed(text) -> one-hot over (front, side, back, overhead, other) plus a text-specific tail."""
 
     model_id = "fake"
+    device = torch.device("cpu")
     defaults = GuidanceDefaults(cfg_scale=7.5, min_step=20, max_step=980, view_dependent_prompts=True)
 
     def __init__(self, model_id: str | None = "fake") -> None:

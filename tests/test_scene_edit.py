@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import TINY_FLAGS
+from support import TINY_FLAGS
 from threedistill.core.cameras import scene_cameras
 from threedistill.cli import main
 from threedistill.scene.objectives import PhotometricConfig, PhotometricObjective
 from threedistill.scene.loading import Scene
 from threedistill.scene.views import SceneViewSampler
-from threedistill.engine.loop import Trainer
+from threedistill.engine.run import Run
 
-from ip2p_fixtures import build_tiny_ip2p
+from support import build_tiny_ip2p
 
 EDIT_FLAGS = [*TINY_FLAGS, "--log.export-formats", "video"]
 GAUSSIANS = ["--representation", "gaussians"]
@@ -76,8 +76,8 @@ def test_dds_edit_reconstructs_then_edits(red_mug_scene: Path, tmp_path: Path, c
     assert {"mask_iou", "psnr"} <= set(metrics) and (run / "export" / "turntable.mp4").exists()
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert any("rgb_error" in r for r in rows) and any("anchor_alpha" in r for r in rows)
-    resumed = Trainer.resume(run)  # the cached source renders come back from the checkpoint
-    assert resumed.stage_label == "edit" and resumed.guidance.source_x0.shape[0] == 12
+    resumed = Run.resume(run).trainer  # the cached source renders come back from the checkpoint
+    assert resumed.stage.label == "edit" and resumed.objective.source_x0.shape[0] == 12
 
 
 def test_a_run_folder_is_edited_without_reconstruction(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

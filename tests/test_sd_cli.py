@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sd_fixtures import KINDS
+from support import KINDS
 
 
 def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

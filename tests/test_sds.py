@@ -3,10 +3,11 @@ import math
 import pytest
 import torch
 
-from fake_prior import KnownEpsPrior
+from support import KnownEpsPrior
 from threedistill.guidance.base import reparameterised_loss, weighting
 from threedistill.guidance.sds import SDSConfig, SDSGuidance
-from threedistill.priors.base import TextEmbeddings, add_noise
+from threedistill.core.types import TextEmbeddings
+from threedistill.priors.base import add_noise
 
 
 def _emb(B: int, cond: float, uncond: float) -> TextEmbeddings:

@@ -12,7 +12,7 @@ from threedistill.core.errors import UserError
 from threedistill.priors.base import DiffusionPrior, add_noise
 from threedistill.priors.diffusers.stable_diffusion import StableDiffusionConfig, StableDiffusionPrior
 
-from sd_fixtures import KINDS
+from support import KINDS
 
 
 @pytest.fixture(scope="session")

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import TINY_FLAGS
+from support import TINY_FLAGS, trainer_for
 from threedistill.cli import main
 from threedistill.core.errors import UserError
 from threedistill.representations.gaussians import PARAM_NAMES
 from threedistill.engine.run_dir import new_run_dir
 from threedistill.engine.plan import load_run_plan, parse_run_plan
-from threedistill.engine.loop import Trainer
+from threedistill.engine.run import Run
 
 TWO_GAUSSIAN_STAGES = """\
 prompt: a red cube
@@ -77,17 +77,16 @@ def test_stages_chain_and_write_one_run_folder(tmp_path: Path) -> None:
     plan = parse_run_plan(["--config", _preset(tmp_path, TWO_GAUSSIAN_STAGES), *TINY_FLAGS, "--out", str(tmp_path)])
     assert [s.cfg.steps for s in plan] == [3, 3] and plan[1].cfg.sampler.width == 32  # the flag wins over the stage
     run_dir = new_run_dir(tmp_path, "a red cube", "sds", "gaussians")
-    first = Trainer(plan[0].names, plan[0].cfg, run_dir, plan=plan)
-    first.save_config()
+    first = trainer_for(plan[0].names, plan[0].cfg, run_dir, plan)
     assert first.train()
     first.finish()
-    second = first.next_stage()
-    assert second is not None and second.stage_index == 1 and second.prior is first.prior
+    second = first.run.next_stage()
+    assert second is not None and second.index == 1 and second.prior is first.prior
     for name in PARAM_NAMES:  # the fine stage starts exactly where the coarse one ended
         assert torch.equal(getattr(second.representation, name), getattr(first.representation, name))
     assert second.train()
     summary = second.finish()
-    assert second.next_stage() is None
+    assert second.run.next_stage() is None
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert [s["stage"] for s in metrics["stages"]] == ["coarse", "fine"] and metrics == summary
     assert metrics["steps"] == 3 and "mask_iou" in metrics["stages"][0]
@@ -96,9 +95,9 @@ def test_stages_chain_and_write_one_run_folder(tmp_path: Path) -> None:
     assert [s.label for s in load_run_plan(run_dir / "config.yaml")] == ["coarse", "fine"]
     assert [(s.names, s.cfg) for s in load_run_plan(run_dir / "config.yaml")] == [(s.names, s.cfg) for s in plan]
 
-    resumed = Trainer.resume(run_dir, checkpoint=run_dir / "checkpoints" / "fine-step-000003.pt")
-    assert resumed.stage_index == 1 and resumed.stage_label == "fine"
-    assert [h["stage"] for h in resumed.stage_history] == ["coarse"]
+    resumed = Run.resume(run_dir, checkpoint=run_dir / "checkpoints" / "fine-step-000003.pt").trainer
+    assert resumed.index == 1 and resumed.stage.label == "fine"
+    assert [h["stage"] for h in resumed.run.stage_history] == ["coarse"]
 
 
 def test_staged_cli_run_and_resume_between_stages(tmp_path: Path, capsys) -> None:
@@ -121,7 +120,7 @@ def test_single_stage_commands_refuse_staged_configs(tmp_path: Path, capsys) -> 
 
 
 def test_a_mesh_stage_starts_from_the_nerf_surface(tmp_path: Path) -> None:
-    from test_nerf import SMALL
+    from support import SMALL_NERF as SMALL
 
     flags = [f for i, f in enumerate(TINY_FLAGS) if "num-points" not in f and "num-points" not in TINY_FLAGS[i - 1]]
     nerf = "{" + ", ".join(f"{k}: {v}" for k, v in SMALL.items()) + "}"
@@ -134,11 +133,11 @@ stages:
   - {{name: refine, representation: {{name: mesh, init_subdivisions: 2}}}}
 """
     plan = parse_run_plan(["--config", _preset(tmp_path, text), *flags, "--out", str(tmp_path), "--log.export-formats", "glb"])
-    first = Trainer(plan[0].names, plan[0].cfg, new_run_dir(tmp_path, "a red cube", "sds", "nerf-mesh"), plan=plan)
+    first = trainer_for(plan[0].names, plan[0].cfg, new_run_dir(tmp_path, "a red cube", "sds", "nerf-mesh"), plan)
     assert first.train()
     first.finish()
-    surface = first.mesh_of(0)
-    second = first.next_stage()
+    surface = first.exports.mesh(0)
+    second = first.run.next_stage()
     mesh = second.representation
     assert type(mesh).__name__ == "Mesh" and mesh.num_points == len(surface.vertices)
     assert torch.allclose(mesh.vertices, torch.from_numpy(surface.vertices), atol=1e-6)
@@ -148,6 +147,6 @@ stages:
     assert summary["representation"] == "mesh" and [s["stage"] for s in summary["stages"]] == ["coarse", "refine"]
     assert (second.run_dir / "export" / "mesh.glb").exists()
     with pytest.raises(UserError, match="cannot start from"):
-        from threedistill.representations.convert import representation_from_previous
+        from threedistill.representations.convert import representation_from
 
-        representation_from_previous(second, "nerf", plan[0].cfg.representation, torch.Generator(), "auto")
+        representation_from(second.previous_asset(), "nerf", plan[0].cfg.representation, torch.Generator(), "auto")

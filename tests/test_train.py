@@ -7,19 +7,19 @@ from pathlib import Path
 
 import torch
 
-from helpers import TINY_FLAGS, tiny_config
+from support import TINY_FLAGS, tiny_config, trainer_for
+from threedistill.engine.loop import StageTrainer
 from threedistill.eval.metrics import psnr
 from threedistill.export.splat_ply import read_splat_ply
 from threedistill.representations.gaussians import PARAM_NAMES, Gaussians
 from threedistill.engine.run_dir import new_run_dir
-from threedistill.engine.loop import Trainer
+from threedistill.engine.run import Run
 
 
-def _trainer(tmp_path: Path, *extra: str) -> Trainer:
+def _trainer(tmp_path: Path, *extra: str) -> StageTrainer:
     names, cfg = tiny_config("--out", str(tmp_path), *extra)
     run_dir = new_run_dir(cfg.out, cfg.prompt, names.guidance, names.representation)
-    trainer = Trainer(names, cfg, run_dir)
-    trainer.save_config()
+    trainer = trainer_for(names, cfg, run_dir)
     return trainer
 
 
@@ -49,7 +49,7 @@ def test_run_folders_never_collide(tmp_path: Path) -> None:
     assert len(dirs) == 3
 
 
-def _params(trainer: Trainer) -> dict[str, torch.Tensor]:
+def _params(trainer: StageTrainer) -> dict[str, torch.Tensor]:
     return {n: getattr(trainer.representation, n).detach().clone() for n in PARAM_NAMES}
 
 
@@ -73,7 +73,7 @@ def _check_resume(tmp_path: Path) -> None:
     first = _trainer(tmp_path / "b", *densify)
     assert first.train(until=4)
     first.save_checkpoint()
-    resumed = Trainer.resume(first.run_dir)
+    resumed = Run.resume(first.run_dir).trainer
     assert resumed.step == 4
     assert resumed.train()
 
@@ -86,7 +86,7 @@ def _check_resume(tmp_path: Path) -> None:
 def test_splat_ply_round_trip_renders_the_same_image(tmp_path: Path) -> None:
     trainer = _trainer(tmp_path, "--representation.sh-degree", "1")
     trainer.train()
-    (path,) = trainer.export(["splat"])
+    (path,) = trainer.exports.export(["splat"]).files
     loaded = Gaussians.from_splat_tensors(read_splat_ply(path))
     assert loaded.sh_degree == 1 and loaded.num_points == trainer.representation.num_points
     from threedistill.core.cameras import heldout_cameras

@@ -13,7 +13,7 @@ import torch
 from threedistill.core.cameras import OrbitSamplerConfig, heldout_cameras, orbit_cameras
 from threedistill.core.errors import UserError
 from threedistill.priors.base import VariationalConfig, add_noise
-from threedistill.priors.registry import PRIORS
+from threedistill.priors.base import PRIORS
 from threedistill.priors.toyworld.prior import ReferenceSet
 from threedistill.priors.toyworld.animated import (
     BALL_RADIUS, FLOOR_Z, _n_ball_vertices, animated_mesh, animated_prompts, resolve_animated,
@@ -159,14 +159,14 @@ def test_unknown_animated_prompt_is_one_line() -> None:
 # ---------------------------------------------------------------------- diffusers text-to-video
 @pytest.fixture(scope="module")
 def tiny_t2v(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from video_fixtures import build_tiny_t2v
+    from support import build_tiny_t2v
 
     return build_tiny_t2v(tmp_path_factory.mktemp("tiny-t2v") / "t2v")
 
 
 @pytest.fixture(scope="module")
 def t2v(tiny_t2v: Path) -> VideoDiffusionPrior:
-    prior = PRIORS["video-sd"].build(VideoDiffusionConfig(model=str(tiny_t2v), frames=4, resolution=64), None, "cpu")
+    prior = PRIORS["video-sd"](VideoDiffusionConfig(model=str(tiny_t2v), frames=4, resolution=64), None, "cpu")
     assert isinstance(prior, VideoDiffusionPrior)
     return prior
 

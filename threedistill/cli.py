@@ -1,6 +1,8 @@
-"""Command line: run, resume, export, edit-image, toyworld list / scene.
+"""Command line: run, resume, export, edit, edit-image, animate, toyworld list / scene.
 
-Bad input ends with one line on stderr and exit code 2, never a traceback.
+Each command parses its flags and hands them to the engine (engine/run.py, engine/load.py),
+which validates the whole run plan before any work. Bad input ends with one line on stderr and
+exit code 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -8,11 +10,15 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from rich.console import Console
 
 from .core.errors import UserError
+
+if TYPE_CHECKING:
+    from .engine.loop import StageTrainer
+    from .engine.run import Run
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -30,102 +36,79 @@ def _console() -> Console:
     return Console(stderr=True)
 
 
-def _print_summary(console: Console, run_dir: Path, summary: dict) -> None:
+def _print_summary(console: Console, run_dir: Path, summary: dict[str, Any]) -> None:
     scores = ", ".join(f"{k} {summary[k]:.3f}" for k in ("mask_iou", "psnr") if k in summary)
     console.print(f"[green]done[/] in {summary['seconds']:.1f} s{'; ' + scores if scores else ''}")
     console.print(f"run folder: {run_dir}")
     print(run_dir)
 
 
-def _train_to_end(trainer, console: Console) -> int:
-    """Train the trainer's stage and every later one; print the summary."""
-    while True:
-        if not trainer.train():
-            console.print(
-                f"[yellow]interrupted[/] {trainer.stage_title()}at step {trainer.step}/{trainer.cfg.steps}; checkpoint saved. "
-                f"Continue with: threedistill resume {trainer.run_dir}"
-            )
-            return EXIT_INTERRUPTED
-        summary = trainer.finish()
-        following = trainer.next_stage()
-        if following is None:
-            break
-        console.print(f"{trainer.stage_title()}done" + "".join(f", {k} {summary[k]:.3f}" for k in ("mask_iou", "psnr") if k in summary))
-        trainer = following
-    _print_summary(console, trainer.run_dir, summary)
+def _train_to_end(run: "Run", console: Console) -> int:
+    """Train the current stage and every later one; print the summary."""
+    def stage_done(trainer: "StageTrainer", summary: dict[str, Any]) -> None:
+        scores = "".join(f", {k} {summary[k]:.3f}" for k in ("mask_iou", "psnr") if k in summary)
+        console.print(f"{trainer.stage_title()}done{scores}")
+
+    summary = run.train_to_end(stage_done)
+    if summary is None:
+        trainer = run.trainer
+        console.print(f"[yellow]interrupted[/] {trainer.stage_title()}at step {trainer.step}/{trainer.cfg.steps}; checkpoint saved. "
+                      f"Continue with: threedistill resume {run.run_dir}")
+        return EXIT_INTERRUPTED
+    _print_summary(console, run.run_dir, summary)
     return 0
 
 
-def cmd_run(argv: list[str]) -> int:
-    from .engine.run_dir import new_run_dir
-    from .engine.plan import parse_run_plan
-    from .engine.loop import Trainer
-
-    plan = parse_run_plan(argv)
-    names, cfg = plan[0].names, plan[0].cfg
-    console = _console()
-    representations = "-".join(dict.fromkeys(stage.names.representation for stage in plan))
-    run_dir = new_run_dir(cfg.out, cfg.prompt, names.guidance, representations)
-    return _start(run_dir, console, lambda: Trainer(names, cfg, run_dir, console, plan))
-
-
-def _start(run_dir: Path, console: Console, make_trainer: Callable[[], Any], note: str = "") -> int:
-    """Build the trainer (a failure leaves no empty run folder), save its config, train to the end."""
-    try:
-        trainer = make_trainer()
-    except BaseException:
-        _remove_if_empty(run_dir)
-        raise
-    trainer.save_config()
+def _started(run: "Run", console: Console, note: str = "") -> int:
     if note:
-        trainer.log(note)
-    console.print(f"run folder: {run_dir}")
-    return _train_to_end(trainer, console)
+        run.folder.log(note)
+    console.print(f"run folder: {run.run_dir}")
+    return _train_to_end(run, console)
 
 
-def _remove_if_empty(run_dir: Path) -> None:
-    """A run that failed before it wrote anything leaves no folder behind."""
-    if run_dir.exists() and not any(p.is_file() for p in run_dir.rglob("*")):
-        for sub in sorted(run_dir.rglob("*"), reverse=True):
-            sub.rmdir()
-        run_dir.rmdir()
-        if not any(run_dir.parent.iterdir()):  # nor an empty prompt folder
-            run_dir.parent.rmdir()
+def cmd_run(argv: list[str]) -> int:
+    from .engine.plan import parse_run_plan
+    from .engine.run import Run
+
+    console = _console()
+    return _started(Run.start(parse_run_plan(argv), console), console)
 
 
 def cmd_resume(argv: list[str]) -> int:
-    from .engine.loop import Trainer
+    from .engine.run import Run
 
     p = OneLineParser(prog="threedistill resume", description="Continue a run from its last checkpoint.")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--checkpoint", type=Path, default=None, help="a step-NNNNNN.pt to resume from instead of last.pt")
     args = p.parse_args(argv)
     console = _console()
-    trainer = Trainer.resume(args.run_dir, console, args.checkpoint)
-    console.print(f"resuming {args.run_dir} at step {trainer.step}/{trainer.cfg.steps}")
-    return _train_to_end(trainer, console)
+    run = Run.resume(args.run_dir, console, args.checkpoint)
+    console.print(f"resuming {args.run_dir} at step {run.trainer.step}/{run.trainer.cfg.steps}")
+    return _train_to_end(run, console)
 
 
 def cmd_export(argv: list[str]) -> int:
-    from .engine.loop import Trainer
+    """Export a run's asset from its checkpoint alone: no prior and no objective is built."""
+    import dataclasses
+
+    from .engine.load import load_run
+    from .engine.loop import export_asset
+    from .export.asset import EXPORT_FORMATS
 
     p = OneLineParser(prog="threedistill export", description="Export a run's asset into RUN_DIR/export.")
     p.add_argument("run_dir", type=Path)
-    formats = ["splat", "video", "glb", "obj", "ply", "sequence"]
-    p.add_argument("--format", dest="formats", action="append", choices=formats, help="repeatable; default: all")
+    p.add_argument("--format", dest="formats", action="append", choices=list(EXPORT_FORMATS), help="repeatable; default: all the asset supports")
     p.add_argument("--mesh-resolution", type=int, default=None, help="marching-cubes grid points per axis (default: the run's mesh.resolution, 128)")
     p.add_argument("--decimate-faces", type=int, default=None, help="decimate meshes to about N faces (0: keep all)")
     p.add_argument("--texture-size", type=int, default=None, help="side of the OBJ texture in pixels")
     p.add_argument("--level", type=float, default=None, help="surface density level (default: calibrated on the renders)")
     args = p.parse_args(argv)
-    trainer = Trainer.resume(args.run_dir, _console())
-    mesh = trainer.cfg.mesh
-    for name, value in (("resolution", args.mesh_resolution), ("decimate_faces", args.decimate_faces),
-                        ("texture_size", args.texture_size), ("level", args.level)):
-        if value is not None:
-            setattr(mesh, name, value)
-    default = [f for f in formats if f != "sequence" or trainer.cfg.dynamic]
-    for path in trainer.export(args.formats or default):
+    run = load_run(args.run_dir)
+    overrides = {name: value for name, value in (("resolution", args.mesh_resolution), ("decimate_faces", args.decimate_faces),
+                                                 ("texture_size", args.texture_size), ("level", args.level)) if value is not None}
+    exports = run.exports(dataclasses.replace(run.cfg.mesh, **overrides))
+    formats = args.formats or exports.supported(EXPORT_FORMATS)
+    for path in export_asset(exports, formats, run.folder, run.background):
         print(path)
     return 0
 
@@ -137,14 +120,16 @@ def cmd_edit_image(argv: list[str]) -> int:
 
     import torch
 
-    from .core.atomic import atomic_write_text
     from .config import parse_run_args
-    from .guidance.image_edit import edit_image, prompt_embeddings
-    from .export.images import image_grid, read_image, save_image
-    from .guidance.registry import GUIDANCES
-    from .priors.registry import PRIORS
+    from .core.atomic import atomic_write_text
+    from .engine.build import resolve_device
+    from .engine.priors import PriorPool
+    from .engine.progress import progress_bar
     from .engine.run_dir import new_run_dir
-    from .engine.loop import progress_bar, resolve_device
+    from .export.images import image_grid, read_image, save_image
+    from .guidance.dds import DDSGuidance
+    from .guidance.image_edit import edit_image, prompt_embeddings
+    from .priors.base import PRIORS
 
     p = OneLineParser(
         prog="threedistill edit-image",
@@ -161,11 +146,16 @@ def cmd_edit_image(argv: list[str]) -> int:
     names, cfg = parse_run_args(["--guidance", "dds", *rest], prog="threedistill edit-image")
     image = read_image(args.image)
     device = resolve_device(cfg.device)
+    cfg.guidance.check()
+    cfg.prior.check()  # the model is on disk: one line before anything loads
+    for text in (args.source, args.target):
+        PRIORS[names.prior].check_prompt(cfg.prior, text)
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
-    prior = PRIORS[names.prior].build(cfg.prior, cfg.sampler, device)
-    guidance = GUIDANCES["dds"].build(cfg.guidance, prior, cfg.steps, generator)
-    emb_src = prompt_embeddings(prior, args.source, cfg.negative_prompt)  # unknown prompts fail here, before any output
+    prior = PriorPool(device).get(names.prior, cfg.prior, cfg.sampler)
+    assert isinstance(cfg.guidance, DDSGuidance.Config)
+    guidance = DDSGuidance(cfg.guidance, prior, cfg.steps, generator)
+    emb_src = prompt_embeddings(prior, args.source, cfg.negative_prompt)
     emb_tgt = prompt_embeddings(prior, args.target, cfg.negative_prompt)
     console = _console()
     out_dir = new_run_dir(args.out, args.target, "dds", "image")
@@ -188,12 +178,16 @@ def cmd_edit_image(argv: list[str]) -> int:
 
 def cmd_edit(argv: list[str]) -> int:
     """Edit a scene (posed images or a threedistill run) toward a target prompt."""
+    import shutil
+
     from .core.cameras import scene_cameras
-    from .scene.loading import is_run_folder
-    from .export.scene import write_rendered_scene
-    from .engine.run_dir import new_run_dir
+    from .engine.load import load_run
     from .engine.plan import parse_run_plan
-    from .engine.loop import Trainer
+    from .engine.run import Run
+    from .engine.run_dir import new_run_dir
+    from .engine.validate import validate_plan
+    from .export.scene import write_rendered_scene
+    from .scene.loading import is_run_folder
 
     p = OneLineParser(
         prog="threedistill edit",
@@ -220,15 +214,10 @@ def cmd_edit(argv: list[str]) -> int:
     console = _console()
     rest = _with_default_steps(rest, 400)
     guidance = "scene-dds" if args.method == "dds" else "in2n"
-    source_run = Trainer.resume(args.scene, console) if is_run_folder(args.scene) else None
+    source_run = load_run(args.scene) if is_run_folder(args.scene) else None
     representation = source_run.names.representation if source_run is not None else args.representation
-    run_dir = new_run_dir(args.out, args.target, args.method, representation)
-    try:
-        scene = args.scene
-        if source_run is not None:  # its renders are the scene; its asset is the reconstruction
-            console.print(f"rendering {args.scene} as the source scene")
-            rep = source_run.representation
-            scene = write_rendered_scene(run_dir / "source_scene", lambda c: rep.render(c, source_run.background), scene_cameras(48, 256))
+
+    def plan_for(scene: Path) -> Any:
         flags = ["--guidance", guidance, "--representation", representation, "--prompt", args.target, "--out", args.out,
                  "--sampler.scene", str(scene), *rest]
         if args.method == "dds":
@@ -238,11 +227,24 @@ def cmd_edit(argv: list[str]) -> int:
         edit = {"name": "edit", "share": 1.0}  # --steps, whole
         stages = [edit] if source_run is not None else [
             {"name": "reconstruct", "steps": args.reconstruct_steps, "guidance": {"name": "photometric"}}, edit]
-        plan = parse_run_plan(flags, "threedistill edit", stages=stages)
+        return parse_run_plan(flags, "threedistill edit", stages=stages)
+
+    if source_run is None:
+        return _started(Run.start(plan_for(args.scene), console), console)
+    start = source_run.as_previous()
+    validate_plan(plan_for(args.scene / "source_scene"), start.name, scenes=False)  # everything but the scene it renders next
+    run_dir = new_run_dir(args.out, args.target, args.method, representation)
+    try:
+        console.print(f"rendering {args.scene} as the source scene")
+        scene = write_rendered_scene(run_dir / "source_scene", lambda c: source_run.representation.render(c, source_run.background),
+                                     scene_cameras(48, 256))
+        run = Run.start(plan_for(scene), console, start=start, run_dir=run_dir)
     except BaseException:
-        _remove_if_empty(run_dir)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        if run_dir.parent.exists() and not any(run_dir.parent.iterdir()):
+            run_dir.parent.rmdir()
         raise
-    return _start(run_dir, console, lambda: Trainer(plan[0].names, plan[0].cfg, run_dir, console, plan, previous=source_run))
+    return _started(run, console)
 
 
 def _with_default_steps(rest: list[str], steps: int) -> list[str]:
@@ -254,9 +256,9 @@ def _with_default_steps(rest: list[str], steps: int) -> list[str]:
 
 def cmd_animate(argv: list[str]) -> int:
     """Animate a finished static run: its asset becomes the first frame of a dynamic run."""
-    from .engine.run_dir import new_run_dir
+    from .engine.load import load_run
     from .engine.plan import parse_run_plan
-    from .engine.loop import Trainer
+    from .engine.run import Run
 
     p = OneLineParser(
         prog="threedistill animate",
@@ -269,16 +271,14 @@ def cmd_animate(argv: list[str]) -> int:
     p.add_argument("--out", default="outputs", help="folder under which the new run folder is made")
     args, rest = p.parse_known_args(argv)
     console = _console()
-    source = Trainer.resume(args.run_dir, console)
+    source = load_run(args.run_dir)
     if source.cfg.dynamic:
         raise UserError(f"'{args.run_dir}' is already a dynamic run; continue it with `threedistill resume`")
     flags = ["--prior", source.names.prior, "--guidance", source.names.guidance, "--representation", source.names.representation,
              "--dynamic", "--prompt", args.prompt, "--out", args.out, "--seed", str(source.cfg.seed), *rest]
     plan = parse_run_plan(flags, "threedistill animate")
-    names, cfg = plan[0].names, plan[0].cfg
-    cfg.representation = source.cfg.representation  # the asset's own settings (it keeps its shape)
-    run_dir = new_run_dir(args.out, args.prompt, names.guidance, names.representation)
-    return _start(run_dir, console, lambda: Trainer(names, cfg, run_dir, console, plan, previous=source), f"animating {args.run_dir}")
+    plan[0].cfg.representation = source.cfg.representation  # the asset's own settings (it keeps its shape)
+    return _started(Run.start(plan, console, start=source.as_previous()), console, f"animating {args.run_dir}")
 
 
 def cmd_toyworld(argv: list[str]) -> int:
@@ -306,11 +306,11 @@ def _write_toyworld_scene(args: argparse.Namespace) -> int:
     from .export.scene import write_rendered_scene
     from .render.mesh_torch import render_mesh
     from .priors.toyworld.catalogue import resolve_prompt
-    from .priors.toyworld.user_mesh import load_user_mesh
+    from .core.mesh_file import load_mesh_file
 
     if args.views < 1 or args.resolution < 8:
         raise UserError("--views must be >= 1 and --resolution >= 8")
-    mesh = load_user_mesh(args.mesh, name=args.prompt) if args.mesh else resolve_prompt(args.prompt)[0]
+    mesh = load_mesh_file(args.mesh, name=args.prompt) if args.mesh else resolve_prompt(args.prompt)[0]
     cams = scene_cameras(args.views, args.resolution)
     v, f, c = mesh.to_torch("cpu")
     path = write_rendered_scene(args.out_dir, lambda views: render_mesh(v, f, c, views), cams)

@@ -1,14 +1,15 @@
-"""Run configuration: dataclasses are the single source of truth.
+"""Run configuration: one static, typed dataclass (`RunConfig`) is the single source of truth.
 
-A run config is built for the chosen components (prior, guidance, representation): each
-section's type is that component's `Config` dataclass. YAML presets (configs/*.yaml) and
-saved run configs use the same layout, with a `name` key in each component section:
+Its component sections are typed by the contracts' config base classes (`PriorConfig`,
+`ObjectiveConfig`, `RepresentationConfig`); a run's instance holds the chosen components'
+own `Config` subclasses, whose registered names (`--prior toyworld`) are the YAML `name` keys.
+YAML presets (configs/*.yaml) and saved run configs use the same layout:
 
     prompt: a red mug
     guidance: {name: sds, cfg_scale: 1.0}
 
-They are validated against the schema (a misspelt key is an error naming it), then CLI
-flags (tyro) override them.
+They are validated against the chosen components' dataclasses (a misspelt key is an error
+naming it), then CLI flags (tyro, narrowed to those subclasses) override them.
 """
 
 from __future__ import annotations
@@ -16,25 +17,28 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import functools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, Optional
+from typing import Any, Callable, Literal, NamedTuple, Optional
 
 import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from . import guidance, priors, representations, scene  # noqa: F401  (registers the built-in components)
 from .core.cameras import OrbitSamplerConfig
 from .core.errors import UserError
-from .export.extract import MeshExportConfig
 from .core.motion import MotionConfig, video_prior_name
-from .representations.deformation import DeformationConfig
+from .core.objective import OBJECTIVES, ObjectiveConfig
 from .core.schedule import validate_schedule
-from .guidance.registry import GUIDANCES
-from .priors.registry import PRIORS
+from .export.extract import MeshExportConfig
+from .guidance.sds import SDSConfig
+from .priors.base import PRIORS, PriorConfig
+from .priors.diffusers.stable_diffusion import StableDiffusionConfig
 from .priors.prompts import PromptConfig
-from .representations.registry import REPRESENTATIONS
+from .representations.base import REPRESENTATIONS, RepresentationConfig
+from .representations.deformation import DeformationConfig
+from .representations.gaussians import GaussiansConfig
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 COMPONENTS = ("prior", "guidance", "representation")
@@ -81,43 +85,37 @@ class LogConfig:
     a baked texture: ~40 s on a 2-core CPU; `threedistill export RUN --format obj` makes it later)."""
 
 
-def _component_types(names: ComponentNames) -> dict[str, type]:
-    return {
-        "prior": PRIORS[names.prior].config,
-        "guidance": GUIDANCES[names.guidance].config,
-        "representation": REPRESENTATIONS[names.representation].config,
-    }
+@dataclass
+class RunConfig:
+    """Everything one stage of a run trains with (a staged run has one per stage, engine/plan.py)."""
+
+    prompt: str = field(default="a red mug", metadata={"help": "Text prompt (toyworld: see `threedistill toyworld list`)."})
+    negative_prompt: str = ""
+    steps: int = 1000
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    out: str = "outputs"
+    prompts: PromptConfig = field(default_factory=PromptConfig)
+    prior: PriorConfig = field(default_factory=StableDiffusionConfig)
+    guidance: ObjectiveConfig = field(default_factory=SDSConfig)
+    representation: RepresentationConfig = field(default_factory=GaussiansConfig)
+    sampler: OrbitSamplerConfig = field(default_factory=OrbitSamplerConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    mesh: MeshExportConfig = field(default_factory=MeshExportConfig)
+    dynamic: bool = field(default=False, metadata={"help": "4D: deform the representation over time and distill clips (core/motion.py)."})
+    motion: MotionConfig = field(default_factory=MotionConfig)
+    deformation: DeformationConfig = field(default_factory=DeformationConfig)
+
+    def component_names(self) -> ComponentNames:
+        """The registered names of its prior, objective and representation."""
+        return ComponentNames(PRIORS.name_of(self.prior), OBJECTIVES.name_of(self.guidance), REPRESENTATIONS.name_of(self.representation))
 
 
-@functools.lru_cache(maxsize=None)
-def run_config_type(names: ComponentNames) -> type:
-    """The run dataclass whose component sections have the chosen components' config types."""
-    types = _component_types(names)
-    fields = [
-        ("prompt", str, field(default="a red mug", metadata={"help": "Text prompt (toyworld: see `threedistill toyworld list`)."})),
-        ("negative_prompt", str, field(default="")),
-        ("steps", int, field(default=1000)),
-        ("seed", int, field(default=0)),
-        ("device", Literal["auto", "cpu", "cuda"], field(default="auto")),
-        ("out", str, field(default="outputs")),
-        ("prompts", PromptConfig, field(default_factory=PromptConfig)),
-        ("prior", types["prior"], field(default_factory=types["prior"])),
-        ("guidance", types["guidance"], field(default_factory=types["guidance"])),
-        ("representation", types["representation"], field(default_factory=types["representation"])),
-        ("sampler", OrbitSamplerConfig, field(default_factory=OrbitSamplerConfig)),
-        ("render", RenderConfig, field(default_factory=RenderConfig)),
-        ("log", LogConfig, field(default_factory=LogConfig)),
-        ("mesh", MeshExportConfig, field(default_factory=MeshExportConfig)),
-        ("dynamic", bool, field(default=False, metadata={"help": "4D: deform the representation over time and distill clips (threedistill/motion.py)."})),
-        ("motion", MotionConfig, field(default_factory=MotionConfig)),
-        ("deformation", DeformationConfig, field(default_factory=DeformationConfig)),
-    ]
-    key = "_".join(names)
-    return dataclasses.make_dataclass(f"RunConfig_{key}", fields)
-
-
-def default_run_config(names: ComponentNames = ComponentNames()) -> Any:
-    return run_config_type(names)()
+def default_run_config(names: ComponentNames = ComponentNames()) -> RunConfig:
+    """The defaults, with each component section the chosen component's own `Config`."""
+    return RunConfig(prior=PRIORS.config_type(names.prior)(), guidance=OBJECTIVES.config_type(names.guidance)(),
+                     representation=REPRESENTATIONS.config_type(names.representation)())
 
 
 # ---------------------------------------------------------------------- YAML
@@ -197,7 +195,7 @@ def _normalise_schedule(key: str, value: Any) -> Any:
         raise UserError(f"invalid config value for '{key}': {value!r}; use a number or a list of [step, value] points") from None
 
 
-def config_from_dict(data: dict[str, Any], names: ComponentNames, source: str) -> Any:
+def config_from_dict(data: dict[str, Any], names: ComponentNames, source: str) -> RunConfig:
     """Validate a nested dict against the schema and return the run dataclass."""
     default = default_run_config(names)
     data = copy.deepcopy(data)
@@ -206,6 +204,7 @@ def config_from_dict(data: dict[str, Any], names: ComponentNames, source: str) -
     try:
         merged = OmegaConf.merge(base, OmegaConf.create(data))
         cfg = OmegaConf.to_object(merged)
+        assert isinstance(cfg, RunConfig)
     except OmegaConfBaseException as exc:
         msg = str(exc).splitlines()[0]
         key = getattr(exc, "full_key", None)
@@ -217,14 +216,15 @@ def config_from_dict(data: dict[str, Any], names: ComponentNames, source: str) -
     return cfg
 
 
-def apply_objective_prior_defaults(names: ComponentNames, cfg: Any) -> None:
+def apply_objective_prior_defaults(names: ComponentNames, cfg: RunConfig) -> None:
     """Fill prior fields left unset (None) with the objective's preference for that prior.
 
     E.g. csd and csm ask toyworld for a softened posterior (temperature 100).
     """
-    preferred = getattr(type(cfg.guidance), "PRIOR_DEFAULTS", {}).get(names.prior, {})
+    preferred = type(cfg.guidance).PRIOR_DEFAULTS.get(names.prior, {})
+    prior_fields = {f.name for f in dataclasses.fields(cfg.prior)}
     for key, value in preferred.items():
-        if getattr(cfg.prior, key, 0) is None:
+        if key in prior_fields and getattr(cfg.prior, key) is None:
             setattr(cfg.prior, key, value)
 
 
@@ -236,7 +236,7 @@ def read_config_data(name_or_path: Optional[str]) -> tuple[dict[str, Any], str]:
     return _read_yaml(path), f"'{path}'"
 
 
-def load_config(name_or_path: Optional[str], overrides: dict[str, Optional[str]]) -> tuple[ComponentNames, Any]:
+def load_config(name_or_path: Optional[str], overrides: dict[str, Optional[str]]) -> tuple[ComponentNames, RunConfig]:
     """Load a preset/YAML (or defaults) with component names overridden from the CLI.
 
     A `stages` list is ignored here: this is the base config every stage starts from
@@ -247,7 +247,7 @@ def load_config(name_or_path: Optional[str], overrides: dict[str, Optional[str]]
     return names, config_from_dict(data, names, source)
 
 
-def config_to_dict(names: ComponentNames, cfg: Any) -> dict[str, Any]:
+def config_to_dict(names: ComponentNames, cfg: RunConfig) -> dict[str, Any]:
     """Plain nested dict with component names, ready for YAML."""
     data = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
     assert isinstance(data, dict)
@@ -256,18 +256,8 @@ def config_to_dict(names: ComponentNames, cfg: Any) -> dict[str, Any]:
     return data
 
 
-def config_to_yaml(names: ComponentNames, cfg: Any) -> str:
+def config_to_yaml(names: ComponentNames, cfg: RunConfig) -> str:
     return yaml.safe_dump(config_to_dict(names, cfg), sort_keys=False)
-
-
-def load_run_config(path: Path) -> tuple[ComponentNames, Any]:
-    """Read a single-stage run folder's config.yaml (staged runs: `stages.load_run_plan`)."""
-    if not path.exists():
-        raise UserError(f"'{path.parent}' has no config.yaml; pass a run folder made by `threedistill run`")
-    data = _read_yaml(path)
-    data.pop("stages", None)
-    names = split_component_names(data, {})
-    return names, config_from_dict(data, names, f"'{path}'")
 
 
 # ---------------------------------------------------------------------- CLI
@@ -282,7 +272,7 @@ def name_flag_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_run_args(argv: list[str], prog: str = "threedistill run") -> tuple[ComponentNames, Any]:
+def parse_run_args(argv: list[str], prog: str = "threedistill run") -> tuple[ComponentNames, RunConfig]:
     """Parse `threedistill run` flags for a single-stage run (a staged config is an error)."""
     parsed = parse_base_args(argv, prog)
     if parsed.stages:
@@ -294,9 +284,9 @@ class ParsedRun(NamedTuple):
     """`threedistill run` flags applied to a config file's base section."""
 
     names: ComponentNames
-    cfg: Any
+    cfg: RunConfig
     """The base config after the CLI flags."""
-    file_cfg: Any
+    file_cfg: RunConfig
     """The base config as the file (or the defaults) gave it, before the flags."""
     stages: list[Any]
     """The file's raw `stages` entries (empty for a single-stage run)."""
@@ -317,18 +307,17 @@ def parse_base_args(argv: list[str], prog: str = "threedistill run") -> ParsedRu
         raise UserError(f"config {source}: `stages` must be a list of stage mappings, got {type(stages).__name__}")
     names = split_component_names(data, overrides)
     defaults = config_from_dict(data, names, source)
-    cfg_type = type(defaults)
     description = (
         "Optimise a 3D representation so its renders score well under a frozen 2D diffusion prior.\n"
-        f"Choose components with --prior {{{','.join(PRIORS)}}} --guidance {{{','.join(GUIDANCES)}}} "
+        f"Choose components with --prior {{{','.join(PRIORS)}}} --guidance {{{','.join(OBJECTIVES)}}} "
         f"--representation {{{','.join(REPRESENTATIONS)}}} and a preset with --config NAME_OR_PATH; "
         "dotted flags set their fields."
     )
-    cfg = _tyro_one_line_errors(lambda: tyro.cli(cfg_type, args=rest, default=defaults, prog=prog, description=description))
+    cfg = _tyro_one_line_errors(lambda: tyro.cli(RunConfig, args=rest, default=defaults, prog=prog, description=description))
     return ParsedRun(names, cfg, defaults, stages, source)
 
 
-def _tyro_one_line_errors(parse: Any) -> Any:
+def _tyro_one_line_errors(parse: Callable[[], RunConfig]) -> RunConfig:
     """Run a tyro parse; its boxed error becomes a one-line UserError (help still prints)."""
     import contextlib
     import io

@@ -42,7 +42,8 @@ from torch import Tensor
 
 from threedistill.core.cameras import orbit_cameras
 from threedistill.guidance.sds import SDSConfig, SDSGuidance
-from threedistill.priors.base import GuidanceDefaults, TextEmbeddings, scaled_linear_alphas_cumprod
+from threedistill.core.types import TextEmbeddings
+from threedistill.priors.base import GuidanceDefaults, scaled_linear_alphas_cumprod
 
 MODEL_ID = "stabilityai/stable-diffusion-2-1-base"
 CROSS_DIM = 1024

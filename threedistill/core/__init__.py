@@ -1,0 +1,1 @@
+"""Core types and contracts every other package builds on (no imports from them)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Protocol, Sequence
 
 import torch
 from torch import Tensor
@@ -190,6 +190,23 @@ class OrbitSampler:
         fov = self._uniform(cfg.fov_range, B, generator)
         cams = orbit_cameras(elevation, azimuth, distance, fov, cfg.width, cfg.height, time=time)
         return cams.to(self.device)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Nothing: all its randomness comes from the run's generator."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Nothing to restore."""
+
+
+class CameraSampler(Protocol):
+    """Where a stage's training cameras come from: the random orbit, or a scene's views."""
+
+    def sample(self, generator: torch.Generator, batch_size: Optional[int] = None, time: Optional[Tensor] = None) -> Cameras: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 def heldout_cameras(

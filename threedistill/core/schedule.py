@@ -42,3 +42,13 @@ def evaluate_schedule(value: Schedule, step: int, total_steps: int) -> float:
         if step <= s1:
             return v0 + (v1 - v0) * (step - s0) / max(s1 - s0, 1e-12)
     return points[-1][1]
+
+
+def lambda_weights(config: object) -> dict[str, Schedule]:
+    """Loss-term weights of a config dataclass: its `lambda_<name>` fields as {name: schedule}
+    (threestudio's lambda_* pattern)."""
+    import dataclasses
+
+    if not dataclasses.is_dataclass(config):
+        raise TypeError(f"{type(config).__name__} is not a config dataclass")
+    return {f.name[len("lambda_"):]: getattr(config, f.name) for f in dataclasses.fields(config) if f.name.startswith("lambda_")}

@@ -1,9 +1,9 @@
-"""What every renderer returns."""
+"""The data that travels between components: renders, prompt embeddings, splat parameters."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Optional, TypedDict
 
 import torch
 from torch import Tensor
@@ -30,3 +30,42 @@ def render_in_chunks(render: Callable[[Any], RenderOutput], cams: Any, chunk: in
     outs = [render(cams[i : i + chunk]) for i in range(0, len(cams), chunk)]
     return RenderOutput(rgb=torch.cat([o.rgb.cpu() for o in outs]), alpha=torch.cat([o.alpha.cpu() for o in outs]),
                         depth=torch.cat([o.depth.cpu() for o in outs]))
+
+
+@dataclass
+class TextEmbeddings:
+    """Prompt embeddings travelling together, one row per view: never split positionally."""
+
+    cond: Tensor
+    """The prompt, view-dependent when the run uses view phrases."""
+    uncond: Tensor
+    """The negative prompt (CFG's unconditional branch)."""
+    null: Tensor
+    """The empty prompt (DDIM inversion, CSD's null branch)."""
+    plain: Optional[Tensor] = None
+    """The prompt without view phrases (VSD's variational model); None means `cond`."""
+
+    @property
+    def plain_or_cond(self) -> Tensor:
+        return self.cond if self.plain is None else self.plain
+
+    def index(self, idx: Tensor | slice) -> "TextEmbeddings":
+        plain = None if self.plain is None else self.plain[idx]
+        return TextEmbeddings(self.cond[idx], self.uncond[idx], self.null[idx], plain)
+
+    def repeat(self, n: int) -> "TextEmbeddings":
+        """The batch repeated n times along dim 0 (one copy per particle)."""
+        def rep(x: Tensor) -> Tensor:
+            return x.repeat(n, *([1] * (x.ndim - 1)))
+
+        return TextEmbeddings(rep(self.cond), rep(self.uncond), rep(self.null), None if self.plain is None else rep(self.plain))
+
+
+class SplatTensors(TypedDict):
+    """3D Gaussians in the 3DGS layout (detached): what splats.ply holds."""
+
+    means: Tensor  # [N,3]
+    sh: Tensor  # [N,K,3] spherical-harmonic colour coefficients
+    opacity_logits: Tensor  # [N]
+    log_scales: Tensor  # [N,3]
+    quats: Tensor  # [N,4] (w, x, y, z)

@@ -1,4 +1,4 @@
-"""Multi-stage runs: a config's `stages` list expanded into one full run config per stage.
+"""The run plan: a config's `stages` list expanded into one full, typed run config per stage.
 
 A config file may chain stages (DESIGN.md section 2), each starting from the previous
 stage's result:
@@ -25,6 +25,8 @@ Rules:
 - Command-line flags win in every stage: `--guidance.cfg-scale 50` sets it in each stage
   whose guidance has that field, `--sampler.width 64` everywhere. The name flags
   (`--representation nerf`) only change the base, so stages naming their own keep it.
+
+The plan is checked in full before any work (engine/validate.py).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import yaml
 from ..config import (
     COMPONENTS,
     ComponentNames,
+    RunConfig,
     _read_yaml,
     config_from_dict,
     config_to_dict,
@@ -59,10 +62,10 @@ class Stage:
 
     label: str
     names: ComponentNames
-    cfg: Any
+    cfg: RunConfig
 
 
-def single_stage(names: ComponentNames, cfg: Any) -> list[Stage]:
+def single_stage(names: ComponentNames, cfg: RunConfig) -> list[Stage]:
     return [Stage("main", names, cfg)]
 
 
@@ -81,7 +84,7 @@ def parse_run_plan(argv: list[str], prog: str = "threedistill run", stages: Opti
 
 
 def expand_stages(
-    names: ComponentNames, base_cfg: Any, entries: list[Any], changes: dict[tuple[str, ...], Any], total_steps: int, source: str
+    names: ComponentNames, base_cfg: RunConfig, entries: list[Any], changes: dict[tuple[str, ...], Any], total_steps: int, source: str
 ) -> list[Stage]:
     """One full config per stage entry (see the module docstring for the rules)."""
     base = config_to_dict(names, base_cfg)

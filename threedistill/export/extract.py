@@ -1,14 +1,15 @@
 """Mesh extraction from a representation's field: marching cubes, cleanup, vertex colours.
 
-A representation exports a mesh through a *field*: any object with
+A representation exports a mesh through a *field* (`core.geometry.Field`, from its
+`as_field()`):
 
 - `density(points [N,3]) -> [N]`: non-negative, larger inside the object (no gradient needed);
 - `albedo(points [N,3]) -> [N,3]`: colour in [0,1];
-- optionally `render_alpha(cams) -> [B,1,H,W]` (or a `render(cams, background)`), its
-  rendered opacity, used to calibrate the surface level (see below);
-- optionally `surface_level: float`, the level used when it cannot render.
+- `render_alpha(cams) -> [B,1,H,W]` or None: its rendered opacity, used to calibrate the
+  surface level (see below);
+- `surface_level`: the level used when it cannot render (None when it can).
 
-A NeRF provides these itself; 3D Gaussians are adapted by `GaussianField` (gaussian_field.py).
+A NeRF's field is `NeRFField`; 3D Gaussians' is `GaussianField` (representations/gaussian_field.py).
 
 The surface level
 -----------------
@@ -36,7 +37,7 @@ whose alphas the image accumulates and F does not. F = 0.5 then lies inside the 
 silhouette and leaves holes; the calibrated level is lower (0.26 for a shell of Gaussians
 on a sphere, silhouette IoU 0.99 against 0.93 at 0.5; about 0.2 for a trained toyworld mug,
 where it also minimised the chamfer distance to the true mesh among fixed levels).
-A field that cannot render (no `render_alpha` or `render`) uses its `surface_level`;
+A field that cannot render (`render_alpha` returns None) uses its `surface_level`;
 `MeshExportConfig.level` overrides both.
 
 Extraction: F (or any field's density) is sampled on a `resolution`^3 grid over
@@ -53,16 +54,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Optional, Protocol, runtime_checkable
+from typing import Any, Optional
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from ..core.errors import UserError
-from ..representations.gaussian_field import ALPHA_MIN, GaussianField
-
-__all__ = ["ALPHA_MIN", "ExtractedMesh", "Field", "GaussianField", "MeshExportConfig", "extract_mesh", "field_of"]
+from ..core.geometry import Field, SurfaceMesh
 
 
 @dataclass
@@ -90,52 +89,6 @@ class MeshExportConfig:
     """Texels the baked texture is dilated into the gutter around each UV chart."""
     chunk_points: int = 1 << 18
     """Points per field evaluation."""
-
-
-@runtime_checkable
-class Field(Protocol):
-    """What mesh extraction needs from a representation."""
-
-    def density(self, points: Tensor) -> Tensor: ...
-
-    def albedo(self, points: Tensor) -> Tensor: ...
-
-
-@dataclass
-class ExtractedMesh:
-    """A triangle mesh in world coordinates (z up) with per-vertex colours."""
-
-    vertices: np.ndarray  # [V,3] float32
-    faces: np.ndarray  # [F,3] int64, counter-clockwise seen from outside
-    vertex_colors: np.ndarray  # [V,3] float32 in [0,1]
-    level: float = math.nan
-    """The density level the surface was extracted at."""
-    silhouette_iou: float = math.nan
-    """Calibration: IoU of {ray max >= level} with the renders' alpha >= 0.5 (nan without calibration)."""
-
-    def face_colors(self) -> np.ndarray:
-        """[F,3] mean colour of each face's vertices."""
-        return self.vertex_colors[self.faces].mean(axis=1)
-
-    def to_trimesh(self) -> Any:
-        import trimesh
-
-        rgba = np.concatenate([_to_uint8(self.vertex_colors), np.full((len(self.vertices), 1), 255, np.uint8)], axis=1)
-        return trimesh.Trimesh(self.vertices, self.faces, vertex_colors=rgba, process=False)
-
-
-def _to_uint8(x: np.ndarray) -> np.ndarray:
-    return (np.clip(x, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-
-
-def field_of(representation: Any) -> Any:
-    """The field of a representation: itself when it has density/albedo, a GaussianField for splats."""
-    if isinstance(representation, Field):
-        return representation
-    if hasattr(representation, "splat_tensors"):
-        return GaussianField.from_splat_tensors(representation.splat_tensors())
-    raise UserError(f"cannot extract a mesh from {type(representation).__name__}: it has no density/albedo field; "
-                    "use a Gaussian or NeRF run")
 
 
 # ---------------------------------------------------------------------- extraction
@@ -237,15 +190,10 @@ def calibration_cameras(n: int, resolution: int) -> Any:
     return orbit_cameras(el, az, torch.full((n,), 2.8), torch.full((n,), 40.0), resolution, resolution)
 
 
-def _render_alpha(field: Any, cams: Any) -> Optional[Tensor]:
-    """The field's rendered alpha [B,1,H,W], or None when it cannot render."""
-    if hasattr(field, "render_alpha"):
-        return field.render_alpha(cams).detach().float().cpu()
-    if hasattr(field, "render"):
-        device = next((p.device for p in field.parameters()), torch.device("cpu")) if hasattr(field, "parameters") else "cpu"
-        out = field.render(cams.to(device), torch.ones(3, device=device))
-        return out.alpha.detach().float().cpu()
-    return None
+def _render_alpha(field: Field, cams: Any) -> Optional[Tensor]:
+    """The field's rendered alpha [B,1,H,W] on the CPU, or None when it cannot render."""
+    alpha = field.render_alpha(cams)
+    return None if alpha is None else alpha.detach().float().cpu()
 
 
 @torch.no_grad()
@@ -289,7 +237,7 @@ def best_iou_level(maxima: Tensor, target: Tensor) -> tuple[float, float]:
     return 0.5 * (float(m[k]) + below), float(iou[k])
 
 
-def calibrate_level(grid: np.ndarray, field: Any, config: MeshExportConfig) -> Optional[tuple[float, float]]:
+def calibrate_level(grid: np.ndarray, field: Field, config: MeshExportConfig) -> Optional[tuple[float, float]]:
     """(level, silhouette IoU) whose solid's silhouettes best match the field's renders; None if it cannot render."""
     cams = calibration_cameras(config.calibration_views, config.calibration_resolution)
     alpha = _render_alpha(field, cams)
@@ -301,7 +249,7 @@ def calibrate_level(grid: np.ndarray, field: Any, config: MeshExportConfig) -> O
     return best_iou_level(maxima, alpha.reshape(-1) >= 0.5)
 
 
-def resolve_level(field: Any, config: MeshExportConfig, grid: Optional[np.ndarray] = None) -> tuple[float, float]:
+def resolve_level(field: Field, config: MeshExportConfig, grid: Optional[np.ndarray] = None) -> tuple[float, float]:
     """(level, silhouette IoU or nan): the configured level, a calibrated one, or the field's surface_level."""
     if config.level is not None:
         return float(config.level), math.nan
@@ -309,14 +257,14 @@ def resolve_level(field: Any, config: MeshExportConfig, grid: Optional[np.ndarra
         calibrated = calibrate_level(grid, field, config)
         if calibrated is not None:
             return calibrated
-    level = getattr(field, "surface_level", None)
+    level = field.surface_level
     if level is None:
         raise UserError(f"{type(field).__name__} declares no surface_level and cannot render; pass a mesh level explicitly")
     return float(level), math.nan
 
 
 @torch.no_grad()
-def extract_mesh(field: Any, config: Optional[MeshExportConfig] = None) -> ExtractedMesh:
+def extract_mesh(field: Field, config: Optional[MeshExportConfig] = None) -> SurfaceMesh:
     """Marching-cubes mesh of a field's {density >= level}, cleaned, with albedo vertex colours."""
     config = config or MeshExportConfig()
     if config.resolution < 8:
@@ -334,7 +282,7 @@ def extract_mesh(field: Any, config: Optional[MeshExportConfig] = None) -> Extra
     vertices, faces = keep_large_components(vertices, faces, config.min_component_fraction)
     vertices, faces = decimate(vertices, faces, config.decimate_faces)
     colors = eval_chunked(field.albedo, vertices, config.chunk_points)
-    return ExtractedMesh(vertices.astype(np.float32), faces.astype(np.int64), colors, level, iou)
+    return SurfaceMesh(vertices.astype(np.float32), faces.astype(np.int64), colors, level, iou)
 
 
 @torch.no_grad()

@@ -23,7 +23,8 @@ import numpy as np
 
 from ..core.atomic import atomic_path, atomic_write_bytes, atomic_write_text
 from ..core.errors import UserError
-from .extract import ExtractedMesh, MeshExportConfig, eval_chunked, extract_mesh, field_of
+from ..core.geometry import Field, SurfaceMesh, TextureColour
+from .extract import MeshExportConfig, eval_chunked, extract_mesh
 
 MESH_FORMATS = ("glb", "obj", "ply")
 
@@ -35,7 +36,7 @@ def to_y_up(points: np.ndarray) -> np.ndarray:
     return (np.asarray(points, np.float64) @ Z_UP_TO_Y_UP.T).astype(np.float32)
 
 
-def write_glb(path: str | Path, mesh: ExtractedMesh) -> Path:
+def write_glb(path: str | Path, mesh: SurfaceMesh) -> Path:
     """Binary glTF with vertex colours, y up."""
     tm = mesh.to_trimesh()
     tm.vertices = to_y_up(mesh.vertices)
@@ -43,7 +44,7 @@ def write_glb(path: str | Path, mesh: ExtractedMesh) -> Path:
     return Path(path)
 
 
-def write_ply(path: str | Path, mesh: ExtractedMesh) -> Path:
+def write_ply(path: str | Path, mesh: SurfaceMesh) -> Path:
     """Binary little-endian .ply with uchar vertex colours, world axes (z up)."""
     atomic_write_bytes(path, mesh.to_trimesh().export(file_type="ply", encoding="binary"))
     return Path(path)
@@ -143,24 +144,34 @@ def dilate(image: np.ndarray, filled: np.ndarray, rings: int) -> tuple[np.ndarra
     return image, filled
 
 
-def bake_texture(vertices: np.ndarray, faces: np.ndarray, uvs: np.ndarray, albedo: Callable[..., Any],
+def _at_surface(colour: TextureColour, points: np.ndarray, corners: np.ndarray, bary: np.ndarray) -> np.ndarray:
+    """`colour.at_surface` on numpy arrays -> float32 numpy [N,3]."""
+    import torch
+
+    assert colour.at_surface is not None
+    out = colour.at_surface(torch.as_tensor(np.asarray(points, np.float32)), torch.as_tensor(np.asarray(corners, np.int64)),
+                            torch.as_tensor(np.asarray(bary, np.float32)))
+    return out.detach().float().cpu().numpy()
+
+
+def bake_texture(vertices: np.ndarray, faces: np.ndarray, uvs: np.ndarray, colour: TextureColour,
                  size: int, padding: int, chunk: int = 1 << 18, skip: Optional[np.ndarray] = None,
                  vertex_ids: Optional[np.ndarray] = None) -> np.ndarray:
-    """uint8 texture [size,size,3]: albedo at the surface point of every covered texel, dilated by
-    `padding`; faces marked in `skip` [F] are not rasterised. A `SurfaceColour` albedo gets each
+    """uint8 texture [size,size,3]: the colour at the surface point of every covered texel, dilated by
+    `padding`; faces marked in `skip` [F] are not rasterised. A colour with `at_surface` gets each
     texel's corner vertices as ids of the original mesh (`vertex_ids` [V]: the UV unwrap's map)."""
     ids = np.arange(len(vertices)) if vertex_ids is None else vertex_ids
     if skip is not None:
         faces = faces[~skip]
     texel, face, bary = rasterise_uv(uvs, faces, size)
     points = np.einsum("tk,tkc->tc", bary, vertices[faces[face]].astype(np.float64))
-    at_surface = getattr(albedo, "at_surface", None)
-    if at_surface is not None:  # colours defined per face (an explicit mesh's vertex residual)
+    per_face = colour.at_surface is not None
+    if per_face:  # colours defined per face (an explicit mesh's vertex residual)
         corners = ids[faces[face]]
-        colours = np.concatenate([at_surface(points[i : i + chunk], corners[i : i + chunk], bary[i : i + chunk])
+        colours = np.concatenate([_at_surface(colour, points[i : i + chunk], corners[i : i + chunk], bary[i : i + chunk])
                                   for i in range(0, len(points), chunk)] or [np.zeros((0, 3), np.float32)])
     else:
-        colours = eval_chunked(albedo, points.astype(np.float32), chunk)
+        colours = eval_chunked(colour.at_points, points.astype(np.float32), chunk)
     image = np.zeros((size * size, 3), np.float32)
     filled = np.zeros(size * size, bool)
     image[texel], filled[texel] = colours, True
@@ -169,11 +180,11 @@ def bake_texture(vertices: np.ndarray, faces: np.ndarray, uvs: np.ndarray, albed
     row = np.clip(np.floor((1.0 - uvs[:, 1]) * size), 0, size - 1).astype(np.int64)
     under = row * size + col
     missing = np.nonzero(~filled[under])[0]
-    if len(missing) and at_surface is not None:
+    if len(missing) and per_face:
         one_hot = np.tile(np.array([[1.0, 0.0, 0.0]]), (len(missing), 1))
-        image[under[missing]] = at_surface(vertices[missing], np.stack([ids[missing]] * 3, 1), one_hot)
+        image[under[missing]] = _at_surface(colour, vertices[missing], np.stack([ids[missing]] * 3, 1), one_hot)
     elif len(missing):
-        image[under[missing]] = eval_chunked(albedo, vertices[missing].astype(np.float32), chunk)
+        image[under[missing]] = eval_chunked(colour.at_points, vertices[missing].astype(np.float32), chunk)
         filled[under[missing]] = True
     image, filled = image.reshape(size, size, 3), filled.reshape(size, size)
     image, grown = dilate(image, filled, padding)
@@ -182,18 +193,18 @@ def bake_texture(vertices: np.ndarray, faces: np.ndarray, uvs: np.ndarray, albed
     return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
-def write_obj(path: str | Path, mesh: ExtractedMesh, albedo: Optional[Callable[..., Any]] = None,
+def write_obj(path: str | Path, mesh: SurfaceMesh, colour: Optional[TextureColour] = None,
               config: Optional[MeshExportConfig] = None) -> list[Path]:
-    """OBJ + MTL + baked PNG texture (xatlas UVs). Without `albedo`, the texture is baked from the
+    """OBJ + MTL + baked PNG texture (xatlas UVs). Without `colour`, the texture is baked from the
     vertex colours (interpolated). Returns [texture, material, obj]."""
     config = config or MeshExportConfig()
     path = Path(path)
     mtl_path, png_path = path.with_suffix(".mtl"), path.with_name(path.stem + "_albedo.png")
     vmap, faces, uvs, uncharted = uv_unwrap(mesh.vertices, mesh.faces, config.texture_size, config.texture_padding)
     vertices = mesh.vertices[vmap]
-    if albedo is None:
-        albedo = _interpolated_colours(mesh)
-    texture = bake_texture(vertices, faces, uvs, albedo, config.texture_size, config.texture_padding, config.chunk_points, uncharted,
+    if colour is None:
+        colour = TextureColour(_interpolated_colours(mesh))
+    texture = bake_texture(vertices, faces, uvs, colour, config.texture_size, config.texture_padding, config.chunk_points, uncharted,
                            vertex_ids=vmap)
     with atomic_path(png_path) as tmp:
         iio.imwrite(tmp, texture, extension=".png")
@@ -212,7 +223,7 @@ def _format_rows(tag: str, rows: np.ndarray, fmt: str) -> str:
     return "\n".join(line % tuple(r) for r in rows.tolist())
 
 
-def _interpolated_colours(mesh: ExtractedMesh) -> Callable[..., Any]:
+def _interpolated_colours(mesh: SurfaceMesh) -> Callable[..., Any]:
     """An albedo function that returns the vertex colour of the nearest vertex (for meshes without a field)."""
     import torch
     from scipy.spatial import cKDTree
@@ -227,25 +238,7 @@ def _interpolated_colours(mesh: ExtractedMesh) -> Callable[..., Any]:
 
 
 # ---------------------------------------------------------------------- entry points
-class SurfaceColour:
-    """A colour source for texture baking that knows each texel's face: `at_surface(points,
-    corner vertex ids, barycentrics)` -> numpy [N,3]; called with points only, `point_colour`."""
-
-    def __init__(self, at_surface: Callable[..., Any], point_colour: Callable[..., Any]) -> None:
-        self._at_surface, self._point_colour = at_surface, point_colour
-
-    def __call__(self, points: Any) -> Any:
-        return self._point_colour(points)
-
-    def at_surface(self, points: np.ndarray, corners: np.ndarray, bary: np.ndarray) -> np.ndarray:
-        import torch
-
-        out = self._at_surface(torch.as_tensor(np.asarray(points, np.float32)), torch.as_tensor(np.asarray(corners, np.int64)),
-                               torch.as_tensor(np.asarray(bary, np.float32)))
-        return out.detach().float().cpu().numpy()
-
-
-def write_mesh_files(mesh: ExtractedMesh, out_dir: str | Path, formats: Sequence[str], albedo: Optional[Callable[..., Any]] = None,
+def write_mesh_files(mesh: SurfaceMesh, out_dir: str | Path, formats: Sequence[str], colour: Optional[TextureColour] = None,
                      config: Optional[MeshExportConfig] = None, stem: str = "mesh") -> list[Path]:
     """Write `mesh` as out_dir/{stem}.glb, .obj (+ .mtl, _albedo.png), .ply for the requested formats."""
     out = Path(out_dir)
@@ -254,7 +247,7 @@ def write_mesh_files(mesh: ExtractedMesh, out_dir: str | Path, formats: Sequence
         if fmt == "glb":
             written.append(write_glb(out / f"{stem}.glb", mesh))
         elif fmt == "obj":
-            written += write_obj(out / f"{stem}.obj", mesh, albedo, config)
+            written += write_obj(out / f"{stem}.obj", mesh, colour, config)
         elif fmt == "ply":
             written.append(write_ply(out / f"{stem}.ply", mesh))
         else:
@@ -262,13 +255,12 @@ def write_mesh_files(mesh: ExtractedMesh, out_dir: str | Path, formats: Sequence
     return written
 
 
-def export_mesh(representation_field: Any, out_dir: str | Path, formats: Sequence[str] = MESH_FORMATS,
+def export_mesh(field: Field, out_dir: str | Path, formats: Sequence[str] = MESH_FORMATS,
                 config: Optional[MeshExportConfig] = None, stem: str = "mesh") -> list[Path]:
-    """Extract a mesh from a field (or a representation that has one) and write it in `formats`."""
+    """Extract a mesh from a field and write it in `formats`, the texture baked from its albedo."""
     bad = [f for f in formats if f not in MESH_FORMATS]
     if bad:
         raise UserError(f"unknown mesh format '{bad[0]}'; valid: {', '.join(MESH_FORMATS)}")
     config = config or MeshExportConfig()
-    field = field_of(representation_field)
     mesh = extract_mesh(field, config)
-    return write_mesh_files(mesh, out_dir, formats, field.albedo, config, stem)
+    return write_mesh_files(mesh, out_dir, formats, TextureColour(field.albedo), config, stem)

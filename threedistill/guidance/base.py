@@ -9,31 +9,25 @@ Conventions (DESIGN.md section 4):
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Optional
+from dataclasses import dataclass
+from typing import Any, Literal, Optional
 
 import torch
 from torch import Tensor
 
 from ..core.cameras import Cameras
-from ..priors.base import DiffusionPrior, TextEmbeddings, ddim_step
 from ..core.errors import UserError
+from ..core.objective import Needs, Objective, ObjectiveConfig, ObjectiveOutput
 from ..core.schedule import Schedule, evaluate_schedule, validate_schedule
+from ..core.types import RenderOutput, TextEmbeddings
+from ..priors.base import DiffusionPrior, ddim_step
 
 Weighting = Literal["sds", "uniform", "fantasia3d", "lucid"]
 
 
 @dataclass
-class GuidanceOutput:
-    """A scalar loss whose gradient w.r.t. the renders is the objective's, plus logs."""
-
-    loss: Tensor
-    logs: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class BaseGuidanceConfig:
-    """Settings shared by all objectives. `None` takes the prior's default."""
+class BaseGuidanceConfig(ObjectiveConfig):
+    """Settings shared by all score-distillation objectives. `None` takes the prior's default."""
 
     cfg_scale: Optional[float] = None
     """Classifier-free guidance scale s in e_u + s (e_c - e_u) (prior default: toyworld 1, SD 100)."""
@@ -51,8 +45,15 @@ class BaseGuidanceConfig:
     """Per-pixel clip of the gradient reaching the renders: each pixel's RGB gradient is scaled so
     its largest channel is at most this (Dreamer-XL uses 0.05 for Gaussians; None: off)."""
 
-    PRIOR_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {}
-    """Prior settings this objective prefers, by prior name, applied where the run leaves them unset."""
+    def check(self) -> None:
+        """Every schedule field is a number or a list of (step, value) points."""
+        try:
+            for f in dataclasses.fields(self):
+                value = getattr(self, f.name)
+                if "Schedule" in str(f.type) and value is not None:
+                    validate_schedule(f"guidance.{f.name}", value)
+        except ValueError as exc:
+            raise UserError(f"{exc}; e.g. 980 or [[0, 980], [0.5, 500]]") from None
 
 
 def weighting(name: str, alphas_cumprod: Tensor, t: Tensor) -> Tensor:
@@ -83,32 +84,38 @@ def reparameterised_loss(x: Tensor, grad: Tensor, clip: Optional[float] = None) 
     return 0.5 * ((x - target) ** 2).sum() / x.shape[0]
 
 
-class Guidance:
-    """Base class: resolves prior-dependent defaults and draws timesteps."""
+class Guidance(Objective):
+    """Base class of score distillation: resolves prior-dependent defaults and draws timesteps.
+
+    Subclasses implement `distil(images, cams, emb, step)`; the contract's `__call__` hands it
+    the renders and embeddings (the full render output is not needed).
+    """
 
     config: BaseGuidanceConfig
-    uses_low_cfg: ClassVar[bool] = False
+    needs = Needs(prior=True)
+    uses_low_cfg: bool = False
     """True for objectives whose target is a model prediction (default CFG: the prior's cfg_scale_low)."""
-    needs_source: ClassVar[bool] = False
-    """True for editing objectives (DDS) that compare against a source image."""
 
     def __init__(self, config: BaseGuidanceConfig, prior: DiffusionPrior, total_steps: int, generator: torch.Generator) -> None:
+        super().__init__(config, prior, total_steps, generator)
+        config.check()
         self.config = config
-        self.generator = generator
         self.prior = prior
-        self.total_steps = total_steps
         d = prior.defaults
         default_cfg = d.cfg_scale_low if self.uses_low_cfg and d.cfg_scale_low is not None else d.cfg_scale
         self.cfg_scale = default_cfg if config.cfg_scale is None else config.cfg_scale
         self.min_step_schedule = d.min_step if config.min_step is None else config.min_step
         self.max_step_schedule = d.max_step if config.max_step is None else config.max_step
-        try:
-            for f in dataclasses.fields(config):
-                value = getattr(config, f.name)
-                if "Schedule" in str(f.type) and value is not None:
-                    validate_schedule(f"guidance.{f.name}", value)
-        except ValueError as exc:
-            raise UserError(f"{exc}; e.g. 980 or [[0, 980], [0.5, 500]]") from None
+
+    def __call__(self, images: Tensor, cams: Cameras, emb: Optional[TextEmbeddings], step: int,
+                 out: Optional[RenderOutput] = None) -> ObjectiveOutput:
+        if emb is None:
+            raise ValueError(f"{type(self).__name__} needs the prompt's embeddings")
+        return self.distil(images, cams, emb, step)
+
+    def distil(self, images: Tensor, cams: Cameras, emb: TextEmbeddings, step: int) -> ObjectiveOutput:
+        """The score-distillation loss on the renders (or clips) `images`."""
+        raise NotImplementedError(f"{type(self).__name__} distils nothing by itself")
 
     def schedule(self, value: Schedule, step: int) -> float:
         """A schedule field's value at this optimisation step."""
@@ -168,7 +175,7 @@ class Guidance:
             cur = nxt
         return x
 
-    def output(self, x0: Tensor, grad: Tensor, step: int, t: Tensor, images: Optional[Tensor] = None, **logs: float) -> GuidanceOutput:
+    def output(self, x0: Tensor, grad: Tensor, step: int, t: Tensor, images: Optional[Tensor] = None, **logs: float) -> ObjectiveOutput:
         """The loss for gradient `grad` (before grad_scale) on x0, with the shared logs.
 
         With `pixel_grad_clip` set, a hook on `images` (the renders) clips each pixel's gradient.
@@ -178,16 +185,7 @@ class Guidance:
             images.register_hook(pixelwise_clip(self.config.pixel_grad_clip))
         loss = reparameterised_loss(x0, grad, self.clip_value(step))
         base = {"t_mean": float(t.float().mean()), "grad_norm": float(grad.norm() / x0.shape[0])}
-        return GuidanceOutput(loss=loss, logs={**base, **logs})
-
-    def after_step(self, step: int) -> None:
-        """Hook for objectives with their own trainable parts (VSD's score model)."""
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+        return ObjectiveOutput(loss=loss, logs={**base, **logs})
 
 
 def pixelwise_clip(clip: float) -> Any:

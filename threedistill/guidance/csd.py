@@ -30,9 +30,11 @@ import torch
 from torch import Tensor
 
 from ..core.cameras import Cameras
-from ..priors.base import TextEmbeddings, add_noise
+from ..core.objective import OBJECTIVES, ObjectiveOutput
 from ..core.schedule import Schedule
-from .base import BaseGuidanceConfig, Guidance, GuidanceOutput, repeat_cams
+from ..core.types import TextEmbeddings
+from ..priors.base import add_noise
+from .base import BaseGuidanceConfig, Guidance, repeat_cams
 
 SOFT_TOYWORLD: dict[str, dict[str, Any]] = {"toyworld": {"temperature": 100.0}}
 
@@ -59,12 +61,14 @@ class CSMConfig(BaseGuidanceConfig):
     PRIOR_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = SOFT_TOYWORLD
 
 
+@OBJECTIVES.register("csd")
 class CSDGuidance(Guidance):
     """CSD (see the module docstring): one batched prior call over the branches in use."""
 
+    Config = CSDConfig
     config: CSDConfig
 
-    def __call__(self, images: Tensor, cams: Cameras, emb: TextEmbeddings, step: int) -> GuidanceOutput:
+    def distil(self, images: Tensor, cams: Cameras, emb: TextEmbeddings, step: int) -> ObjectiveOutput:
         x0 = self.prior.encode(images)
         t = self.sample_timesteps(x0.shape[0], step, x0.device)
         noise = self.sample_noise(x0)
@@ -86,13 +90,15 @@ class CSDGuidance(Guidance):
         return self.output(x0, grad, step, t, images)
 
 
+@OBJECTIVES.register("csm")
 class CSMGuidance(Guidance):
     """CSM (see the module docstring)."""
 
+    Config = CSMConfig
     config: CSMConfig
     uses_low_cfg = True
 
-    def __call__(self, images: Tensor, cams: Cameras, emb: TextEmbeddings, step: int) -> GuidanceOutput:
+    def distil(self, images: Tensor, cams: Cameras, emb: TextEmbeddings, step: int) -> ObjectiveOutput:
         x0 = self.prior.encode(images)
         t = self.sample_timesteps(x0.shape[0], step, x0.device)
         with torch.no_grad():

@@ -19,9 +19,11 @@ import torch
 from torch import Tensor
 
 from ..core.cameras import Cameras
-from ..priors.base import TextEmbeddings, add_noise
+from ..core.objective import OBJECTIVES, Needs, ObjectiveOutput
 from ..core.schedule import Schedule
-from .base import BaseGuidanceConfig, Guidance, GuidanceOutput, Weighting
+from ..core.types import TextEmbeddings
+from ..priors.base import add_noise
+from .base import BaseGuidanceConfig, Guidance, Weighting
 
 
 @dataclass
@@ -33,17 +35,22 @@ class DDSConfig(BaseGuidanceConfig):
     weighting: Weighting = "uniform"
 
 
+@OBJECTIVES.register("dds")
 class DDSGuidance(Guidance):
-    """DDS; call `edit_loss` with latents, or `__call__` with renders and the source."""
+    """DDS; call `edit_loss` with latents, or `edit_renders` with renders and the source.
 
+    It needs a source to edit, so `threedistill run` refuses it (`threedistill edit-image` and
+    the scene objective `scene-dds` use it)."""
+
+    Config = DDSConfig
     config: DDSConfig
+    needs = Needs(prior=True, source_image=True)
     uses_low_cfg = True
-    needs_source = True
 
     def edit_loss(
         self, z_tgt: Tensor, z_src: Tensor, emb_tgt: TextEmbeddings, emb_src: TextEmbeddings,
         cams: Optional[Cameras], step: int, images: Optional[Tensor] = None,
-    ) -> GuidanceOutput:
+    ) -> ObjectiveOutput:
         """Loss on z_tgt (prior space, with grad) whose gradient is the DDS direction."""
         t = self.sample_timesteps(z_tgt.shape[0], step, z_tgt.device)
         noise = self.sample_noise(z_tgt)
@@ -56,8 +63,8 @@ class DDSGuidance(Guidance):
             grad = self.weight(t, z_tgt.ndim) * (e_tgt - e_src)
         return self.output(z_tgt, grad, step, t, images)
 
-    def __call__(  # type: ignore[override]
+    def edit_renders(
         self, images: Tensor, cams: Cameras, emb: TextEmbeddings, step: int, source_x0: Tensor, source_emb: TextEmbeddings,
-    ) -> GuidanceOutput:
+    ) -> ObjectiveOutput:
         """DDS on renders: `source_x0` is the source content of the same views in the prior's space."""
         return self.edit_loss(self.prior.encode(images), source_x0, emb, source_emb, cams, step, images)

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .dds import DDSGuidance
-from ..priors.base import DiffusionPrior, TextEmbeddings
+from ..core.types import TextEmbeddings
+from ..priors.base import DiffusionPrior
 
 
 @dataclass

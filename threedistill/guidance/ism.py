@@ -23,9 +23,11 @@ import torch
 from torch import Tensor
 
 from ..core.cameras import Cameras
-from ..priors.base import TextEmbeddings, ddim_step
+from ..core.objective import OBJECTIVES, ObjectiveOutput
 from ..core.schedule import Schedule
-from .base import BaseGuidanceConfig, Guidance, GuidanceOutput, Weighting
+from ..core.types import TextEmbeddings
+from ..priors.base import ddim_step
+from .base import BaseGuidanceConfig, Guidance, Weighting
 
 
 @dataclass
@@ -51,9 +53,11 @@ class TSMConfig(ISMConfig):
     """Where the target's path stops between s (gamma = 1, ISM) and t (gamma = 0)."""
 
 
+@OBJECTIVES.register("ism")
 class ISMGuidance(Guidance):
     """ISM (see the module docstring); TSMGuidance only moves where the target sits."""
 
+    Config = ISMConfig
     config: ISMConfig
     uses_low_cfg = True
 
@@ -61,7 +65,7 @@ class ISMGuidance(Guidance):
         """ISM's target sits at s."""
         return s
 
-    def __call__(self, images: Tensor, cams: Cameras, emb: TextEmbeddings, step: int) -> GuidanceOutput:
+    def distil(self, images: Tensor, cams: Cameras, emb: TextEmbeddings, step: int) -> ObjectiveOutput:
         x0 = self.prior.encode(images)
         t = self.sample_timesteps(x0.shape[0], step, x0.device)
         delta = int(round(self.schedule(self.config.delta_t, step)))
@@ -82,9 +86,11 @@ class ISMGuidance(Guidance):
         return self.output(x0, grad, step, t, images, s_mean=float(s.float().mean()))
 
 
+@OBJECTIVES.register("tsm")
 class TSMGuidance(ISMGuidance):
     """TSM: the target is evaluated on path B at mu."""
 
+    Config = TSMConfig
     config: TSMConfig
 
     def target_timestep(self, s: Tensor, t: Tensor) -> Tensor:

@@ -11,8 +11,10 @@ import torch
 from torch import Tensor
 
 from ..core.cameras import Cameras
-from ..priors.base import TextEmbeddings, add_noise
-from .base import BaseGuidanceConfig, Guidance, GuidanceOutput
+from ..core.objective import OBJECTIVES, ObjectiveOutput
+from ..core.types import TextEmbeddings
+from ..priors.base import add_noise
+from .base import BaseGuidanceConfig, Guidance
 
 
 @dataclass
@@ -20,12 +22,14 @@ class SDSConfig(BaseGuidanceConfig):
     """SDS: the defaults of threestudio's stable-diffusion-guidance, in the diffusers CFG form."""
 
 
+@OBJECTIVES.register("sds")
 class SDSGuidance(Guidance):
     """Plain SDS."""
 
+    Config = SDSConfig
     config: SDSConfig
 
-    def __call__(self, images: Tensor, cams: Cameras, emb: TextEmbeddings, step: int) -> GuidanceOutput:
+    def distil(self, images: Tensor, cams: Cameras, emb: TextEmbeddings, step: int) -> ObjectiveOutput:
         x0 = self.prior.encode(images)
         t = self.sample_timesteps(x0.shape[0], step, x0.device)
         noise = self.sample_noise(x0)

@@ -25,8 +25,10 @@ from torch import Tensor
 
 from ..core.cameras import Cameras
 from ..core.errors import UserError
-from ..priors.base import DiffusionPrior, TextEmbeddings, VariationalConfig, add_noise
-from .base import BaseGuidanceConfig, Guidance, GuidanceOutput
+from ..core.objective import OBJECTIVES, Needs, ObjectiveOutput
+from ..core.types import TextEmbeddings
+from ..priors.base import DiffusionPrior, VariationalConfig, add_noise
+from .base import BaseGuidanceConfig, Guidance
 
 
 @dataclass
@@ -37,6 +39,20 @@ class VSDConfig(BaseGuidanceConfig):
     """Independent 3D models optimised together, sharing one variational model."""
     variational: VariationalConfig = field(default_factory=VariationalConfig)
 
+    def particle_count(self) -> int:
+        return self.particles
+
+    def entropy(self) -> float:
+        """lambda, the weight of the camera-unconditional variational score (0: VSD)."""
+        return 0.0
+
+    def check(self) -> None:
+        super().check()
+        if self.particles < 1:
+            raise UserError(f"--guidance.particles must be at least 1, got {self.particles}")
+        if not 0.0 <= self.entropy() <= 1.0:
+            raise UserError(f"--guidance.entropy-weight must be in [0, 1], got {self.entropy()}")
+
 
 @dataclass
 class ESDConfig(VSDConfig):
@@ -45,24 +61,23 @@ class ESDConfig(VSDConfig):
     entropy_weight: float = 0.5
     """lambda: weight of the camera-unconditional variational score (0 = VSD; the ESD README uses 0.5)."""
 
+    def entropy(self) -> float:
+        return self.entropy_weight
 
+
+@OBJECTIVES.register("vsd")
 class VSDGuidance(Guidance):
     """VSD / ESD (see the module docstring)."""
 
+    Config = VSDConfig
     config: VSDConfig
+    needs = Needs(prior=True, variational_model=True, particles=True)
     uses_low_cfg = True
 
     def __init__(self, config: VSDConfig, prior: DiffusionPrior, total_steps: int, generator: torch.Generator) -> None:
         super().__init__(config, prior, total_steps, generator)
-        if config.particles < 1:
-            raise UserError(f"--guidance.particles must be at least 1, got {config.particles}")
-        self.entropy_weight = float(getattr(config, "entropy_weight", 0.0))
-        if not 0.0 <= self.entropy_weight <= 1.0:
-            raise UserError(f"--guidance.entropy-weight must be in [0, 1], got {self.entropy_weight}")
-        build = getattr(prior, "variational_model", None)
-        if build is None:
-            raise UserError(f"{type(prior).__name__} has no variational model, so VSD/ESD cannot run on it; use --prior sd or toyworld")
-        self.variational = build(config.variational)
+        self.entropy_weight = config.entropy()
+        self.variational = prior.variational_model(config.variational)
         self._trained = False
 
     def variational_eps(self, x_t: Tensor, t: Tensor, plain: Tensor, cams: Cameras) -> Tensor:
@@ -79,7 +94,7 @@ class VSDGuidance(Guidance):
         self._trained = True
         return self.variational.update(x0.detach(), plain, cams, self.generator)
 
-    def __call__(self, images: Tensor, cams: Cameras, emb: TextEmbeddings, step: int) -> GuidanceOutput:
+    def distil(self, images: Tensor, cams: Cameras, emb: TextEmbeddings, step: int) -> ObjectiveOutput:
         x0 = self.prior.encode(images)
         t = self.sample_timesteps(x0.shape[0], step, x0.device)
         noise = self.sample_noise(x0)
@@ -106,3 +121,11 @@ class VSDGuidance(Guidance):
         if "variational" in state:
             self.variational.load_state_dict(state["variational"])
             self._trained = bool(state.get("trained", True))
+
+
+@OBJECTIVES.register("esd")
+class ESDGuidance(VSDGuidance):
+    """ESD: VSD whose variational score mixes in the camera-unconditional branch (`entropy_weight`)."""
+
+    Config = ESDConfig  # type: ignore[assignment]
+    config: ESDConfig

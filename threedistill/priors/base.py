@@ -1,41 +1,22 @@
-"""The diffusion-prior interface and the noise-schedule helpers every objective shares."""
+"""The diffusion-prior contract and the noise-schedule helpers every objective shares.
+
+- `DiffusionPrior`: the few operations score distillation needs (what objectives call).
+- `Prior` / `PriorConfig`: the base class and settings of every registered prior (`PRIORS`),
+  with what the run plan reads before loading one: whether it scores clips, provides a
+  variational model or ground truth, and `PriorConfig.check` (settings and model files,
+  located offline).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Protocol, runtime_checkable
+from typing import Any, ClassVar, Optional, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
-from ..core.cameras import Cameras
-
-
-@dataclass
-class TextEmbeddings:
-    """Prompt embeddings travelling together, one row per view: never split positionally."""
-
-    cond: Tensor
-    """The prompt, view-dependent when the run uses view phrases."""
-    uncond: Tensor
-    """The negative prompt (CFG's unconditional branch)."""
-    null: Tensor
-    """The empty prompt (DDIM inversion, CSD's null branch)."""
-    plain: Optional[Tensor] = None
-    """The prompt without view phrases (VSD's variational model); None means `cond`."""
-
-    @property
-    def plain_or_cond(self) -> Tensor:
-        return self.cond if self.plain is None else self.plain
-
-    def index(self, idx: Tensor | slice) -> "TextEmbeddings":
-        plain = None if self.plain is None else self.plain[idx]
-        return TextEmbeddings(self.cond[idx], self.uncond[idx], self.null[idx], plain)
-
-    def repeat(self, n: int) -> "TextEmbeddings":
-        """The batch repeated n times along dim 0 (one copy per particle)."""
-        rep = lambda x: x.repeat(n, *([1] * (x.ndim - 1)))  # noqa: E731
-        return TextEmbeddings(rep(self.cond), rep(self.uncond), rep(self.null), None if self.plain is None else rep(self.plain))
+from ..core.cameras import Cameras, OrbitSamplerConfig
+from ..core.registry import Registry
 
 
 @dataclass
@@ -53,24 +34,38 @@ class GuidanceDefaults:
 
 @runtime_checkable
 class DiffusionPrior(Protocol):
-    """A frozen 2D diffusion model seen through the few operations score distillation needs."""
+    """A frozen 2D (or video) diffusion model seen through the few operations score distillation needs."""
 
     num_train_timesteps: int
     alphas_cumprod: Tensor  # [T] on the prior's device
     resolution: int  # pixel resolution renders are resized to before encoding
     defaults: GuidanceDefaults
+    device: torch.device
+
+    @property
+    def model_id(self) -> Optional[str]:
+        """A string naming the model's weights (text-embedding cache key), None for priors that need no cache."""
+        ...
 
     def encode(self, images: Tensor) -> Tensor:
-        """Differentiable map from renders [B,3,H,W] in [0,1] to the diffusion space x0."""
+        """Differentiable map from renders [B,3,H,W] in [0,1] (video: clips [B,F,3,H,W]) to the diffusion space x0."""
+        ...
 
     def decode(self, x0: Tensor) -> Tensor:
         """Map x0 back to images [B,3,h,w] in [0,1]."""
+        ...
 
     def embed(self, texts: list[str]) -> Tensor:
-        """Embeddings [len(texts), ...] of prompts; cached by the caller (prompts.py)."""
+        """Embeddings [len(texts), ...] of prompts; cached by the caller (priors/prompts.py)."""
+        ...
 
     def predict_eps(self, x_t: Tensor, t: Tensor, emb: Tensor, cameras: Optional[Cameras] = None) -> Tensor:
         """Epsilon prediction for noisy x_t at integer timesteps t [B] (no grad)."""
+        ...
+
+    def variational_model(self, config: VariationalConfig) -> "VariationalModel":
+        """VSD's score model of the rendered distribution (priors whose class sets `provides_variational_model`)."""
+        ...
 
 
 @dataclass
@@ -99,15 +94,90 @@ class VariationalModel(Protocol):
 
     def predict_eps(self, x_t: Tensor, t: Tensor, emb: Tensor, cameras: Optional[Cameras]) -> Tensor:
         """Epsilon of the rendered distribution at x_t (no grad)."""
+        ...
 
     def update(self, x0: Tensor, emb: Tensor, cameras: Cameras, generator: torch.Generator) -> dict[str, float]:
         """Learn from detached renders x0 (in the prior's space) with their cameras; returns logs."""
+        ...
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume (weights, optimiser, buffers)."""
+        ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore `state_dict()`."""
+        ...
+
+
+@dataclass
+class PriorConfig:
+    """Base of every prior's settings."""
+
+    def clip_frames(self) -> Optional[int]:
+        """Frames per clip of a video prior (None: an image prior)."""
+        return None
+
+    def check(self) -> None:
+        """Raise a UserError for a bad setting or a model file that is not on disk, without loading
+        anything (called when the run plan is validated, before any work)."""
+
+
+class Prior:
+    """Base class of every registered prior (`PRIORS`): built as `cls(config, sampler_config, device)`.
+
+    The class attributes are what the run plan knows before it loads a prior.
+    """
+
+    Config: ClassVar[type[PriorConfig]]
+    is_video: ClassVar[bool] = False
+    """It scores clips [B,F,...] (dynamic stages) instead of images."""
+    has_ground_truth: ClassVar[bool] = False
+    """It knows its data exactly (toyworld): runs on it are scored against ground truth (eval/scoring.py)."""
+    provides_variational_model: ClassVar[bool] = False
+    """`variational_model(config)` works (VSD, ESD)."""
+
+    num_train_timesteps: int
+    alphas_cumprod: Tensor
+    resolution: int
+    defaults: GuidanceDefaults
+    device: torch.device
+
+    def __init__(self, config: PriorConfig, sampler_config: OrbitSamplerConfig, device: torch.device | str = "cpu") -> None:
+        self.config = config
+        self.device = torch.device(device)
+
+    # the DiffusionPrior operations (see there)
+    @property
+    def model_id(self) -> Optional[str]:
+        return None
+
+    def encode(self, images: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def decode(self, x0: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def embed(self, texts: list[str]) -> Tensor:
+        raise NotImplementedError
+
+    def predict_eps(self, x_t: Tensor, t: Tensor, emb: Tensor, cameras: Optional[Cameras] = None) -> Tensor:
+        raise NotImplementedError
+
+    def variational_model(self, config: VariationalConfig) -> VariationalModel:
+        raise NotImplementedError(f"{type(self).__name__} provides no variational model")
+
+    @classmethod
+    def sharing_key(cls, config: PriorConfig, sampler_config: OrbitSamplerConfig) -> str:
+        """Stages whose priors have the same key share one loaded prior (engine/priors.py): its settings."""
+        return repr(config)
+
+    @classmethod
+    def check_prompt(cls, config: PriorConfig, prompt: str) -> None:
+        """Raise a UserError when this prior cannot read `prompt` (toyworld: not in its catalogue)."""
+
+
+PRIORS: Registry[Prior] = Registry("prior")
+"""Every prior `--prior NAME` can choose."""
 
 
 def scaled_linear_alphas_cumprod(

@@ -17,7 +17,8 @@ from torch import Tensor
 from ..core.atomic import atomic_path
 from ..core.cameras import VIEW_LABELS, Cameras, ViewLabelConfig, view_label_indices, view_phrase, wrapped_abs_azimuth
 from ..core.errors import UserError
-from .base import DiffusionPrior, TextEmbeddings
+from ..core.types import TextEmbeddings
+from .base import DiffusionPrior
 from ..core.runtime import default_cache_dir
 
 
@@ -73,7 +74,7 @@ class PromptEmbedder:
         if view_dependent is None:
             view_dependent = self.config.view_dependent
         self.view_dependent = prior.defaults.view_dependent_prompts if view_dependent is None else view_dependent
-        self.model_id: Optional[str] = getattr(prior, "model_id", None)
+        self.model_id: Optional[str] = prior.model_id
         self.cache_dir = Path(self.config.cache_dir or default_cache_dir()) / "embeddings"
         self.cache_hits = 0
 
@@ -122,7 +123,7 @@ class PromptEmbedder:
             if cached is not None:
                 table[text] = cached
         missing = [t for t in dict.fromkeys(texts) if t not in table]
-        device = torch.device(getattr(self.prior, "device", "cpu"))
+        device = torch.device(self.prior.device)
         if missing:
             computed = self.prior.embed(missing)
             device = computed.device

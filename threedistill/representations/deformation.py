@@ -37,7 +37,7 @@ weights are 4D-GS's times 1000, because a score-distillation loss is a sum over 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -45,8 +45,11 @@ from torch import Tensor, nn
 
 from ..core.cameras import Cameras
 from ..core.errors import UserError
-from ..core.types import RenderOutput
-from ..core.schedule import Schedule, evaluate_schedule, validate_schedule
+from ..core.geometry import Field
+from ..core.schedule import Schedule, lambda_weights, validate_schedule
+from ..core.types import RenderOutput, SplatTensors
+from .base import Representation
+from .gaussian_field import GaussianField
 from .gaussians import Gaussians
 from .nerf import NeRF, _linear
 
@@ -88,6 +91,15 @@ class DeformationConfig:
     """L1 distance of the space-time planes from 1 (no motion)."""
     occupancy_times: int = 5
     """NeRF: times at which the density is evaluated to refresh the occupancy grid."""
+
+    def check(self) -> None:
+        for name, value in lambda_weights(self).items():
+            try:
+                validate_schedule(f"deformation.lambda_{name}", value)
+            except (ValueError, TypeError) as err:
+                raise UserError(str(err)) from None
+        if self.time_resolution < 3 or self.resolution < 2:
+            raise UserError("deformation planes need time_resolution >= 3 and resolution >= 2; raise them")
 
 
 def plane_tv(plane: Tensor) -> Tensor:
@@ -166,6 +178,8 @@ class NeRFFrame:
     """A deformed NeRF frozen at one time, with what mesh extraction reads (export/extract.py):
     density/albedo(x) = the static field's at x + d_position(x, t), and render_alpha(cams)."""
 
+    surface_level: Optional[float] = None
+
     def __init__(self, deformed: "Deformed", time: float) -> None:
         self.deformed, self.time = deformed, float(time)
 
@@ -181,33 +195,39 @@ class NeRFFrame:
         return self.deformed.render(cams, torch.ones(3, device=cams.device)).alpha
 
 
-class Deformed(nn.Module):
-    """A base representation (Gaussians or NeRF) deformed over time by a `HexPlaneField`."""
+DEFORMABLE = (Gaussians, NeRF)
+"""The representations a deformation can wrap."""
 
-    def __init__(self, base: nn.Module, config: DeformationConfig, generator: torch.Generator) -> None:
+
+class Deformed(Representation):
+    """A base representation (Gaussians or NeRF) deformed over time by a `HexPlaneField`.
+
+    `config` is the base's (its learning rates, its loss weights); `deformation` the field's."""
+
+    base: Gaussians | NeRF
+
+    def __init__(self, base: Representation, config: DeformationConfig, generator: torch.Generator) -> None:
         super().__init__()
-        if not isinstance(base, (Gaussians, NeRF)):
+        if not isinstance(base, DEFORMABLE):
             raise UserError(f"a 4D deformation wraps gaussians or nerf, not {type(base).__name__}; use --representation gaussians or nerf")
-        for name in ("lambda_plane_tv", "lambda_time_smooth", "lambda_time_l1"):
-            try:
-                validate_schedule(name, getattr(config, name))
-            except ValueError as err:
-                raise UserError(str(err)) from None
-        if config.time_resolution < 3 or config.resolution < 2:
-            raise UserError("deformation planes need time_resolution >= 3 and resolution >= 2; raise them")
-        self.config, self.base = config, base
+        config.check()
+        self.deformation, self.base = config, base
+        self.config = base.config
         self.field = HexPlaneField(config, generator, position_only=isinstance(base, NeRF))
-        self.total_steps = 1  # run length for schedules with fractional steps (the trainer sets it)
         self._freeze_base()
 
     def _freeze_base(self) -> None:
-        if not self.config.train_base:
+        if not self.deformation.train_base:
             for p in self.base.parameters():
                 p.requires_grad_(False)
 
-    def static(self) -> nn.Module:
+    def static(self) -> Representation:
         """The undeformed base representation."""
         return self.base
+
+    @property
+    def is_dynamic(self) -> bool:
+        return True
 
     @property
     def num_points(self) -> int:
@@ -230,19 +250,22 @@ class Deformed(nn.Module):
         return params
 
     @torch.no_grad()
-    def splat_tensors_at(self, time: float) -> dict[str, Tensor]:
-        """Detached Gaussians in the 3DGS layout at `time` (per-frame export); quats normalised."""
+    def as_splats(self, time: float = 0.0) -> Optional[SplatTensors]:
+        """Deformed Gaussians in the 3DGS layout at `time` (quats normalised); None for a NeRF."""
         if not isinstance(self.base, Gaussians):
-            raise UserError("splat export needs a Gaussian run; a deformed NeRF exports meshes (field_at)")
-        tensors = self.base.splat_tensors()
-        tensors.update({k: v.detach() for k, v in self.gaussian_params_at(time).items()})
-        tensors["quats"] = F.normalize(tensors["quats"], dim=-1)
+            return None
+        tensors = self.base.as_splats()
+        moved = self.gaussian_params_at(time)
+        tensors["means"] = moved["means"].detach()
+        tensors["log_scales"] = moved.get("log_scales", tensors["log_scales"]).detach()
+        tensors["quats"] = F.normalize(moved.get("quats", tensors["quats"]).detach(), dim=-1)
         return tensors
 
-    def field_at(self, time: float) -> NeRFFrame:
-        """A deformed NeRF at `time` as a density/albedo field (per-frame mesh extraction)."""
-        if not isinstance(self.base, NeRF):
-            raise UserError("field_at needs a NeRF run; deformed Gaussians export with splat_tensors_at")
+    def as_field(self, time: float = 0.0) -> Field:
+        """The asset at `time` as a density/albedo field (meshes of each frame)."""
+        splats = self.as_splats(time)
+        if splats is not None:
+            return GaussianField.from_splat_tensors(splats)
         return NeRFFrame(self, time)
 
     # ------------------------------------------------------------------ rendering
@@ -291,25 +314,28 @@ class Deformed(nn.Module):
     # ------------------------------------------------------------------ training
     def param_groups(self) -> list[dict[str, Any]]:
         """The base's groups (when train_base) + the planes (lr) and the MLP (lr_network)."""
-        cfg = self.config
+        cfg = self.deformation
         groups = self.base.param_groups() if cfg.train_base else []
         return groups + [
             {"params": list(self.field.scales.parameters()), "lr": cfg.lr, "name": "deformation_planes"},
             {"params": list(self.field.trunk.parameters()) + list(self.field.heads.parameters()), "lr": cfg.lr_network, "name": "deformation_network"},
         ]
 
-    def regularisation(self, out: RenderOutput, step: int) -> Tensor:
-        """The base's regularisation (if any) + weighted plane TV, time smoothness and time-plane L1."""
-        cfg = self.config
-        base_reg = getattr(self.base, "regularisation", None)
-        loss = base_reg(out, step) if base_reg is not None else out.rgb.new_zeros(())
-        weights = {name: evaluate_schedule(getattr(cfg, f"lambda_{name}"), step, self.total_steps) for name in ("plane_tv", "time_smooth", "time_l1")}
-        if any(w > 0 for w in weights.values()):
-            losses = self.field.losses()
-            for name, w in weights.items():
-                if w > 0:
-                    loss = loss + w * losses[name]
-        return loss
+    def loss_weights(self) -> dict[str, Schedule]:
+        """The base's terms and the field's plane_tv, time_smooth and time_l1."""
+        return {**self.base.loss_weights(), **lambda_weights(self.deformation)}
+
+    def losses(self, out: RenderOutput, active: frozenset[str]) -> dict[str, Tensor]:
+        """The base's terms (NeRF: not orient, see the module docstring) and the field's regularisers."""
+        own = {"plane_tv", "time_smooth", "time_l1"}
+        terms = self.base.losses(out, active - own)
+        if active & own:
+            field_terms = self.field.losses()
+            terms.update({name: field_terms[name] for name in active & own})
+        return terms
+
+    def before_step(self, step: int, active: frozenset[str]) -> None:
+        self.base.before_step(step, active)
 
     def after_step(self, step: int, out: RenderOutput, optimizer: torch.optim.Optimizer) -> None:
         """NeRF: refresh the occupancy grid over time. Gaussians (train_base): densify/prune with
@@ -319,7 +345,7 @@ class Deformed(nn.Module):
             every = base.config.occ_update_every
             if every > 0 and step % every == 0:
                 self.update_occupancy(step)
-        elif self.config.train_base and base.densify_active(step):
+        elif self.deformation.train_base and base.densify_active(step):
             base.after_step(step, self._merged_view_gradients(out), optimizer)
 
     @torch.no_grad()
@@ -347,7 +373,7 @@ class Deformed(nn.Module):
     @torch.no_grad()
     def update_occupancy(self, step: int) -> None:
         """Refresh the NeRF's occupancy grid from the maximum warped density over `occupancy_times` times."""
-        base, n = self.base, max(int(self.config.occupancy_times), 1)
+        base, n = self.base, max(int(self.deformation.occupancy_times), 1)
         times = torch.linspace(0.0, 1.0, n).tolist() if n > 1 else [0.0]
 
         def density(points: Tensor) -> Tensor:

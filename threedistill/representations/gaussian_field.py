@@ -6,7 +6,7 @@ F(x) = 1 - prod_i (1 - o_i exp(-0.5 (x - m_i)^T Sigma_i^-1 (x - m_i))).
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import torch
 from torch import Tensor
@@ -48,8 +48,8 @@ class GaussianField:
         self._build_cells()
 
     @classmethod
-    def from_splat_tensors(cls, tensors: dict[str, Tensor], **kwargs: Any) -> "GaussianField":
-        """From `Gaussians.splat_tensors()` (or `read_splat_ply`): means, sh, opacity_logits, log_scales, quats."""
+    def from_splat_tensors(cls, tensors: Mapping[str, Tensor], **kwargs: Any) -> "GaussianField":
+        """From `Gaussians.as_splats()` (or `read_splat_ply`): means, sh, opacity_logits, log_scales, quats."""
         return cls(tensors["means"], tensors["quats"], tensors["log_scales"], tensors["opacity_logits"], tensors["sh"][:, :1], **kwargs)
 
     def _build_cells(self) -> None:

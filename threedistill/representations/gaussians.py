@@ -11,17 +11,20 @@ from torch import Tensor, nn
 
 from ..core.cameras import Cameras
 from ..core.errors import UserError
+from ..core.geometry import Field
+from ..core.types import RenderOutput, SplatTensors
 from ..render.splats import render_splats
 from ..render.splats_torch import quat_to_rotmat
-from ..core.types import RenderOutput
 from .adam_state import replace_rows
+from .base import REPRESENTATIONS, Representation, RepresentationConfig
+from .gaussian_field import GaussianField
 from .sh import num_sh_bases, rgb_to_sh_dc, sh_to_rgb
 
 PARAM_NAMES = ("means", "log_scales", "quats", "opacity_logits", "sh_dc", "sh_rest")
 
 
 @dataclass
-class GaussiansConfig:
+class GaussiansConfig(RepresentationConfig):
     """3D Gaussian splats (Kerbl et al. 2023) optimised by score distillation."""
 
     num_points: int = 3000
@@ -43,8 +46,6 @@ class GaussiansConfig:
     lr_colors: float = 5e-2
     lr_sh_rest_factor: float = 0.05
     """Learning rate of the higher SH bands relative to lr_colors."""
-    lr_final_factor: float = 0.1
-    """Every learning rate decays exponentially to this fraction of itself by the last step."""
     densify_from: int = 100
     densify_until: int = 0
     """Last step of densification (0: no densification)."""
@@ -82,8 +83,12 @@ def load_point_cloud(path: str) -> tuple[Tensor, Optional[Tensor]]:
     return torch.from_numpy(xyz), rgb
 
 
-class Gaussians(nn.Module):
+@REPRESENTATIONS.register("gaussians")
+class Gaussians(Representation):
     """A set of anisotropic 3D Gaussians with SH colours."""
+
+    Config = GaussiansConfig
+    config: GaussiansConfig
 
     def __init__(self, config: GaussiansConfig, generator: torch.Generator, backend: str = "auto", params: Optional[dict[str, Tensor]] = None) -> None:
         super().__init__()
@@ -147,19 +152,18 @@ class Gaussians(nn.Module):
         """All SH coefficients [N,K,3]."""
         return torch.cat([self.sh_dc, self.sh_rest], dim=1)
 
-    def splat_tensors(self) -> dict[str, Tensor]:
-        """Detached parameters in the 3DGS layout (for export)."""
-        return {
-            "means": self.means.detach(),
-            "sh": self.sh.detach(),
-            "opacity_logits": self.opacity_logits.detach(),
-            "log_scales": self.log_scales.detach(),
-            "quats": self.quats.detach(),
-        }
+    def as_splats(self, time: float = 0.0) -> SplatTensors:
+        """Detached parameters in the 3DGS layout (static: the same at every time)."""
+        return SplatTensors(means=self.means.detach(), sh=self.sh.detach(), opacity_logits=self.opacity_logits.detach(),
+                            log_scales=self.log_scales.detach(), quats=self.quats.detach())
+
+    def as_field(self, time: float = 0.0) -> Field:
+        """The composited opacity field of the Gaussians (representations/gaussian_field.py)."""
+        return GaussianField.from_splat_tensors(self.as_splats())
 
     @classmethod
-    def from_splat_tensors(cls, tensors: dict[str, Tensor], config: Optional[GaussiansConfig] = None, backend: str = "auto") -> "Gaussians":
-        """Build Gaussians from exported tensors (inverse of `splat_tensors`)."""
+    def from_splat_tensors(cls, tensors: SplatTensors, config: Optional[GaussiansConfig] = None, backend: str = "auto") -> "Gaussians":
+        """Build Gaussians from exported tensors (inverse of `as_splats`)."""
         sh = tensors["sh"]
         degree = int(round(sh.shape[1] ** 0.5)) - 1
         config = config or GaussiansConfig()

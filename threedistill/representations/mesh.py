@@ -27,15 +27,18 @@ from torch import Tensor, nn
 
 from ..core.cameras import Cameras
 from ..core.errors import UserError
+from ..core.geometry import SurfaceMesh, TextureColour
+from ..core.mesh_file import load_mesh_file
+from ..core.schedule import Schedule
+from ..core.types import RenderOutput
 from ..render.mesh_nvdiffrast import render_textured_mesh_nvdiffrast, resolve_mesh_backend
 from ..render.mesh_torch import edge_neighbours, mesh_normals, render_textured_mesh
-from ..core.types import RenderOutput
-from ..core.schedule import Schedule, evaluate_schedule, validate_schedule
+from .base import REPRESENTATIONS, Representation, RepresentationConfig
 from .nerf import HashGrid, _linear
 
 
 @dataclass
-class MeshConfig:
+class MeshConfig(RepresentationConfig):
     """A triangle mesh refined by score distillation (Magic3D-style second stage)."""
 
     path: Optional[str] = None
@@ -54,8 +57,6 @@ class MeshConfig:
     """Adam learning rate of the texture field's grid features."""
     lr_network: float = 1e-3
     """Adam learning rate of the texture MLP and the per-vertex colour residual."""
-    lr_final_factor: float = 0.1
-    """Every learning rate decays exponentially to this fraction of itself by the last step."""
     bound: float = 1.0
     """The texture field covers [-bound, bound]^3."""
     levels: int = 4
@@ -67,13 +68,24 @@ class MeshConfig:
     hidden_dim: int = 32
     lambda_laplacian: Schedule = 1000.0
     """Weight of the uniform Laplacian loss, mean |L v|^2 over interior vertices (a constant or
-    (step, value) points; fractional steps need `Mesh.total_steps`)."""
+    (step, value) points)."""
     lambda_normal_consistency: Schedule = 10.0
     """Weight of mean(1 - cos) between the normals of faces sharing an edge."""
     supersample: int = 1
     """Rasterise at this multiple of the resolution and average-pool."""
     antialias: bool = True
     """Analytic silhouette antialiasing (without it the outline gets no vertex gradients)."""
+
+    def check(self) -> None:
+        self.check_settings()
+        if self.path:
+            load_mesh_file(self.path, "mesh")  # readable, with faces
+
+    def check_settings(self) -> None:
+        """The settings without reading the mesh file."""
+        super().check()
+        if self.optimise not in ("all", "geometry", "texture"):
+            raise UserError(f"unknown mesh optimise '{self.optimise}'; valid: all, geometry, texture")
 
 
 # ---------------------------------------------------------------------- regularisers
@@ -117,9 +129,12 @@ def _vertex_colours_from_faces(n_vertices: int, faces: Tensor, face_colors: Tens
 
 
 # ---------------------------------------------------------------------- the representation
-class Mesh(nn.Module):
+@REPRESENTATIONS.register("mesh")
+class Mesh(Representation):
     """Base mesh + learnable vertex offsets, coloured by a texture field and a vertex residual."""
 
+    Config = MeshConfig
+    config: MeshConfig
     base_vertices: Tensor
     faces: Tensor
 
@@ -127,15 +142,8 @@ class Mesh(nn.Module):
                  vertices: Optional[Tensor] = None, faces: Optional[Tensor] = None, vertex_colors: Optional[Tensor] = None) -> None:
         super().__init__()
         cfg = self.config = config
-        if cfg.optimise not in ("all", "geometry", "texture"):
-            raise UserError(f"unknown mesh optimise '{cfg.optimise}'; valid: all, geometry, texture")
-        for name in ("lambda_laplacian", "lambda_normal_consistency"):
-            try:
-                validate_schedule(name, getattr(cfg, name))
-            except ValueError as err:
-                raise UserError(str(err)) from None
+        cfg.check_settings()
         self.generator, self.backend = generator, backend
-        self.total_steps = 1  # run length for schedules with fractional steps (the trainer may set it)
         self.encoding = HashGrid(cfg.levels, cfg.features_per_level, cfg.log2_table_size, cfg.base_resolution, cfg.max_resolution, cfg.bound, generator)
         self.trunk = nn.Sequential(_linear(self.encoding.out_dim, cfg.hidden_dim, generator), nn.ReLU(inplace=True))
         self.colour_head = _linear(cfg.hidden_dim, 3, generator)
@@ -149,10 +157,7 @@ class Mesh(nn.Module):
     def _initial_mesh(self) -> tuple[Tensor, Tensor, Optional[Tensor]]:
         cfg = self.config
         if cfg.path:
-            from ..priors.toyworld.user_mesh import load_user_mesh
-
-            toy = load_user_mesh(cfg.path, "mesh")
-            v, f, c = toy.to_torch()
+            v, f, c = load_mesh_file(cfg.path, "mesh").to_torch()
             return v, f, _vertex_colours_from_faces(len(v), f, c)
         if cfg.init != "icosphere":
             raise UserError(f"unknown mesh init '{cfg.init}'; valid: icosphere (or pass --representation.path FILE)")
@@ -245,15 +250,17 @@ class Mesh(nn.Module):
         return torch.sigmoid(self._field_logits(v) + self.vertex_logits)
 
     @torch.no_grad()
-    def exported_mesh(self) -> Any:
-        """The deformed mesh with its vertex colours, as an export.extract.ExtractedMesh."""
-        from ..export.extract import ExtractedMesh
-
-        return ExtractedMesh(
+    def as_mesh(self) -> SurfaceMesh:
+        """The deformed mesh with its vertex colours (it exports itself)."""
+        return SurfaceMesh(
             vertices=self.vertices.float().cpu().numpy(),
             faces=self.faces.cpu().numpy().astype(np.int64),
             vertex_colors=self.vertex_colours().float().cpu().numpy(),
         )
+
+    def texture_colour(self) -> TextureColour:
+        """Its rendered colour per face (field + interpolated residual) for texture baking."""
+        return TextureColour(at_points=self.albedo, at_surface=self.surface_colour)
 
     # ------------------------------------------------------------------ interface
     @property
@@ -283,20 +290,14 @@ class Mesh(nn.Module):
             background=background, supersample=cfg.supersample, antialias_edges=cfg.antialias, neighbours=self.neighbours,
         )
 
-    def regularisation(self, out: RenderOutput, step: int) -> Tensor:
-        """Weighted Laplacian + normal-consistency losses of the deformed mesh (0 when both weights are)."""
-        cfg = self.config
-        loss = self.offsets.new_zeros(())
-        lap = evaluate_schedule(cfg.lambda_laplacian, step, self.total_steps)
-        if lap > 0:
-            loss = loss + lap * laplacian_loss(self.vertices, self.edges, self.interior)
-        nc = evaluate_schedule(cfg.lambda_normal_consistency, step, self.total_steps)
-        if nc > 0:
-            loss = loss + nc * normal_consistency_loss(self.vertices, self.faces, self.face_pairs)
-        return loss
-
-    def after_step(self, step: int, out: RenderOutput, optimizer: torch.optim.Optimizer) -> None:
-        """Nothing to do: the topology is fixed during a stage."""
+    def losses(self, out: RenderOutput, active: frozenset[str]) -> dict[str, Tensor]:
+        """laplacian and normal_consistency of the deformed mesh, where asked for."""
+        terms: dict[str, Tensor] = {}
+        if "laplacian" in active:
+            terms["laplacian"] = laplacian_loss(self.vertices, self.edges, self.interior)
+        if "normal_consistency" in active:
+            terms["normal_consistency"] = normal_consistency_loss(self.vertices, self.faces, self.face_pairs)
+        return terms
 
     def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> Any:  # type: ignore[override]
         """Load a mesh of any size (topology buffers and per-vertex parameters are resized)."""

@@ -25,16 +25,18 @@ from torch import Tensor, nn
 
 from ..core.cameras import Cameras
 from ..core.errors import UserError
+from ..core.geometry import Field
+from ..core.schedule import Schedule
 from ..core.types import RenderOutput
 from ..render.volume_nerfacc import render_volume_nerfacc, resolve_volume_backend
 from ..render.volume_torch import OccupancyGrid, render_volume_torch
-from ..core.schedule import Schedule, evaluate_schedule, validate_schedule
+from .base import REPRESENTATIONS, Representation, RepresentationConfig
 
 _PRIMES = (1, -1640531535, 805459861)  # instant-NGP's hash primes as int32 (2654435761 wraps)
 
 
 @dataclass
-class NeRFConfig:
+class NeRFConfig(RepresentationConfig):
     """A hash-grid NeRF (instant-NGP field, DreamFusion/Magic3D-style density bias)."""
 
     bound: float = 1.0
@@ -89,8 +91,6 @@ class NeRFConfig:
     steps, not 10000; toyworld mug loss at step 200: 13 against 31 with 1e-2)."""
     lr_network: float = 3e-3
     """Adam learning rate of the MLP (3x threestudio's 1e-3)."""
-    lr_final_factor: float = 0.1
-    """Every learning rate decays exponentially to this fraction of itself by the last step."""
     lambda_orient: Schedule = 0.0
     """Orientation loss weight (normals facing away from the camera; needs 6 extra density passes).
     Every lambda is a constant or a schedule of (step, value) points, e.g. threestudio's
@@ -99,6 +99,10 @@ class NeRFConfig:
     """Sparsity loss weight: mean(sqrt(alpha^2 + 0.01))."""
     lambda_opaque: Schedule = 0.0
     """Opacity loss weight: binary entropy of alpha (pushes alpha to 0 or 1)."""
+
+    def check(self) -> None:
+        super().check()
+        density_bias(torch.zeros(1, 3), self.density_bias, 1.0, 1.0)  # a known name
 
 
 # ---------------------------------------------------------------------- encoding
@@ -210,8 +214,34 @@ class _WarpedField:
         return self.field.query(self.warp(points))
 
 
-class NeRF(nn.Module):
+class NeRFField:
+    """A NeRF as a mesh-extraction field (core/geometry.py's `Field`): its density and albedo,
+    and its rendered alpha for calibrating the surface level."""
+
+    surface_level: Optional[float] = None
+
+    def __init__(self, nerf: "NeRF") -> None:
+        self.nerf = nerf
+
+    def density(self, points: Tensor) -> Tensor:
+        return self.nerf.density(points.to(self.nerf.device))
+
+    def albedo(self, points: Tensor) -> Tensor:
+        return self.nerf.albedo(points.to(self.nerf.device))
+
+    @torch.no_grad()
+    def render_alpha(self, cams: Cameras) -> Tensor:
+        device = self.nerf.device
+        return self.nerf.render(cams.to(device), torch.ones(3, device=device)).alpha.detach().float().cpu()
+
+
+@REPRESENTATIONS.register("nerf")
+class NeRF(Representation):
     """Hash-grid density + albedo field, volume-rendered with occupancy-grid skipping."""
+
+    Config = NeRFConfig
+    config: NeRFConfig
+    fixed_state_shapes = True
 
     point_warp: Optional[Callable[[Tensor], Tensor]] = None
     """When set, `render` queries the field at point_warp(x) for every sample point x (a 4D
@@ -226,14 +256,8 @@ class NeRF(nn.Module):
         self.density_head = _linear(cfg.hidden_dim, 1, generator)
         self.albedo_head = _linear(cfg.hidden_dim, 3, generator)
         self.occupancy = OccupancyGrid(cfg.occ_resolution, cfg.bound, cfg.occ_threshold, cfg.occ_ema_decay, cfg.occ_dilate)
-        density_bias(torch.zeros(1, 3), cfg.density_bias, 1.0, 1.0)  # validate the name early
-        for name in ("lambda_orient", "lambda_sparsity", "lambda_opaque"):
-            try:
-                validate_schedule(name, getattr(cfg, name))
-            except (ValueError, TypeError) as exc:
-                raise UserError(f"--representation.{name.replace('_', '-')}: {exc}") from None
-        self.total_steps = 1  # the stage length, for schedules with fractional steps (the trainer sets it)
-        self.last_step = 1
+        cfg.check()
+        self.keep_samples = False  # the next training render keeps its samples (orientation loss)
         if cfg.occ_update_every > 0:  # start from the density bias's shape, not a full grid
             self.update_occupancy(0)
 
@@ -258,6 +282,13 @@ class NeRF(nn.Module):
     def albedo(self, points: Tensor) -> Tensor:
         """Albedo [M,3] in [0,1] at points [M,3] (with `density`: the field mesh export reads)."""
         return torch.sigmoid(self.albedo_head(self.trunk(self.encoding(points))))
+
+    @property
+    def device(self) -> torch.device:
+        return self.encoding.table.device
+
+    def as_field(self, time: float = 0.0) -> Field:
+        return NeRFField(self)
 
     def normals(self, points: Tensor) -> Tensor:
         """Unit normals [M,3] = -grad(density) by central finite differences."""
@@ -285,7 +316,7 @@ class NeRF(nn.Module):
         """Render the cameras on `background` [3] or [B,3]."""
         cfg = self.config
         occupancy = self.occupancy if cfg.occ_update_every > 0 else None
-        keep = self.training and torch.is_grad_enabled() and self._weight("lambda_orient", self.last_step) > 0
+        keep = self.training and torch.is_grad_enabled() and self.keep_samples
         field: Any = self if self.point_warp is None else _WarpedField(self, self.point_warp)
         if resolve_volume_backend(self.backend, self.encoding.table.device) == "cuda":
             return render_volume_nerfacc(
@@ -299,23 +330,21 @@ class NeRF(nn.Module):
             alpha_threshold=cfg.alpha_threshold, keep_samples=keep,
         )
 
-    def regularisation(self, out: RenderOutput, step: int) -> Tensor:
-        """Weighted sum of the enabled regularisers on this step's render (0 when none are)."""
-        loss = out.alpha.new_zeros(())
-        sparsity, opaque, orient = (self._weight(name, step) for name in ("lambda_sparsity", "lambda_opaque", "lambda_orient"))
-        if sparsity > 0:
-            loss = loss + sparsity * sparsity_loss(out.alpha)
-        if opaque > 0:
-            loss = loss + opaque * opaque_loss(out.alpha)
-        if orient > 0 and "sample_points" in out.extras:
-            ex = out.extras
-            normals = self.normals(ex["sample_points"])
-            loss = loss + orient * orientation_loss(ex["sample_weights"], normals, ex["sample_dirs"], out.alpha)
-        return loss
+    def before_step(self, step: int, active: frozenset[str]) -> None:
+        """Keep the training render's samples when the orientation loss will be asked for."""
+        self.keep_samples = "orient" in active
 
-    def _weight(self, name: str, step: int) -> float:
-        """A regulariser weight at `step` (its schedule over the stage's `total_steps`)."""
-        return evaluate_schedule(getattr(self.config, name), step, self.total_steps)
+    def losses(self, out: RenderOutput, active: frozenset[str]) -> dict[str, Tensor]:
+        """sparsity, opaque and orient (the last from the render's kept samples) where asked for."""
+        terms: dict[str, Tensor] = {}
+        if "sparsity" in active:
+            terms["sparsity"] = sparsity_loss(out.alpha)
+        if "opaque" in active:
+            terms["opaque"] = opaque_loss(out.alpha)
+        if "orient" in active and "sample_points" in out.extras:
+            ex = out.extras
+            terms["orient"] = orientation_loss(ex["sample_weights"], self.normals(ex["sample_points"]), ex["sample_dirs"], out.alpha)
+        return terms
 
     @torch.no_grad()
     def update_occupancy(self, step: int) -> None:
@@ -327,7 +356,6 @@ class NeRF(nn.Module):
 
     def after_step(self, step: int, out: RenderOutput, optimizer: torch.optim.Optimizer) -> None:
         """Every occ_update_every steps, refresh the occupancy grid."""
-        self.last_step = step + 1  # the step the next render belongs to (orientation samples)
         every = self.config.occ_update_every
         if every > 0 and step % every == 0:
             self.update_occupancy(step)

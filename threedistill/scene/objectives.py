@@ -1,8 +1,8 @@
 """Objectives of scene runs: fit posed images, then edit them toward a target prompt.
 
-They plug into the Trainer like any guidance (`__call__(images, cams, emb, step)`), read the
-scene through the run's `SceneViewSampler` (each camera's `view` index) and get the trainer
-once, before the first step, through `prepare(trainer)`.
+They follow the objective contract (core/objective.py): they declare `needs.scene`, get the
+scene's posed images once, before the first step, through `prepare(context)`, and read each
+camera's `view` index (the scene view it was drawn from) every step.
 
 - `photometric`: reconstruction. 0.5 * sum of squared pixel errors per view (the scale of
   the distillation losses), plus `lambda_mask` times the same on alpha against the scene's
@@ -30,20 +30,19 @@ from torch import Tensor
 
 from ..core.cameras import Cameras
 from ..core.errors import UserError
-from ..guidance.base import GuidanceOutput
-from ..guidance.dds import DDSConfig, DDSGuidance
-from ..priors.base import TextEmbeddings
-from ..priors.diffusers.instruct_pix2pix import InstructPix2PixConfig, InstructPix2PixEditor
-from ..core.types import render_in_chunks
+from ..core.objective import OBJECTIVES, Needs, Objective, ObjectiveConfig, ObjectiveOutput, PosedImages, StageContext
 from ..core.schedule import Schedule, evaluate_schedule
-from .views import SceneViewSampler
+from ..core.types import RenderOutput, TextEmbeddings, render_in_chunks
+from ..guidance.dds import DDSConfig, DDSGuidance
+from ..priors.diffusers.instruct_pix2pix import InstructPix2PixConfig, InstructPix2PixEditor
+
+SCENE_NEEDS = Needs(prior=False, scene=True, clips=False)
 
 
-def _scene_sampler(trainer: Any, objective: str) -> SceneViewSampler:
-    sampler = trainer.sampler
-    if not isinstance(sampler, SceneViewSampler):
+def _scene(context: StageContext, objective: str) -> PosedImages:
+    if context.scene is None:
         raise UserError(f"--guidance {objective} fits posed images; pass --sampler.scene SCENE_DIR (or use `threedistill edit`)")
-    return sampler
+    return context.scene
 
 
 def _views(cams: Cameras) -> Tensor:
@@ -64,33 +63,36 @@ def squared_error(x: Tensor, target: Tensor) -> Tensor:
 
 
 @dataclass
-class PhotometricConfig:
+class PhotometricConfig(ObjectiveConfig):
     """Reconstruction from posed images."""
 
     lambda_mask: float = 1.0
     """Weight of the alpha-vs-mask term (scenes with masks only)."""
 
 
-class PhotometricObjective:
+@OBJECTIVES.register("photometric")
+class PhotometricObjective(Objective):
     """Fit renders to the scene's images (and alpha to its masks)."""
 
-    uses_render_output = True
-    needs_prior = False
+    Config = PhotometricConfig
+    config: PhotometricConfig
+    needs = SCENE_NEEDS
 
     def __init__(self, config: PhotometricConfig, prior: Any = None, total_steps: int = 0, generator: Optional[torch.Generator] = None) -> None:
-        self.config = config
+        super().__init__(config, prior, total_steps, generator or torch.Generator().manual_seed(0))
         self.images: Optional[Tensor] = None
         self.masks: Optional[Tensor] = None
 
-    def prepare(self, trainer: Any) -> None:
-        scene = _scene_sampler(trainer, "photometric").scene
+    def prepare(self, context: StageContext) -> None:
+        scene = _scene(context, "photometric")
         self.images, self.masks = scene.images, scene.masks
 
     def targets(self, views: Tensor) -> Tensor:
         assert self.images is not None, "prepare() first"
         return self.images[views]
 
-    def __call__(self, images: Tensor, cams: Cameras, emb: Any, step: int, *, out: Any = None) -> GuidanceOutput:
+    def __call__(self, images: Tensor, cams: Cameras, emb: Optional[TextEmbeddings], step: int,
+                 out: Optional[RenderOutput] = None) -> ObjectiveOutput:
         views = _views(cams)
         loss = squared_error(images, _resized(self.targets(views), images))
         logs = {"rgb_error": float(loss.detach())}
@@ -98,16 +100,7 @@ class PhotometricObjective:
             mask_loss = squared_error(out.alpha, _resized(self.masks[views], out.alpha))
             loss = loss + self.config.lambda_mask * mask_loss
             logs["mask_error"] = float(mask_loss.detach())
-        return GuidanceOutput(loss=loss, logs=logs)
-
-    def after_step(self, step: int) -> None:
-        pass
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+        return ObjectiveOutput(loss=loss, logs=logs)
 
 
 @dataclass
@@ -121,40 +114,45 @@ class SceneDDSConfig(DDSConfig):
     anchor_alpha: Schedule = 2.0
     """Weight of 0.5 * |alpha - source alpha|^2 (keeps the geometry)."""
 
+    def texts(self) -> list[str]:
+        return [self.source_prompt]
 
+    def check(self) -> None:
+        super().check()
+        if not self.source_prompt.strip():
+            raise UserError("--guidance.source-prompt is empty; describe the scene as it is (threedistill edit --source TEXT)")
+
+
+@OBJECTIVES.register("scene-dds")
 class SceneDDSObjective(DDSGuidance):
     """DDS toward the target prompt against cached source renders, plus the anchors."""
 
+    Config = SceneDDSConfig  # type: ignore[assignment]
     config: SceneDDSConfig
-    uses_render_output = True
-    needs_source = False  # the source comes from the scene, not from the user
+    needs = Needs(prior=True, scene=True, clips=False)  # the source comes from the scene, not from the user
 
     def __init__(self, config: SceneDDSConfig, prior: Any, total_steps: int, generator: torch.Generator) -> None:
         super().__init__(config, prior, total_steps, generator)
-        if not config.source_prompt.strip():
-            raise UserError("--guidance.source-prompt is empty; describe the scene as it is (threedistill edit --source TEXT)")
-        self.total_steps = total_steps
         self.source_x0: Optional[Tensor] = None
         self.source_alpha: Optional[Tensor] = None
         self.originals: Optional[Tensor] = None
         self.source_prompts: Any = None
 
     @torch.no_grad()
-    def prepare(self, trainer: Any) -> None:
+    def prepare(self, context: StageContext) -> None:
         """Render every scene view once: the source the edit is measured against."""
-        from ..priors.prompts import PromptEmbedder
-
-        scene = _scene_sampler(trainer, "scene-dds").scene
-        self.source_prompts = PromptEmbedder(self.prior, self.config.source_prompt, trainer.cfg.negative_prompt, config=trainer.cfg.prompts)
-        source = render_in_chunks(lambda cams: trainer.representation.render(cams.to(trainer.device), trainer.background), scene.cameras)
+        scene = _scene(context, "scene-dds")
+        self.source_prompts = context.embed(self.config.source_prompt)
+        source = render_in_chunks(lambda cams: context.render(cams.to(context.device)), scene.cameras)
         device = self.prior.alphas_cumprod.device  # encoded a few views at a time: SD's VAE at 512 px is large
         self.source_x0 = torch.cat([self.prior.encode(source.rgb[i : i + 8].to(device)).cpu() for i in range(0, len(source.rgb), 8)])
         self.source_alpha = scene.masks if scene.masks is not None else source.alpha
         self.originals = scene.images
 
-    def __call__(self, images: Tensor, cams: Cameras, emb: TextEmbeddings, step: int, *, out: Any = None) -> GuidanceOutput:  # type: ignore[override]
-        if self.source_x0 is None or self.originals is None or self.source_alpha is None:
-            raise RuntimeError("SceneDDSObjective.prepare(trainer) was not called")
+    def __call__(self, images: Tensor, cams: Cameras, emb: Optional[TextEmbeddings], step: int,
+                 out: Optional[RenderOutput] = None) -> ObjectiveOutput:
+        if self.source_x0 is None or self.originals is None or self.source_alpha is None or emb is None:
+            raise RuntimeError("SceneDDSObjective.prepare(context) was not called")
         views = _views(cams)
         g = self.edit_loss(self.prior.encode(images), self.source_x0[views].to(images), emb,
                            self.source_prompts.for_cameras(cams), cams, step, images)
@@ -167,7 +165,7 @@ class SceneDDSObjective(DDSGuidance):
         if w_alpha > 0 and out is not None:
             anchor = squared_error(out.alpha, _resized(self.source_alpha[views], out.alpha))
             loss, logs["anchor_alpha"] = loss + w_alpha * anchor, float(anchor.detach())
-        return GuidanceOutput(loss=loss, logs=logs)
+        return ObjectiveOutput(loss=loss, logs=logs)
 
     def state_dict(self) -> dict[str, Any]:
         return {"source_x0": self.source_x0, "source_alpha": self.source_alpha}
@@ -187,32 +185,39 @@ class In2NConfig(PhotometricConfig, InstructPix2PixConfig):
     instruction: str = ""
     """The InstructPix2Pix instruction ("make the mug blue"; empty: the run's prompt)."""
 
+    def check(self) -> None:
+        """The update period, the InstructPix2Pix settings and its model on disk."""
+        if self.update_every < 1:
+            raise UserError(f"--guidance.update-every must be >= 1, got {self.update_every}")
+        InstructPix2PixConfig.check(self)
 
+
+@OBJECTIVES.register("in2n")
 class In2NObjective(PhotometricObjective):
     """Iterative dataset update with InstructPix2Pix; the target prompt is the instruction."""
 
+    Config = In2NConfig  # type: ignore[assignment]
+    config: In2NConfig
+
     def __init__(self, config: In2NConfig, prior: Any = None, total_steps: int = 0, generator: Optional[torch.Generator] = None) -> None:
         super().__init__(config, prior, total_steps, generator)
-        self.config: In2NConfig = config
-        if config.update_every < 1:
-            raise UserError(f"--guidance.update-every must be >= 1, got {config.update_every}")
-        self.generator = generator or torch.Generator().manual_seed(0)
         self.editor: Optional[InstructPix2PixEditor] = None
         self.originals: Optional[Tensor] = None
         self.instruction = ""
         self.updates = 0
 
-    def prepare(self, trainer: Any) -> None:
-        super().prepare(trainer)
+    def prepare(self, context: StageContext) -> None:
+        super().prepare(context)
         assert self.images is not None
         self.originals, self.images = self.images, self.images.clone()
-        self.instruction = self.config.instruction or trainer.cfg.prompt
-        self.editor = InstructPix2PixEditor.load(self.config, trainer.device)
+        self.instruction = self.config.instruction or context.prompt
+        self.editor = InstructPix2PixEditor.load(self.config, context.device)
 
-    def __call__(self, images: Tensor, cams: Cameras, emb: Any, step: int, *, out: Any = None) -> GuidanceOutput:
+    def __call__(self, images: Tensor, cams: Cameras, emb: Optional[TextEmbeddings], step: int,
+                 out: Optional[RenderOutput] = None) -> ObjectiveOutput:
         if step % self.config.update_every == 0:
             self.update_dataset(images.detach(), _views(cams))
-        g = super().__call__(images, cams, emb, step, out=out)
+        g = super().__call__(images, cams, emb, step, out)
         g.logs["dataset_updates"] = float(self.updates)
         return g
 

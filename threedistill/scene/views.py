@@ -95,12 +95,3 @@ class SceneViewSampler:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._order, self._next = state.get("order"), int(state.get("next", 0))
-
-
-def make_sampler(sampler_config: Any, device: torch.device) -> Any:
-    """The run's camera sampler: a scene's views when `sampler.scene` is set, else the random orbit."""
-    from ..core.cameras import OrbitSampler
-
-    if sampler_config.scene:
-        return SceneViewSampler(scene_for(sampler_config), sampler_config.batch_size, device)
-    return OrbitSampler(sampler_config, device)

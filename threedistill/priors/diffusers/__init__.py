@@ -1,0 +1,1 @@
+"""Diffusers models behind the prior contract, loaded through one path (loading.py)."""

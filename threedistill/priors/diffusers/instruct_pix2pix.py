@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -35,12 +34,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ...core.errors import UserError
-from ...core.runtime import load_quietly
 from ..base import add_noise, ddim_step, noise_coefficients, predict_x0
-from .stable_diffusion import _check_tokenizer, _load_errors, _looks_like_path, _resolve_dtype, pipeline_load_failure
+from .loading import ModelKind, ModelLocation, check_tokenizer, load_pipeline, locate_model, resolve_dtype
 
 FLAG = "--guidance"
 """CLI prefix of `InstructPix2PixConfig`'s fields, used in error messages."""
+PIPELINE_CLASS = "StableDiffusionInstructPix2PixPipeline"
+IP2P_MODEL = ModelKind("InstructPix2Pix", FLAG, pipeline_classes=(PIPELINE_CLASS,), class_hint=" (an InstructPix2Pix model)")
 
 
 @dataclass
@@ -64,36 +64,33 @@ class InstructPix2PixConfig:
     upper_bound: float = 0.98
     """Largest noise level, as a fraction of the training timesteps (in2n: 0.98)."""
 
+    def check(self) -> None:
+        """The settings, and the model on disk (or downloads allowed); nothing is loaded."""
+        self.check_settings()
+        locate_model(self.model, self.allow_download, IP2P_MODEL)
 
-def load_ip2p_pipeline(config: InstructPix2PixConfig) -> Any:
-    """Load `config.model` as a StableDiffusionInstructPix2PixPipeline; every failure is a one-line UserError."""
-    return load_quietly(lambda: _load_pipeline(config))
+    def check_settings(self) -> None:
+        if not 0.0 <= self.lower_bound <= self.upper_bound < 1.0 or self.steps < 1:
+            raise UserError(f"InstructPix2Pix needs 0 <= lower_bound <= upper_bound < 1 and steps >= 1, got "
+                            f"{self.lower_bound}, {self.upper_bound}, {self.steps}; fix {FLAG}.lower-bound/upper-bound/steps")
 
 
-def _load_pipeline(config: InstructPix2PixConfig) -> Any:
+def _load(location: ModelLocation) -> Any:
     from diffusers import StableDiffusionInstructPix2PixPipeline
 
-    model = config.model
-    local = Path(model).expanduser()
-    fix = f"pass {FLAG}.model PATH to a local diffusers InstructPix2Pix folder"
-    if not local.exists() and _looks_like_path(model):
-        raise UserError(f"InstructPix2Pix model path '{model}' does not exist; {fix}")
-    if local.is_file():
-        raise UserError(f"InstructPix2Pix model '{model}' is a file; {fix} (single-file checkpoints are not supported)")
-    if local.is_dir() and not (local / "model_index.json").is_file():
-        raise UserError(f"'{model}' is not a diffusers pipeline folder (no model_index.json); {fix}")
-    only_local = local.is_dir() or not config.allow_download
-    try:
-        pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(
-            str(local) if local.is_dir() else model, local_files_only=only_local,
-            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-        )
-    except _load_errors() as err:
-        raise UserError(pipeline_load_failure("InstructPix2Pix", model, local, config.allow_download, err, FLAG)) from err
+    return StableDiffusionInstructPix2PixPipeline.from_pretrained(
+        location.source, local_files_only=location.local_files_only, safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def load_ip2p_pipeline(config: InstructPix2PixConfig) -> Any:
+    """`config.model` as a StableDiffusionInstructPix2PixPipeline; every failure is a one-line UserError."""
+    pipe = load_pipeline(config.model, config.allow_download, IP2P_MODEL, _load)
     channels = int(pipe.unet.config.in_channels)
     if channels != 8:
-        raise UserError(f"'{model}' is not an InstructPix2Pix model (its UNet takes {channels} input channels, "
-                        f"not 8); {fix}, e.g. timbrooks/instruct-pix2pix")
+        raise UserError(f"'{config.model}' is not an InstructPix2Pix model (its UNet takes {channels} input channels, "
+                        f"not 8); {IP2P_MODEL.fix()}, e.g. timbrooks/instruct-pix2pix")
     return pipe
 
 
@@ -104,8 +101,9 @@ class InstructPix2PixEditor:
         """Wrap a loaded pipeline's components (use `load` to load one from `config.model`)."""
         self.config = config
         self.device = torch.device(device)
-        _check_tokenizer(pipe.tokenizer, config.model)
-        self.dtype = _resolve_dtype(config.dtype, self.device)
+        config.check_settings()
+        check_tokenizer(pipe.tokenizer, config.model, FLAG)
+        self.dtype = resolve_dtype(config.dtype, self.device)
         self.unet = self._freeze(pipe.unet, self.dtype)
         self.vae = self._freeze(pipe.vae, torch.float32)
         self.text_encoder = self._freeze(pipe.text_encoder, self.dtype)
@@ -118,9 +116,6 @@ class InstructPix2PixEditor:
         vae_factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
         self.size_multiple = vae_factor * 2 ** (len(pipe.unet.config.block_out_channels) - 1)
         self._embeddings: dict[str, Tensor] = {}
-        if not 0.0 <= config.lower_bound <= config.upper_bound < 1.0 or config.steps < 1:
-            raise UserError(f"InstructPix2Pix needs 0 <= lower_bound <= upper_bound < 1 and steps >= 1, got "
-                            f"{config.lower_bound}, {config.upper_bound}, {config.steps}; fix {FLAG}.lower-bound/upper-bound/steps")
 
     @classmethod
     def load(cls, config: InstructPix2PixConfig, device: torch.device | str = "cpu") -> "InstructPix2PixEditor":

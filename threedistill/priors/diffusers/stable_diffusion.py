@@ -19,9 +19,7 @@ Embeddings (`embed`) are plain tensors stackable along dim 0:
 
 from __future__ import annotations
 
-
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Optional
@@ -30,16 +28,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ...core.cameras import Cameras
+from ...core.cameras import Cameras, OrbitSamplerConfig
 from ...core.errors import UserError
-from ...core.runtime import load_quietly
-from ..base import GuidanceDefaults, VariationalConfig, noise_coefficients
+from ..base import PRIORS, GuidanceDefaults, Prior, PriorConfig, VariationalConfig, noise_coefficients
+from .loading import ModelKind, ModelLocation, check_tokenizer, load_pipeline, locate_model, model_key, resolve_dtype
 
 if TYPE_CHECKING:
     from .sd_variational import SDVariationalModel
 
-SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
-MIN_TOKENIZER_SIZE = 100
+SD_MODEL = ModelKind("Stable Diffusion", "--prior", "use --prior toyworld", single_file=True)
 
 # Latent-NeRF's linear latent -> RGB approximation for SD latents ([4, 3], RGB in [-1, 1]).
 LATENT_RGB_FACTORS = torch.tensor(
@@ -48,7 +45,7 @@ LATENT_RGB_FACTORS = torch.tensor(
 
 
 @dataclass
-class StableDiffusionConfig:
+class StableDiffusionConfig(PriorConfig):
     """A Stable Diffusion checkpoint used as the frozen prior."""
 
     model: str = "stabilityai/stable-diffusion-2-1-base"
@@ -78,40 +75,9 @@ class StableDiffusionConfig:
     max_step: float = 980
     """Default largest timestep."""
 
-
-def _one_line(err: BaseException, limit: int = 200) -> str:
-    text = " ".join(str(err).split()) or type(err).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _hf_cache_dir() -> str:
-    from huggingface_hub import constants
-
-    return str(constants.HF_HUB_CACHE)
-
-
-def _looks_like_path(model: str) -> bool:
-    return model.endswith(SINGLE_FILE_SUFFIXES) or model.startswith(("/", ".", "~")) or model.count("/") > 1 or "\\" in model
-
-
-LOAD_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError, ImportError)
-
-
-def _load_errors() -> tuple[type[BaseException], ...]:
-    extra: list[type[BaseException]] = []
-    try:
-        from safetensors import SafetensorError
-
-        extra.append(SafetensorError)
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        from huggingface_hub.errors import HfHubHTTPError
-
-        extra.append(HfHubHTTPError)
-    except ImportError:  # pragma: no cover
-        pass
-    return LOAD_ERRORS + tuple(extra)
+    def check(self) -> None:
+        """The model is on disk (or downloads are allowed); nothing is loaded."""
+        locate_model(self.model, self.allow_download, SD_MODEL)
 
 
 def _is_sdxl_checkpoint(path: Path) -> bool:
@@ -124,115 +90,43 @@ def _is_sdxl_checkpoint(path: Path) -> bool:
         return any(k.startswith("conditioner.embedders.1") for k in f.keys())
 
 
-def load_pipeline(config: StableDiffusionConfig) -> Any:
-    """Load the diffusers pipeline named by `config.model`; every failure is a one-line UserError.
-
-    The libraries' own warnings are silenced while loading, so a failure stays one line.
-    """
-    return load_quietly(lambda: _load_pipeline(config))
-
-
-def _load_pipeline(config: StableDiffusionConfig) -> Any:
+def _load(location: ModelLocation) -> Any:
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    model = config.model
-    local = Path(model).expanduser()
-    fix = "pass --prior.model PATH to a local diffusers folder or .safetensors/.ckpt file, or use --prior toyworld"
-    if not local.exists() and _looks_like_path(model):
-        raise UserError(f"Stable Diffusion model path '{model}' does not exist; {fix}")
-    try:
-        if local.is_file():
-            if not local.name.endswith(SINGLE_FILE_SUFFIXES):
-                raise UserError(f"Stable Diffusion model file '{model}' is not a .safetensors/.ckpt checkpoint; {fix}")
-            cls = StableDiffusionXLPipeline if _is_sdxl_checkpoint(local) else StableDiffusionPipeline
-            kwargs = {} if cls is StableDiffusionXLPipeline else {"safety_checker": None, "requires_safety_checker": False}
-            return cls.from_single_file(str(local), local_files_only=not config.allow_download, **kwargs)
-        if local.is_dir():
-            index = local / "model_index.json"
-            if not index.is_file():
-                raise UserError(f"'{model}' is not a diffusers Stable Diffusion folder (no model_index.json); {fix}")
-            class_name = json.loads(index.read_text()).get("_class_name", "")
-            return _from_pretrained(str(local), "XL" in class_name, local_files_only=True)
-        return _from_hub(model, config.allow_download)
-    except UserError:
-        raise
-    except _load_errors() as err:
-        raise UserError(_load_failure(model, local, config.allow_download, err)) from err
+    if location.is_file:
+        cls = StableDiffusionXLPipeline if _is_sdxl_checkpoint(Path(location.source)) else StableDiffusionPipeline
+        kwargs = {} if cls is StableDiffusionXLPipeline else {"safety_checker": None, "requires_safety_checker": False}
+        return cls.from_single_file(location.source, local_files_only=location.local_files_only, **kwargs)
+    class_name = location.class_name
+    if not class_name:  # a Hub id to download: read its index first
+        from diffusers import DiffusionPipeline
+
+        class_name = DiffusionPipeline.load_config(location.source, local_files_only=location.local_files_only).get("_class_name", "")
+    if "XL" in class_name:
+        return StableDiffusionXLPipeline.from_pretrained(location.source, local_files_only=location.local_files_only)
+    return StableDiffusionPipeline.from_pretrained(location.source, local_files_only=location.local_files_only, safety_checker=None,
+                                                   feature_extractor=None, requires_safety_checker=False)
 
 
-def _from_pretrained(model: str, sdxl: bool, local_files_only: bool) -> Any:
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-    if sdxl:
-        return StableDiffusionXLPipeline.from_pretrained(model, local_files_only=local_files_only)
-    return StableDiffusionPipeline.from_pretrained(
-        model, local_files_only=local_files_only, safety_checker=None, feature_extractor=None, requires_safety_checker=False
-    )
+def load_sd_pipeline(config: StableDiffusionConfig) -> Any:
+    """The diffusers pipeline named by `config.model` (priors/diffusers/loading.py); failures are one-line UserErrors."""
+    return load_pipeline(config.model, config.allow_download, SD_MODEL, _load)
 
 
-def _from_hub(model: str, allow_download: bool) -> Any:
-    from diffusers import DiffusionPipeline
-
-    index = DiffusionPipeline.load_config(model, local_files_only=not allow_download)
-    return _from_pretrained(model, "XL" in index.get("_class_name", ""), local_files_only=not allow_download)
-
-
-def _load_failure(model: str, local: Path, allow_download: bool, err: BaseException) -> str:
-    if local.is_file():
-        return (f"could not load Stable Diffusion checkpoint '{model}' ({_one_line(err)}); if the file is corrupt re-download "
-                f"it; single-file loading also needs the base model's diffusers config in the Hugging Face cache "
-                f"({_hf_cache_dir()}), so add --prior.allow-download once, or pass --prior.model PATH to a diffusers "
-                f"folder, or use --prior toyworld")
-    return pipeline_load_failure("Stable Diffusion", model, local, allow_download, err, "--prior", "use --prior toyworld")
-
-
-def pipeline_load_failure(kind: str, model: str, local: Path, allow_download: bool, err: BaseException, flag: str,
-                          fallback: str = "") -> str:
-    """One line on why a diffusers pipeline (`kind`, set by `flag`.model) did not load from a
-    folder, the local Hugging Face cache or the Hub, with the fixes (and `fallback`, if any)."""
-    why, cache = _one_line(err), _hf_cache_dir()
-    alternative = f", or {fallback}" if fallback else ""
-    if local.is_dir():
-        return (f"could not load the {kind} folder '{model}' ({why}); make sure it is a complete diffusers export, "
-                f"pass {flag}.model PATH to another copy{alternative}")
-    if not allow_download:
-        return (f"{kind} model '{model}' is not in the local Hugging Face cache ({cache}) and downloads are off; "
-                f"download it with `huggingface-cli download {model}`, pass {flag}.model PATH to a local copy, "
-                f"add {flag}.allow-download{alternative}")
-    return (f"could not download {kind} model '{model}' into {cache} ({why}); check the model id and the network, "
-            f"pass {flag}.model PATH to a local copy{alternative}")
-
-
-def _resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    return {"float16": torch.float16, "float32": torch.float32}[name]
-
-
-def _model_key(model: str) -> str:
-    """Hub ids stay as given; local paths become absolute."""
-    local = Path(model).expanduser()
-    return str(local.resolve()) if local.exists() else model
-
-
-def _check_tokenizer(tokenizer: Any, model: str) -> None:
-    n = len(tokenizer)
-    if n < MIN_TOKENIZER_SIZE:
-        raise UserError(
-            f"tokenizer of {model} has only {n} tokens: the download is incomplete; delete it and download it again "
-            f"(`huggingface-cli download {model}`), or pass --prior.model PATH to a complete copy"
-        )
-
-
-class StableDiffusionPrior:
+@PRIORS.register("sd")
+class StableDiffusionPrior(Prior):
     """Frozen Stable Diffusion UNet + VAE + CLIP text encoder(s) behind `DiffusionPrior`."""
 
-    def __init__(self, config: StableDiffusionConfig, sampler_config: Any = None, device: torch.device | str = "cpu") -> None:
-        pipe = load_pipeline(config)
+    Config = StableDiffusionConfig
+    provides_variational_model = True
+
+    def __init__(self, config: StableDiffusionConfig, sampler_config: Optional[OrbitSamplerConfig] = None,
+                 device: torch.device | str = "cpu") -> None:
+        pipe = load_sd_pipeline(config)
         self._setup(
             pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.scheduler, config, device,
             getattr(pipe, "text_encoder_2", None), getattr(pipe, "tokenizer_2", None),
-            model_id=_model_key(config.model),
+            model_id=model_key(config.model),
             force_zeros_for_empty_prompt=bool(getattr(pipe.config, "force_zeros_for_empty_prompt", True)),
         )
 
@@ -261,8 +155,8 @@ class StableDiffusionPrior:
             raise UserError(f"SDXL model {model_id or 'components'} has no second text encoder; pass a complete SDXL pipeline")
         for tok in (tokenizer, tokenizer_2):
             if tok is not None:
-                _check_tokenizer(tok, model_id or "the model")
-        self.dtype = _resolve_dtype(config.dtype, self.device)
+                check_tokenizer(tok, model_id or "the model", "--prior")
+        self.dtype = resolve_dtype(config.dtype, self.device)
         self.vae_dtype = torch.float32 if self.is_sdxl else self.dtype
         self.unet = self._freeze(unet, self.dtype)
         self.vae = self._freeze(vae, self.vae_dtype)

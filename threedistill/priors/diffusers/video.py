@@ -17,26 +17,26 @@ the local Hugging Face cache only unless `allow_download`, every failure one lin
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal, NoReturn, Optional
 
 import torch
 from torch import Tensor
 
+from ...core.cameras import OrbitSamplerConfig
 from ...core.errors import UserError
-from ...core.runtime import load_quietly
-from ..base import VariationalConfig
-from .stable_diffusion import StableDiffusionPrior, _load_errors, _looks_like_path, _model_key, pipeline_load_failure
+from ..base import PRIORS, PriorConfig, VariationalConfig
+from .loading import ModelKind, ModelLocation, load_pipeline, locate_model, model_key
+from .stable_diffusion import StableDiffusionPrior
 
 PIPELINE_CLASS = "TextToVideoSDPipeline"
 UNET_CLASS = "UNet3DConditionModel"
-_FIX = "pass --prior.model PATH to a local diffusers text-to-video folder (TextToVideoSDPipeline), or use --prior toyworld-video"
+VIDEO_MODEL = ModelKind("text-to-video", "--prior", "use --prior toyworld-video", pipeline_classes=(PIPELINE_CLASS,),
+                        class_hint=" (UNet3DConditionModel); for image models use --prior sd")
 
 
 @dataclass
-class VideoDiffusionConfig:
+class VideoDiffusionConfig(PriorConfig):
     """A diffusers text-to-video checkpoint (UNet3DConditionModel) used as the frozen video prior."""
 
     model: str = "damo-vilab/text-to-video-ms-1.7b"
@@ -64,53 +64,38 @@ class VideoDiffusionConfig:
     max_step: float = 980
     """Default largest timestep."""
 
+    def clip_frames(self) -> Optional[int]:
+        return self.frames
+
+    def check(self) -> None:
+        """The model is on disk (or downloads are allowed); nothing is loaded."""
+        locate_model(self.model, self.allow_download, VIDEO_MODEL)
+
+
+def _load(location: ModelLocation) -> Any:
+    from diffusers import TextToVideoSDPipeline
+
+    return TextToVideoSDPipeline.from_pretrained(location.source, local_files_only=location.local_files_only)
+
 
 def load_video_pipeline(config: VideoDiffusionConfig) -> Any:
-    """Load the `TextToVideoSDPipeline` named by `config.model`; every failure is a one-line UserError."""
-    return load_quietly(lambda: _load_video_pipeline(config))
+    """The `TextToVideoSDPipeline` named by `config.model`; every failure is a one-line UserError."""
+    return load_pipeline(config.model, config.allow_download, VIDEO_MODEL, _load)
 
 
-def _load_video_pipeline(config: VideoDiffusionConfig) -> Any:
-    from diffusers import DiffusionPipeline, TextToVideoSDPipeline
-
-    model = config.model
-    local = Path(model).expanduser()
-    if not local.exists() and _looks_like_path(model):
-        raise UserError(f"text-to-video model path '{model}' does not exist; {_FIX}")
-    try:
-        if local.is_file():
-            raise UserError(f"text-to-video model '{model}' is a file; single-file checkpoints are not supported; {_FIX}")
-        if local.is_dir():
-            index = local / "model_index.json"
-            if not index.is_file():
-                raise UserError(f"'{model}' is not a diffusers folder (no model_index.json); {_FIX}")
-            _check_pipeline_class(model, json.loads(index.read_text()))
-            return TextToVideoSDPipeline.from_pretrained(str(local), local_files_only=True)
-        _check_pipeline_class(model, DiffusionPipeline.load_config(model, local_files_only=not config.allow_download))
-        return TextToVideoSDPipeline.from_pretrained(model, local_files_only=not config.allow_download)
-    except UserError:
-        raise
-    except _load_errors() as err:
-        failure = pipeline_load_failure("text-to-video", model, local, config.allow_download, err, "--prior", "use --prior toyworld-video")
-        raise UserError(failure) from err
-
-
-def _check_pipeline_class(model: str, index: dict[str, Any]) -> None:
-    name = index.get("_class_name", "")
-    if name != PIPELINE_CLASS:
-        raise UserError(f"'{model}' is a {name or 'unknown'} pipeline, not a {PIPELINE_CLASS} (UNet3DConditionModel); "
-                        f"for image models use --prior sd; {_FIX}")
-
-
+@PRIORS.register("video-sd")
 class VideoDiffusionPrior(StableDiffusionPrior):
     """Frozen UNet3DConditionModel + VAE + CLIP text encoder behind the clip convention (module docstring)."""
 
+    Config = VideoDiffusionConfig
     is_video = True
+    provides_variational_model = False
     config: VideoDiffusionConfig  # type: ignore[assignment]
 
-    def __init__(self, config: VideoDiffusionConfig, sampler_config: Any = None, device: torch.device | str = "cpu") -> None:
+    def __init__(self, config: VideoDiffusionConfig, sampler_config: Optional[OrbitSamplerConfig] = None,
+                 device: torch.device | str = "cpu") -> None:
         pipe = load_video_pipeline(config)
-        self._setup_video(pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.scheduler, config, device, _model_key(config.model))
+        self._setup_video(pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.scheduler, config, device, model_key(config.model))
 
     @classmethod
     def from_components(  # type: ignore[override]
@@ -125,7 +110,8 @@ class VideoDiffusionPrior(StableDiffusionPrior):
     def _setup_video(self, unet: Any, vae: Any, text_encoder: Any, tokenizer: Any, scheduler: Any,
                      config: VideoDiffusionConfig, device: torch.device | str, model_id: Optional[str]) -> None:
         if type(unet).__name__ != UNET_CLASS:
-            raise UserError(f"text-to-video model {model_id or 'components'} has a {type(unet).__name__}, not a {UNET_CLASS}; {_FIX}")
+            raise UserError(f"text-to-video model {model_id or 'components'} has a {type(unet).__name__}, not a {UNET_CLASS}; "
+                            f"{VIDEO_MODEL.fix()}")
         if config.frames < 1:
             raise UserError(f"--prior.frames must be >= 1, got {config.frames}")
         self._setup(unet, vae, text_encoder, tokenizer, scheduler, config, device, None, None,  # type: ignore[arg-type]

@@ -1,0 +1,1 @@
+"""toyworld: priors whose data distribution is known exactly (DESIGN.md section 5)."""

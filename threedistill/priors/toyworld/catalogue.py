@@ -19,9 +19,9 @@ import torch
 import trimesh
 from torch import Tensor
 
-from threedistill.core.errors import UserError
-
-RADIUS = 0.85
+from ...core.errors import UserError
+from ...core.mesh_file import OBJECT_RADIUS as RADIUS
+from ...core.mesh_file import ColouredMesh, normalise
 """Distance of every object's farthest vertex from the origin."""
 
 COLOURS: dict[str, tuple[float, float, float]] = {
@@ -48,22 +48,9 @@ Colour = Union[str, tuple[float, float, float]]
 
 
 @dataclass
-class ToyMesh:
-    """A coloured triangle mesh inside the unit sphere."""
-
-    vertices: np.ndarray  # [V,3] float32
-    faces: np.ndarray  # [F,3] int64
-    face_colors: np.ndarray  # [F,3] float32 in [0,1]
-    name: str
-    main_faces: Optional[np.ndarray] = None  # [F] bool: the faces a colour word recolours
-
-    def to_torch(self, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor, Tensor]:
-        """(vertices [V,3] float32, faces [F,3] long, face_colors [F,3] float32) on `device`."""
-        return (
-            torch.tensor(self.vertices, dtype=torch.float32, device=device),
-            torch.tensor(self.faces, dtype=torch.long, device=device),
-            torch.tensor(self.face_colors, dtype=torch.float32, device=device),
-        )
+class ToyMesh(ColouredMesh):
+    """A catalogue object: a coloured triangle mesh inside the unit sphere whose main faces a
+    colour word recolours."""
 
     def recoloured(self, colour: str, name: str) -> "ToyMesh":
         """A copy whose main faces have the colour word `colour`."""
@@ -83,12 +70,6 @@ class Part:
 
 def _rgb(colour: Colour) -> tuple[float, float, float]:
     return COLOURS[colour] if isinstance(colour, str) else colour
-
-
-def normalise(vertices: np.ndarray) -> np.ndarray:
-    """Centre vertices on their bounding-box centre and scale the farthest one to RADIUS."""
-    v = vertices - 0.5 * (vertices.min(0) + vertices.max(0))
-    return (v * (RADIUS / np.linalg.norm(v, axis=1).max())).astype(np.float32)
 
 
 def assemble(parts: Sequence[Part], name: str, normalised: bool = True) -> ToyMesh:

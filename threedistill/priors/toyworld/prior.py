@@ -28,14 +28,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ...core.atomic import atomic_path
+from ...core.mesh_file import ColouredMesh, load_mesh_file
 from ...core.errors import UserError
 from ...core.cameras import VIEW_LABEL_ANGLES, Cameras, OrbitSampler, OrbitSamplerConfig, orbit_cameras, split_view_phrase, view_phrase
 from ...render.mesh_torch import render_mesh
 from ...core.runtime import default_cache_dir
 from ...core.types import RenderOutput
-from ..base import GuidanceDefaults, VariationalConfig, noise_coefficients, scaled_linear_alphas_cumprod
-from .catalogue import ToyMesh, catalogue_prompts, resolve_prompt
-from .user_mesh import load_user_mesh
+from ..base import PRIORS, GuidanceDefaults, Prior, PriorConfig, VariationalConfig, noise_coefficients, scaled_linear_alphas_cumprod
+from .catalogue import catalogue_prompts, resolve_prompt
 
 if TYPE_CHECKING:
     from .variational import ToyworldVariationalModel
@@ -45,7 +45,7 @@ UNCOND_ID = 0
 
 
 @dataclass
-class ToyworldConfig:
+class ToyworldConfig(PriorConfig):
     """The built-in ground-truth prior."""
 
     resolution: int = 64
@@ -74,6 +74,41 @@ class ToyworldConfig:
     cache_dir: Optional[str] = None
     """Reference cache folder (default: $THREEDISTILL_CACHE or ~/.cache/threedistill)."""
 
+    def check(self) -> None:
+        check_posterior_settings(self.temperature, self.data_noise)
+        if self.mesh:
+            load_mesh_file(self.mesh, name="user mesh")  # readable, with faces
+
+
+def check_posterior_settings(temperature: Optional[float], data_noise: Optional[float]) -> None:
+    """The softmax temperature is positive and the data noise non-negative (None: their defaults)."""
+    if data_noise is not None and data_noise < 0:
+        raise UserError(f"--prior.data-noise must be >= 0, got {data_noise}; 0 is the exact empirical distribution")
+    if temperature is not None and temperature <= 0:
+        raise UserError(f"--prior.temperature must be positive, got {temperature}; 1 is the exact posterior")
+
+
+def sampler_sharing_key(sampler_config: OrbitSamplerConfig) -> str:
+    """The training-camera ranges the references are drawn from (not the render size or batch)."""
+    ranges = {k: v for k, v in asdict(sampler_config).items() if k not in ("width", "height", "batch_size", "scene")}
+    return repr(sorted(ranges.items()))
+
+
+def catalogue_modes(prompt: str) -> list[ColouredMesh]:
+    """The catalogue object(s) a prompt names, view phrase ignored; an animated object ("a bouncing
+    ball") as its first frame, the static stage of a 4D run. Unknown prompts are a UserError."""
+    base = split_view_phrase(prompt)[0]
+    try:
+        return resolve_prompt(base)
+    except UserError:
+        from .animated import resolve_animated
+
+        try:
+            return [toy.at(0.0) for toy in resolve_animated(base)]
+        except UserError:
+            pass
+        raise
+
 
 @dataclass
 class ReferenceSet:
@@ -84,9 +119,13 @@ class ReferenceSet:
     dirs: Tensor  # [N, 3] float64
 
 
-class ToyworldPrior:
+@PRIORS.register("toyworld")
+class ToyworldPrior(Prior):
     """Exact empirical-posterior denoiser over rendered references (see module docstring)."""
 
+    Config = ToyworldConfig
+    has_ground_truth = True
+    provides_variational_model = True
     num_train_timesteps = 1000
 
     def __init__(self, config: ToyworldConfig, sampler_config: OrbitSamplerConfig, device: torch.device | str = "cpu") -> None:
@@ -97,35 +136,34 @@ class ToyworldPrior:
         self.defaults = GuidanceDefaults(cfg_scale=1.0, min_step=20, max_step=[(0.0, 980.0), (0.5, 500.0)], cfg_scale_low=1.0)
         self.temperature = 1.0 if config.temperature is None else float(config.temperature)
         self.data_noise = 0.0 if config.data_noise is None else float(config.data_noise)
-        if self.data_noise < 0:
-            raise UserError(f"--prior.data-noise must be >= 0, got {config.data_noise}; 0 is the exact empirical distribution")
-        if self.temperature <= 0:
-            raise UserError(f"--prior.temperature must be positive, got {config.temperature}; 1 is the exact posterior")
+        check_posterior_settings(config.temperature, config.data_noise)
         self.sampler_config = sampler_config
         self.cache_dir = Path(config.cache_dir or default_cache_dir()) / "toyworld"
-        self._user_mesh: Optional[ToyMesh] = load_user_mesh(config.mesh, name="user mesh") if config.mesh else None
+        self._user_mesh: Optional[ColouredMesh] = load_mesh_file(config.mesh, name="user mesh") if config.mesh else None
         self._prompt_ids: dict[str, int] = {"": UNCOND_ID}
         self._sets: dict[int, ReferenceSet] = {}
-        self._meshes: dict[int, list[ToyMesh]] = {}
+        self._meshes: dict[int, list[ColouredMesh]] = {}
         self._set_of: dict[int, int] = {}  # view-phrase id -> the object's reference-set id
         self._view_dirs: dict[int, Tensor] = {}  # view-phrase id -> default camera direction [3]
 
+    @classmethod
+    def sharing_key(cls, config: PriorConfig, sampler_config: OrbitSamplerConfig) -> str:
+        """Its settings and the training-camera ranges its references are drawn from."""
+        return f"{config!r}|{sampler_sharing_key(sampler_config)}"
+
+    @classmethod
+    def check_prompt(cls, config: PriorConfig, prompt: str) -> None:
+        """A prompt names a catalogue object (any prompt names the user mesh when there is one)."""
+        assert isinstance(config, ToyworldConfig)
+        if not config.mesh:
+            catalogue_modes(prompt)
+
     # ------------------------------------------------------------------ prompts
-    def modes(self, prompt: str) -> list[ToyMesh]:
+    def modes(self, prompt: str) -> list[ColouredMesh]:
         """The object(s) a prompt names, view phrase ignored: one mesh per mode (user mesh when configured)."""
         if self._user_mesh is not None:
             return [self._user_mesh]
-        base = split_view_phrase(prompt)[0]
-        try:
-            return resolve_prompt(base)
-        except UserError:
-            from .animated import resolve_animated
-
-            try:  # an animated object ("a bouncing ball") as its first frame: the static stage of a 4D run
-                return [toy.at(0.0) for toy in resolve_animated(base)]
-            except UserError:
-                pass
-            raise
+        return catalogue_modes(prompt)
 
     def _embedding_id(self, text: str) -> int:
         """The id of one prompt, registering it (and its object, for a view phrase) on first use."""
@@ -173,13 +211,13 @@ class ToyworldPrior:
         cams = OrbitSampler(cfg).sample(gen, batch_size=n)
         return cams[torch.randperm(n, generator=torch.Generator().manual_seed(seed))]
 
-    def render_ground_truth(self, mesh: ToyMesh, cams: Cameras) -> RenderOutput:
+    def render_ground_truth(self, mesh: ColouredMesh, cams: Cameras) -> RenderOutput:
         """Render a catalogue mesh with the reference renderer (Lambertian, white background)."""
         v, f, c = mesh.to_torch(self.device)
         with torch.no_grad():
             return render_mesh(v, f, c, cams.to(self.device))
 
-    def _cache_key(self, meshes: list[ToyMesh], counts: list[int], seed: int) -> str:
+    def _cache_key(self, meshes: list[ColouredMesh], counts: list[int], seed: int) -> str:
         h = hashlib.sha1()
         h.update(f"v{REFERENCE_FORMAT_VERSION}|{self.resolution}|{counts}|{seed}|{asdict(self.sampler_config)}".encode())
         for m in meshes:
@@ -187,7 +225,7 @@ class ToyworldPrior:
                 h.update(np.ascontiguousarray(arr).tobytes())
         return h.hexdigest()[:20]
 
-    def _render_references(self, meshes: list[ToyMesh], counts: list[int], seed: int) -> tuple[Tensor, Tensor]:
+    def _render_references(self, meshes: list[ColouredMesh], counts: list[int], seed: int) -> tuple[Tensor, Tensor]:
         """Images [N,3,R,R] in [0,1] and camera directions [N,3]: counts[i] views of meshes[i]."""
         path = self.cache_dir / f"{self._cache_key(meshes, counts, seed)}.pt"
         if path.exists():

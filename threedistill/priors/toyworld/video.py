@@ -35,8 +35,8 @@ from ...core.errors import UserError
 from ...core.motion import frame_times
 from ...render.mesh_torch import render_mesh
 from ...core.types import RenderOutput
-from ..base import VariationalConfig
-from .prior import UNCOND_ID, ReferenceSet, ToyworldConfig, ToyworldPrior
+from ..base import PRIORS, PriorConfig, VariationalConfig
+from .prior import UNCOND_ID, ReferenceSet, ToyworldConfig, ToyworldPrior, check_posterior_settings
 from .animated import AnimatedToy, animated_mesh, animated_prompts, resolve_animated
 from .catalogue import ToyMesh
 from .variational import ToyworldVariationalModel
@@ -45,7 +45,7 @@ VIDEO_REFERENCE_FORMAT_VERSION = 2
 
 
 @dataclass
-class ToyworldVideoConfig:
+class ToyworldVideoConfig(PriorConfig):
     """The built-in ground-truth video prior (clips of animated catalogue objects)."""
 
     resolution: int = 32
@@ -67,15 +67,23 @@ class ToyworldVideoConfig:
     cache_dir: Optional[str] = None
     """Reference cache folder (default: $THREEDISTILL_CACHE or ~/.cache/threedistill)."""
 
+    def clip_frames(self) -> Optional[int]:
+        return self.frames
+
+    def check(self) -> None:
+        check_posterior_settings(self.temperature, self.data_noise)
+
 
 def clip_directions(cameras: Cameras, clips: int, frames: int) -> Tensor:
     """Direction [clips,3] of each clip's first frame camera (B*F view-major cameras, or B of them)."""
     return _first_frames(cameras, clips, frames).directions()
 
 
+@PRIORS.register("toyworld-video")
 class ToyworldVideoPrior(ToyworldPrior):
     """Exact empirical-posterior denoiser over rendered reference clips (see module docstring)."""
 
+    Config = ToyworldVideoConfig  # type: ignore[assignment]
     is_video = True
 
     def __init__(self, config: ToyworldVideoConfig, sampler_config: OrbitSamplerConfig, device: torch.device | str = "cpu") -> None:
@@ -87,6 +95,11 @@ class ToyworldVideoPrior(ToyworldPrior):
         self.frames = config.frames
         self.cache_dir = self.cache_dir.parent / "toyworld-video"
         self._meshes: dict[int, list[AnimatedToy]] = {}  # type: ignore[assignment]
+
+    @classmethod
+    def check_prompt(cls, config: PriorConfig, prompt: str) -> None:
+        """A prompt names an animated catalogue object."""
+        resolve_animated(split_view_phrase(prompt)[0])
 
     # ------------------------------------------------------------------ prompts
     def modes(self, prompt: str) -> list[AnimatedToy]:  # type: ignore[override]

@@ -1,16 +1,52 @@
-"""User meshes as toyworld objects: any .glb/.obj/.ply/.stl with its face or vertex colours."""
+"""Coloured triangle meshes inside the unit sphere, and reading them from mesh files.
+
+Used for toyworld's catalogue objects and user meshes (`--prior.mesh`), the mesh
+representation's starting shape (`--representation.path`) and `threedistill toyworld scene --mesh`.
+"""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
+import torch
 import trimesh
+from torch import Tensor
 
-from ...core.errors import UserError
-from ...core.runtime import quiet_libraries
-from .catalogue import ToyMesh, normalise
+from .errors import UserError
+from .runtime import quiet_libraries
+
+OBJECT_RADIUS = 0.85
+"""Objects are scaled so their farthest vertex lies this far from the centre."""
+
+
+@dataclass
+class ColouredMesh:
+    """A triangle mesh with per-face colours."""
+
+    vertices: np.ndarray  # [V,3] float32
+    faces: np.ndarray  # [F,3] int64
+    face_colors: np.ndarray  # [F,3] float32 in [0,1]
+    name: str
+    main_faces: Optional[np.ndarray] = None  # [F] bool: the faces a colour word recolours
+
+    def to_torch(self, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor, Tensor]:
+        """(vertices [V,3] float32, faces [F,3] long, face_colors [F,3] float32) on `device`."""
+        return (
+            torch.tensor(self.vertices, dtype=torch.float32, device=device),
+            torch.tensor(self.faces, dtype=torch.long, device=device),
+            torch.tensor(self.face_colors, dtype=torch.float32, device=device),
+        )
+
+
+def normalise(vertices: np.ndarray) -> np.ndarray:
+    """Centre vertices on their bounding-box centre and scale the farthest one to OBJECT_RADIUS."""
+    v = vertices - 0.5 * (vertices.min(0) + vertices.max(0))
+    return (v * (OBJECT_RADIUS / np.linalg.norm(v, axis=1).max())).astype(np.float32)
+
 
 _USER_MESH_GREY = (0.7, 0.7, 0.7)
 GLTF_SUFFIXES = (".glb", ".gltf")
@@ -30,8 +66,8 @@ def _face_colours(mesh: trimesh.Trimesh) -> np.ndarray:
     return np.tile(np.float32(_USER_MESH_GREY), (len(mesh.faces), 1))
 
 
-def load_user_mesh(path: str | Path, name: str) -> ToyMesh:
-    """Load a mesh file (.glb/.obj/.ply/.stl...) as a normalised ToyMesh with face colours.
+def load_mesh_file(path: str | Path, name: str) -> ColouredMesh:
+    """Load a mesh file (.glb/.obj/.ply/.stl...) normalised into the unit sphere, with face colours.
 
     glTF files are y-up by specification and are turned z-up; other formats are taken as z-up.
     """
@@ -54,4 +90,4 @@ def load_user_mesh(path: str | Path, name: str) -> ToyMesh:
     if path.suffix.lower() in GLTF_SUFFIXES:  # glTF is y-up; our world is z-up: (x, y, z) -> (x, -z, y)
         vertices = np.stack([vertices[:, 0], -vertices[:, 2], vertices[:, 1]], axis=1)
     vertices = normalise(vertices)
-    return ToyMesh(vertices, faces, np.clip(colours, 0, 1).astype(np.float32), name, np.ones(len(faces), bool))
+    return ColouredMesh(vertices, faces, np.clip(colours, 0, 1).astype(np.float32), name, np.ones(len(faces), bool))

@@ -1,0 +1,252 @@
+"""Test support, the one module tests import helpers from (no test module imports another).
+
+- tiny toyworld run configurations and the trainers of runs built from them;
+- `KnownEpsPrior`, a diffusion prior whose epsilon predictions are known in closed form;
+- tiny Stable-Diffusion-shaped, InstructPix2Pix and text-to-video diffusers pipelines built
+  from configs with seeded random weights (DESIGN.md section 9), saved with `save_pretrained`
+  so tests load them through the same code path as a real checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Literal, Optional
+
+import torch
+from torch import Tensor
+
+from threedistill.config import ComponentNames, RunConfig, parse_run_args
+from threedistill.engine.loop import StageTrainer
+from threedistill.engine.plan import Stage, single_stage
+from threedistill.engine.run import Run
+from threedistill.engine.run_dir import new_run_dir
+from threedistill.priors.base import GuidanceDefaults, scaled_linear_alphas_cumprod
+from threedistill.priors.diffusers.byte_tokenizer import write_byte_tokenizer
+
+# ---------------------------------------------------------------------- tiny runs
+TINY_FLAGS = [
+    "--prior", "toyworld",
+    "--steps", "6",
+    "--prior.num-references", "16",
+    "--prior.resolution", "32",
+    "--sampler.width", "32",
+    "--sampler.height", "32",
+    "--sampler.batch-size", "2",
+    "--representation.num-points", "300",
+    "--log.no-progress",
+    "--log.turntable-frames", "4",
+    "--log.turntable-resolution", "32",
+    "--log.eval-views", "4",
+    "--log.preview-every", "3",
+    "--log.checkpoint-every", "3",
+    "--log.log-every", "1",
+    "--log.export-formats", "splat", "video",
+    "--device", "cpu",
+]
+
+
+SMALL_NERF = dict(levels=4, log2_table_size=12, base_resolution=8, max_resolution=32, hidden_dim=16,
+                  samples_per_ray=32, occ_resolution=16)
+"""A small NeRF: levels 8 and 11 dense, 16 and 32 hashed."""
+
+
+def tiny_config(*extra: str) -> tuple[ComponentNames, RunConfig]:
+    """(names, cfg) of a run that takes a second or two."""
+    return parse_run_args([*TINY_FLAGS, *extra])
+
+
+def trainer_for(names: ComponentNames, cfg: RunConfig, run_dir: Optional[Path] = None, plan: Optional[list[Stage]] = None) -> StageTrainer:
+    """The first stage's trainer of a run of `plan` (default: the single stage `cfg`) in `run_dir`
+    (default: a new folder under cfg.out); the plan is not validated and config.yaml is written."""
+    plan = plan or single_stage(names, cfg)
+    run_dir = run_dir or new_run_dir(cfg.out, cfg.prompt, names.guidance, names.representation)
+    run = Run(plan, run_dir)
+    run.save_config()
+    return run.trainer
+
+
+# ---------------------------------------------------------------------- the command line
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "threedistill.cli", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300
+    )
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+# ---------------------------------------------------------------------- a prior with known predictions
+class KnownEpsPrior:
+    """encode = identity; eps(x_t, t, emb) = emb_value * ones + slope * x_t.
+
+    Embeddings are scalars, so cond / uncond / null predictions differ in a known way.
+    """
+
+    num_train_timesteps = 1000
+    resolution = 8
+    device = torch.device("cpu")
+    model_id = None
+
+    def __init__(self, slope: float = 0.0, defaults: Optional[GuidanceDefaults] = None) -> None:
+        self.alphas_cumprod = scaled_linear_alphas_cumprod()
+        self.slope = slope
+        self.defaults = defaults or GuidanceDefaults(cfg_scale=1.0, min_step=20, max_step=980)
+        self.calls = 0
+
+    def encode(self, images: Tensor) -> Tensor:
+        return images
+
+    def decode(self, x0: Tensor) -> Tensor:
+        return x0
+
+    def embed(self, texts: list[str]) -> Tensor:
+        return torch.tensor([float(len(t)) for t in texts])
+
+    def predict_eps(self, x_t: Tensor, t: Tensor, emb: Tensor, cameras=None) -> Tensor:
+        self.calls += 1
+        return emb.view(-1, *([1] * (x_t.ndim - 1))).to(x_t) + self.slope * x_t
+
+
+# ---------------------------------------------------------------------- tiny diffusers pipelines
+Kind = Literal["sd1", "sd2v", "sdxl"]
+HIDDEN = 32
+TIME_EMBED_DIM = 8  # SDXL addition_time_embed_dim
+
+
+def _tokenizer(folder: Path, max_length: int = 16):
+    from transformers import CLIPTokenizer
+
+    write_byte_tokenizer(folder, max_length)
+    return CLIPTokenizer.from_pretrained(str(folder))
+
+
+def _text_encoder(vocab_size: int, projection: bool, seed: int, max_length: int = 16):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    cfg = CLIPTextConfig(
+        vocab_size=vocab_size, hidden_size=HIDDEN, intermediate_size=37, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=max_length, projection_dim=HIDDEN,
+        bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
+    )
+    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(cfg).eval()
+
+
+def _unet(kind: Kind, seed: int):
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    extra: dict = {}
+    cross = HIDDEN
+    if kind == "sdxl":
+        cross = 2 * HIDDEN
+        extra = dict(
+            addition_embed_type="text_time", addition_time_embed_dim=TIME_EMBED_DIM,
+            projection_class_embeddings_input_dim=HIDDEN + 6 * TIME_EMBED_DIM,
+            transformer_layers_per_block=(1, 1),
+        )
+    return UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(32, 64), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=cross,
+        attention_head_dim=(2, 4) if kind != "sd1" else 8, norm_num_groups=32,
+        use_linear_projection=kind != "sd1", **extra,
+    ).eval()
+
+
+def _vae(seed: int):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16, 16, 16),
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=1, norm_num_groups=8, sample_size=64,
+    ).eval()
+
+
+def _scheduler(kind: Kind):
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+        prediction_type="v_prediction" if kind == "sd2v" else "epsilon",
+    )
+
+
+KINDS = ("sd1", "sd2v", "sdxl")
+
+
+def build_tiny_pipeline(path: Path | str, kind: Kind = "sd1"):
+    """The tiny pipeline object (not saved); tokenizer files go under `path/_tok*`."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    path = Path(path)
+    tok = _tokenizer(path.parent / f"_tok_{path.name}")
+    common = dict(unet=_unet(kind, 0), vae=_vae(1), text_encoder=_text_encoder(len(tok), False, 2),
+                  tokenizer=tok, scheduler=_scheduler(kind))
+    if kind == "sdxl":
+        return StableDiffusionXLPipeline(text_encoder_2=_text_encoder(len(tok), True, 3), tokenizer_2=tok, **common)
+    return StableDiffusionPipeline(safety_checker=None, feature_extractor=None, requires_safety_checker=False, **common)
+
+
+def build_tiny_sd(path: Path | str, kind: Kind = "sd1") -> Path:
+    """Write a tiny, deterministic SD-shaped diffusers pipeline of `kind` to `path`."""
+    path = Path(path)
+    build_tiny_pipeline(path, kind).save_pretrained(str(path))
+    return path
+
+
+def build_tiny_ip2p(path: Path | str) -> Path:
+    """Write a tiny, deterministic StableDiffusionInstructPix2PixPipeline folder to `path`."""
+    from diffusers import StableDiffusionInstructPix2PixPipeline, UNet2DConditionModel
+
+    path = Path(path)
+    sd = build_tiny_pipeline(path, "sd1")
+    torch.manual_seed(4)
+    unet = UNet2DConditionModel.from_config({**sd.unet.config, "in_channels": 8}).eval()
+    pipe = StableDiffusionInstructPix2PixPipeline(
+        vae=sd.vae, text_encoder=sd.text_encoder, tokenizer=sd.tokenizer, unet=unet, scheduler=sd.scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.save_pretrained(str(path))
+    return path
+
+
+def _unet3d(seed: int):
+    from diffusers import UNet3DConditionModel
+
+    torch.manual_seed(seed)
+    return UNet3DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"), up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
+        cross_attention_dim=HIDDEN, attention_head_dim=4, norm_num_groups=32,
+    ).eval()
+
+
+def build_tiny_t2v_pipeline(path: Path | str):
+    """The tiny pipeline object (not saved); tokenizer files go under `path/../_tok_<name>`."""
+    from diffusers import TextToVideoSDPipeline
+
+    path = Path(path)
+    tok = _tokenizer(path.parent / f"_tok_{path.name}")
+    return TextToVideoSDPipeline(vae=_vae(1), text_encoder=_text_encoder(len(tok), False, 2), tokenizer=tok,
+                                 unet=_unet3d(0), scheduler=_scheduler("sd1"))
+
+
+def build_tiny_t2v(path: Path | str) -> Path:
+    """Write a tiny, deterministic text-to-video diffusers pipeline to `path`."""
+    path = Path(path)
+    build_tiny_t2v_pipeline(path).save_pretrained(str(path))
+    return path

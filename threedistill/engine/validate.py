@@ -1,0 +1,127 @@
+"""The run plan, checked in full before any work: one UserError naming the problem and the fix.
+
+For every stage: the names resolve; the objective's needs (core/objective.py's `Needs`) are
+met by the stage (a prior, a variational model, a scene, clips); static and dynamic stages have
+an image or a video prior; every model file the stage will load is located offline (its
+config's `check`, priors/diffusers/loading.py), every input file (scene, meshes) is readable
+and every prompt is one its prior can read; each stage can start from the one before.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ..config import RunConfig
+from ..core.errors import UserError
+from ..core.objective import OBJECTIVES
+from ..core.schedule import validate_schedule
+from ..export.asset import EXPORT_FORMATS
+from ..priors.base import PRIORS
+from ..representations.base import REPRESENTATIONS
+from ..representations.convert import transition_error
+from ..representations.deformation import DEFORMABLE
+from ..scene.views import scene_for
+from .build import resolve_device
+from .plan import Stage
+from .priors import image_prior_of, stage_needs_prior, uses_image_objective
+
+
+def validate_plan(plan: list[Stage], start_from: Optional[str] = None, first: int = 0, scenes: bool = True) -> None:
+    """Check the stages from `first` on (see the module docstring); `start_from` names the
+    representation the first of them starts from (another run's asset), if any. `scenes=False`
+    leaves out reading the scenes (one that is still to be written)."""
+    previous: Optional[Stage] = plan[first - 1] if first > 0 else None
+    for stage in plan[first:]:
+        try:
+            _check_stage(stage, len(plan), scenes)
+            if previous is not None or (start_from is not None and stage is plan[first]):
+                _check_transition(previous, start_from if previous is None else previous.names.representation, stage)
+        except UserError as exc:
+            raise UserError(f"stage '{stage.label}': {exc}" if len(plan) > 1 else str(exc)) from None
+        previous = stage
+
+
+def _check_stage(stage: Stage, stages: int, scenes: bool) -> None:
+    cfg, names = stage.cfg, stage.names
+    objective, prior = OBJECTIVES[names.guidance], PRIORS[names.prior]
+    REPRESENTATIONS[names.representation]
+    needs = objective.needs
+    resolve_device(cfg.device)
+    if needs.source_image:
+        raise UserError(f"--guidance {names.guidance} edits existing content; use `threedistill edit-image IMAGE --source TEXT --target TEXT`")
+    if needs.scene:
+        if not cfg.sampler.scene:
+            raise UserError(f"--guidance {names.guidance} fits posed images; pass --sampler.scene SCENE_DIR (or use `threedistill edit`)")
+        if scenes:
+            scene_for(cfg.sampler)  # every image and mask readable, the poses well-formed
+    cfg.guidance.check()
+    particles = cfg.guidance.particle_count()
+    if particles > 1 and stages > 1:
+        raise UserError("--guidance.particles needs a single-stage run; drop the config's stages or the particles")
+    if particles > 1 and cfg.dynamic:
+        raise UserError("--guidance.particles needs a static run (4D runs train one asset); drop --dynamic or the particles")
+    if cfg.dynamic:
+        _check_dynamic(cfg)
+    elif prior.is_video:
+        raise UserError(f"--prior {names.prior} scores video clips; add --dynamic (or use an image prior)")
+    if needs.variational_model and not prior.provides_variational_model:
+        raise UserError(f"--guidance {names.guidance} needs a variational model, which --prior {names.prior} does not provide; "
+                        "use an objective such as sds, or --prior toyworld / sd")
+    if stage_needs_prior(cfg):
+        cfg.prior.check()
+        for text in (cfg.prompt, *cfg.guidance.texts()):
+            prior.check_prompt(cfg.prior, text)
+    cfg.representation.check()
+    unknown = [f for f in cfg.log.export_formats if f not in EXPORT_FORMATS]
+    if unknown:
+        raise UserError(f"unknown export format '{unknown[0]}' in --log.export-formats; valid formats: {', '.join(EXPORT_FORMATS)}")
+
+
+def _check_dynamic(cfg: RunConfig) -> None:
+    names = cfg.component_names()
+    if not PRIORS[names.prior].is_video:
+        raise UserError(f"--dynamic needs a video prior (toyworld-video, video-sd), not --prior {names.prior}")
+    if not OBJECTIVES[names.guidance].needs.clips:
+        raise UserError(f"--guidance {names.guidance} fits images, not clips; drop --dynamic or use a distillation objective (sds, vsd, ...)")
+    if not issubclass(REPRESENTATIONS[names.representation], DEFORMABLE):
+        raise UserError(f"a 4D deformation wraps gaussians or nerf, not {names.representation}; use --representation gaussians or nerf")
+    prior_frames = cfg.prior.clip_frames()
+    frames = cfg.motion.frames or prior_frames
+    if frames != prior_frames:
+        raise UserError(f"--motion.frames {frames} differs from the video prior's {prior_frames} frames; set --prior.frames instead")
+    if frames is None or frames < 2:
+        raise UserError(f"a dynamic run needs clips of at least 2 frames, got {frames}")
+    cfg.deformation.check()
+    try:
+        validate_schedule("motion.image_weight", cfg.motion.image_weight)
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"--motion.image-weight: {exc}") from None
+    if uses_image_objective(cfg):
+        counterpart = image_prior_of(cfg)
+        if counterpart is None:
+            raise UserError("--motion.image-weight needs a video prior with an image counterpart (toyworld-video, video-sd)")
+        name, config = counterpart
+        config.check()
+        PRIORS[name].check_prompt(config, cfg.prompt)
+
+
+def _check_transition(previous: Optional[Stage], before: Optional[str], stage: Stage) -> None:
+    """The stage can start from the previous result (and, for a representation that keeps its
+    tensors' shapes, with the same shape settings)."""
+    after = stage.names.representation
+    if before is None:
+        return
+    problem = transition_error(before, after)
+    if problem is not None:
+        raise UserError(problem)
+    cls = REPRESENTATIONS[after]
+    if previous is None or before != after or not cls.fixed_state_shapes or previous.cfg.representation == stage.cfg.representation:
+        return
+    shapes = [{k: tuple(v.shape) for k, v in cls.build(s.cfg.representation, torch.Generator(), "torch").state_dict().items()}
+              for s in (previous, stage)]
+    if shapes[0] != shapes[1]:
+        changed = sorted(k for k in shapes[0].keys() | shapes[1].keys() if shapes[0].get(k) != shapes[1].get(k))[:3]
+        raise UserError(f"this stage changes the {after}'s shape settings ({', '.join(changed)}), so it cannot continue from the "
+                        "previous result; keep them equal")
