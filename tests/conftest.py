@@ -34,3 +34,19 @@ def tiny_sd(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("tiny-sd")
     return {kind: build_tiny_sd(root / kind, kind) for kind in KINDS}
+
+
+@pytest.fixture(scope="session")
+def tiny_ip2p(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny InstructPix2Pix pipeline, built once per session."""
+    from support import build_tiny_ip2p
+
+    return build_tiny_ip2p(tmp_path_factory.mktemp("tiny-ip2p") / "ip2p")
+
+
+@pytest.fixture(scope="session")
+def tiny_t2v(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny text-to-video pipeline, built once per session."""
+    from support import build_tiny_t2v
+
+    return build_tiny_t2v(tmp_path_factory.mktemp("tiny-t2v") / "t2v")

@@ -150,7 +150,8 @@ def resolve_config_path(name_or_path: str) -> Path:
 
 
 def split_component_names(data: dict[str, Any], overrides: dict[str, Optional[str]]) -> ComponentNames:
-    """Pop `name` from each component section; CLI overrides win."""
+    """Pop `name` from each component section; CLI overrides win (and then the file's fields of
+    another component are dropped: `--config quick --prior sd` keeps SD's defaults)."""
     chosen = {}
     for comp in COMPONENTS:
         section = data.get(comp)
@@ -160,7 +161,10 @@ def split_component_names(data: dict[str, Any], overrides: dict[str, Optional[st
         elif isinstance(section, str):  # `guidance: vsd` shorthand
             name = section
             data.pop(comp)
-        chosen[comp] = overrides.get(comp) or name or getattr(ComponentNames(), comp)
+        override = overrides.get(comp)
+        if override and name and override != name and isinstance(data.get(comp), dict):
+            data[comp] = {}  # the file's fields belong to the component it named, not to the one the flag chose
+        chosen[comp] = override or name or getattr(ComponentNames(), comp)
     chosen["prior"] = video_prior_name(chosen["prior"], bool(data.get("dynamic")))
     return ComponentNames(**chosen)
 

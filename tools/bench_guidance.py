@@ -30,9 +30,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from threedistill.config import parse_run_args  # noqa: E402
-from threedistill.guidance.registry import GUIDANCES, SCENE_OBJECTIVES  # noqa: E402
-from threedistill.engine.run_dir import new_run_dir  # noqa: E402
-from threedistill.engine.loop import Trainer  # noqa: E402
+from threedistill.core.objective import OBJECTIVES  # noqa: E402
+from threedistill.engine.plan import single_stage  # noqa: E402
+from threedistill.engine.run import Run  # noqa: E402
 
 PROMPTS = {"symmetric": "a red cube", "asymmetric": "a yellow duck", "multi-modal": "a ball"}
 START, END = "<!-- bench_guidance:start -->", "<!-- bench_guidance:end -->"
@@ -46,11 +46,11 @@ def run_once(objective: str, prompt: str, seed: int, steps: int, out: Path, extr
             "--device", "cpu", "--out", str(out), "--log.no-progress", "--log.preview-every", "0",
             "--log.checkpoint-every", "0", "--log.turntable-frames", "4", "--log.turntable-resolution", "32", *extra]
     names, cfg = parse_run_args(argv)
-    trainer = Trainer(names, cfg, new_run_dir(cfg.out, cfg.prompt, names.guidance, names.representation))
-    trainer.train()
-    summary = trainer.finish()
-    summary["temperature"] = trainer.prior.temperature
-    summary["data_noise"] = trainer.prior.data_noise
+    run = Run.start(single_stage(names, cfg))
+    run.trainer.train()
+    summary = run.trainer.finish()
+    summary["temperature"] = cfg.prior.temperature or 1.0  # type: ignore[attr-defined]  # toyworld's settings
+    summary["data_noise"] = cfg.prior.data_noise or 0.0  # type: ignore[attr-defined]
     return summary
 
 
@@ -98,7 +98,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--objectives", default=",".join(n for n in GUIDANCES if n != "dds" and n not in SCENE_OBJECTIVES))
+    distillation = [n for n in OBJECTIVES if OBJECTIVES[n].needs.prior and not OBJECTIVES[n].needs.scene and not OBJECTIVES[n].needs.source_image]
+    p.add_argument("--objectives", default=",".join(distillation))
     p.add_argument("--kinds", default=",".join(PROMPTS), help="which prompts: symmetric, asymmetric, multi-modal")
     p.add_argument("--particles", type=int, default=4, help="VSD particles on the multi-modal prompt (0: skip that row)")
     p.add_argument("--quick", action="store_true", help="tiny settings (a smoke test of this script)")

@@ -16,7 +16,7 @@ of the SDS step), and the SD DDIM scheduler. It then times, after a warm-up, the
       loss) -> loss.backward() to the images; with the encode / guidance / backward breakdown;
   (c) the overhead ratio: step time / (UNet time x UNet calls counted in the step).
 
-The prior is `threedistill.priors.stable_diffusion.StableDiffusionPrior.from_components`; if that
+The prior is `threedistill.priors.diffusers.stable_diffusion.StableDiffusionPrior.from_components`; if that
 module is missing or its API does not fit, a minimal in-script prior with the same operations
 is used instead and the output says so. On CUDA the timings are bracketed by
 torch.cuda.synchronize() and the GPU name and peak memory are printed. Times are wall-clock and
@@ -137,7 +137,7 @@ def make_project_prior(components: dict[str, Any], device: torch.device, args) -
         kwargs["device"] = str(device)
         prior = build(**_filtered_kwargs(build, kwargs))
     shown = ", ".join(f"{k}={getattr(config, k)!r}" for k in ("dtype", "channels_last", "compile", "cfg_scale") if hasattr(config, k))
-    return prior, f"threedistill.priors.stable_diffusion.StableDiffusionPrior.from_components (config {shown})"
+    return prior, f"threedistill.priors.diffusers.stable_diffusion.StableDiffusionPrior.from_components (config {shown})"
 
 
 class MinimalSDPrior:

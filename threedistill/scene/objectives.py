@@ -15,7 +15,7 @@ camera's `view` index (the scene view it was drawn from) every step.
   the source's (the scene masks when it has them).
 - `in2n`: Instruct-NeRF2NeRF's iterative dataset update. The training images start as the
   scene's; every `update_every` steps the views just rendered are replaced by an
-  InstructPix2Pix edit of the render conditioned on the original image (priors/instruct_pix2pix.py),
+  InstructPix2Pix edit of the render conditioned on the original image (priors/diffusers/instruct_pix2pix.py),
   and the loss is the photometric one against the current dataset. The instruction
   ("make the mug blue") is `instruction`, else the run's prompt.
 """
