@@ -25,8 +25,8 @@ def _half_covered(cams) -> RenderOutput:
 def test_solid_is_the_identity_and_random_replaces_only_the_background() -> None:
     cams = scene_cameras(3, 8)
     out = _half_covered(cams)
-    assert Background("solid", WHITE, 1e-3, torch.Generator()).apply(out, cams) is out
-    random = Background("random", WHITE, 1e-3, torch.Generator().manual_seed(0)).apply(out, cams)
+    assert Background("solid", WHITE, 1e-3, torch.Generator()).composite(out, cams) is out
+    random = Background("random", WHITE, 1e-3, torch.Generator().manual_seed(0)).composite(out, cams)
     assert torch.equal(random.rgb[..., :4], out.rgb[..., :4])
     bg = random.rgb[..., 4:]
     assert torch.allclose(bg, bg[..., :1, :1].expand_as(bg)) and not torch.allclose(bg[0], bg[1])

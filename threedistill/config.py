@@ -253,8 +253,9 @@ def load_config(name_or_path: Optional[str], overrides: dict[str, Optional[str]]
 
 def config_to_dict(names: ComponentNames, cfg: RunConfig) -> dict[str, Any]:
     """Plain nested dict with component names, ready for YAML."""
-    data = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
-    assert isinstance(data, dict)
+    container = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    assert isinstance(container, dict)
+    data: dict[str, Any] = {str(k): v for k, v in container.items()}
     for comp in COMPONENTS:
         data[comp] = {"name": getattr(names, comp), **data[comp]}
     return data

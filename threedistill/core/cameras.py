@@ -43,7 +43,8 @@ class Cameras:
     def _map(self, fn: "Callable[[Tensor], Tensor]") -> "Cameras":
         """Apply `fn` to every per-camera tensor."""
         values = {name: getattr(self, name) for name in _PER_CAMERA_FIELDS}
-        return replace(self, **{name: None if v is None else fn(v) for name, v in values.items()})
+        mapped: dict[str, Any] = {name: None if v is None else fn(v) for name, v in values.items()}
+        return replace(self, **mapped)
 
     def to(self, device: torch.device | str) -> "Cameras":
         """The same cameras on another device."""

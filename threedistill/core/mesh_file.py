@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -54,7 +54,7 @@ GLTF_SUFFIXES = (".glb", ".gltf")
 
 def _face_colours(mesh: trimesh.Trimesh) -> np.ndarray:
     """Per-face RGB in [0,1] from a mesh's visuals, light grey when it has none."""
-    visual = mesh.visual
+    visual: Any = mesh.visual
     kind = getattr(visual, "kind", None)
     if kind == "texture":
         visual, kind = visual.to_color(), "vertex"
@@ -63,7 +63,7 @@ def _face_colours(mesh: trimesh.Trimesh) -> np.ndarray:
         return rgb[mesh.faces].mean(axis=1)
     if kind == "face":
         return np.asarray(visual.face_colors, dtype=np.float32)[:, :3] / 255.0
-    return np.tile(np.float32(_USER_MESH_GREY), (len(mesh.faces), 1))
+    return np.tile(np.array(_USER_MESH_GREY, np.float32), (len(mesh.faces), 1))
 
 
 def load_mesh_file(path: str | Path, name: str) -> ColouredMesh:
@@ -76,7 +76,7 @@ def load_mesh_file(path: str | Path, name: str) -> ColouredMesh:
         raise UserError(f"mesh file not found: {path}; pass an existing .glb/.obj/.ply/.stl")
     try:
         with quiet_libraries("trimesh", level=logging.CRITICAL + 1):  # trimesh logs failures with tracebacks
-            mesh = trimesh.load(path, force="mesh")
+            mesh: Any = trimesh.load(path, force="mesh")
             colours = _face_colours(mesh)
     except Exception as exc:  # trimesh raises many types for malformed files
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

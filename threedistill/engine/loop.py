@@ -182,7 +182,7 @@ class StageTrainer:
             cams = clips_of(cams, self.frames, cfg.motion)
         weights = active_loss_weights(self.representation, step, cfg.steps)
         self.representation.before_step(step, frozenset(weights))
-        out = self.backdrop.apply(self.representation.render(cams, self.background), cams)
+        out = self.backdrop.composite(self.representation.render(cams, self.background), cams)
         images, emb = self._objective_inputs(out.rgb, cams)
         g = self.objective(images, cams, emb, step, out)
         loss, logs = g.loss, dict(g.logs)

@@ -27,7 +27,7 @@ def read_textured_obj(path: str | Path) -> tuple[Tensor, Tensor, Tensor, Tensor]
     import trimesh
 
     try:
-        mesh = trimesh.load(str(path), force="mesh", process=False, maintain_order=True)
+        mesh: Any = trimesh.load(str(path), force="mesh", process=False, maintain_order=True)
         image = mesh.visual.material.image
         uv = mesh.visual.uv
     except (AttributeError, ValueError, OSError) as exc:

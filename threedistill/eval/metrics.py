@@ -73,6 +73,7 @@ def evaluate_toyworld_clips(representation: Any, prior: Any, prompt: str, n_view
         for f in range(frames):
             rows = torch.arange(f, len(cams), frames, device=render.rgb.device)
             scores = score_against(_rows(render, rows), _rows(truth, rows))
+            assert cams.time is not None
             per_frame.append({"time": round(float(cams.time[f]), 4), **scores})
         summary = {key: sum(s[key] for s in per_frame) / frames for key in ("mask_iou", "psnr")}
         if summary["psnr"] > best["psnr"]:

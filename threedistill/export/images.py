@@ -61,7 +61,7 @@ def image_grid(images: Any, nrow: int | None = None, pad: int = 2, pad_value: fl
     b, h, w, _ = tiles.shape
     cols = max(1, min(b, nrow if nrow else math.ceil(math.sqrt(b))))
     rows = math.ceil(b / cols)
-    fill = _float_to_uint8(np.float32(pad_value))
+    fill = _float_to_uint8(np.array(pad_value, np.float32))
     grid = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, 3), fill, dtype=np.uint8)
     for i in range(b):
         y, x = pad + (i // cols) * (h + pad), pad + (i % cols) * (w + pad)

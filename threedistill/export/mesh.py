@@ -186,11 +186,11 @@ def bake_texture(vertices: np.ndarray, faces: np.ndarray, uvs: np.ndarray, colou
     elif len(missing):
         image[under[missing]] = eval_chunked(colour.at_points, vertices[missing].astype(np.float32), chunk)
         filled[under[missing]] = True
-    image, filled = image.reshape(size, size, 3), filled.reshape(size, size)
-    image, grown = dilate(image, filled, padding)
-    if filled.any():
-        image[~grown] = image[filled].mean(0)  # the unused rest of the atlas: the mean colour
-    return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    covered = filled.reshape(size, size)
+    texture, grown = dilate(image.reshape(size, size, 3), covered, padding)
+    if covered.any():
+        texture[~grown] = texture[covered].mean(0)  # the unused rest of the atlas: the mean colour
+    return (np.clip(texture, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
 def write_obj(path: str | Path, mesh: SurfaceMesh, colour: Optional[TextureColour] = None,

@@ -18,8 +18,9 @@ import numpy as np
 import torch
 from plyfile import PlyData, PlyElement
 
-from threedistill.core.atomic import atomic_path
-from threedistill.core.errors import UserError
+from ..core.atomic import atomic_path
+from ..core.types import SplatTensors
+from ..core.errors import UserError
 
 _EXPECTED = "expected a 3D Gaussian Splatting .ply (x,y,z,f_dc_*,opacity,scale_*,rot_*)"
 _REQUIRED = ("x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity",
@@ -96,7 +97,7 @@ def _load_vertices(path: Path) -> np.ndarray:
 
 
 def _num_sh(path: Path, vertices: np.ndarray) -> int:
-    rest = [n for n in vertices.dtype.names if n.startswith("f_rest_")]
+    rest = [n for n in vertices.dtype.names or () if n.startswith("f_rest_")]
     k = len(rest) // 3 + 1
     if len(rest) % 3 or k not in (1, 4, 9, 16) or set(rest) != {f"f_rest_{i}" for i in range(len(rest))}:
         raise UserError(f"{path.name} has {len(rest)} f_rest_* properties; expected 0, 9, 24 or 45 "
@@ -109,7 +110,7 @@ def _stack(vertices: np.ndarray, names: list[str]) -> torch.Tensor:
     return torch.from_numpy(np.stack(cols, axis=1) if cols else np.zeros((len(vertices), 0), np.float32))
 
 
-def read_splat_ply(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def read_splat_ply(path: str | os.PathLike) -> SplatTensors:
     """Read a 3DGS .ply into float32 tensors: means, sh [N,K,3], opacity_logits, log_scales, quats."""
     path = Path(path)
     vertices = _load_vertices(path)
@@ -118,10 +119,10 @@ def read_splat_ply(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     dc = _stack(vertices, ["f_dc_0", "f_dc_1", "f_dc_2"])
     rest = _stack(vertices, [f"f_rest_{i}" for i in range(3 * (k - 1))])
     sh = torch.cat([dc[:, None, :], rest.reshape(n, 3, k - 1).transpose(1, 2)], dim=1).contiguous()
-    return {
+    return SplatTensors(**{
         "means": _stack(vertices, ["x", "y", "z"]),
         "sh": sh,
         "opacity_logits": _stack(vertices, ["opacity"]).reshape(n),
         "log_scales": _stack(vertices, ["scale_0", "scale_1", "scale_2"]),
         "quats": _stack(vertices, ["rot_0", "rot_1", "rot_2", "rot_3"]),
-    }
+    })

@@ -14,7 +14,7 @@ evaluation and exports always use the solid colour.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
@@ -27,11 +27,13 @@ from .volume_torch import camera_rays
 class Background(nn.Module):
     """Replaces the solid training background of renders (see the module docstring)."""
 
+    solid: Tensor  # [3]
+
     def __init__(self, mode: str, solid: Tensor, lr: float, generator: torch.Generator, hidden: int = 16) -> None:
         super().__init__()
         self.mode, self.lr, self.generator = mode, lr, generator
         self.register_buffer("solid", solid.detach().clone().reshape(3))
-        self.mlp = nn.Sequential(nn.Linear(3, hidden), nn.ReLU(), nn.Linear(hidden, 3)) if mode == "mlp" else None
+        self.mlp: Optional[nn.Sequential] = nn.Sequential(nn.Linear(3, hidden), nn.ReLU(), nn.Linear(hidden, 3)) if mode == "mlp" else None
 
     def param_groups(self) -> list[dict[str, Any]]:
         return [] if self.mlp is None else [{"name": "background", "params": list(self.mlp.parameters()), "lr": self.lr}]
@@ -46,7 +48,7 @@ class Background(nn.Module):
             return torch.sigmoid(self.mlp(dirs.to(self.solid))).permute(0, 3, 1, 2)
         return self.solid.view(1, 3, 1, 1).expand(B, 3, 1, 1)
 
-    def apply(self, out: RenderOutput, cams: Cameras) -> RenderOutput:
+    def composite(self, out: RenderOutput, cams: Cameras) -> RenderOutput:
         """The renders composited on this background instead of the solid colour (solid: unchanged)."""
         if self.mode == "solid":
             return out

@@ -97,6 +97,10 @@ class OccupancyGrid(nn.Module):
     Dilation lets the surface grow outward: a cell next to an occupied one is still sampled.
     """
 
+    occs: Tensor  # [G^3] EMA of density x step size
+    binary: Tensor  # [G,G,G] bool
+    updates: Tensor  # [] long
+
     def __init__(self, resolution: int, bound: float, threshold: float = 0.01, decay: float = 0.95, dilate: int = 1) -> None:
         super().__init__()
         self.resolution, self.bound = int(resolution), float(bound)

@@ -137,11 +137,15 @@ class HexPlaneField(nn.Module):
         nn.init.zeros_(last.bias)
         return nn.Sequential(_linear(self.config.hidden_dim, self.config.hidden_dim, generator), nn.ReLU(), last)
 
+    def plane_sets(self) -> list[list[Tensor]]:
+        """Each scale's six planes, spatial then space-time (SPATIAL + TEMPORAL order)."""
+        return [list(planes.parameters()) for planes in self.scales]
+
     def spatial_planes(self) -> list[Tensor]:
-        return [p for planes in self.scales for p in list(planes)[: len(SPATIAL)]]
+        return [p for planes in self.plane_sets() for p in planes[: len(SPATIAL)]]
 
     def time_planes(self) -> list[Tensor]:
-        return [p for planes in self.scales for p in list(planes)[len(SPATIAL):]]
+        return [p for planes in self.plane_sets() for p in planes[len(SPATIAL):]]
 
     def features(self, points: Tensor, time: float | Tensor) -> Tensor:
         """Product-fused plane features [M, F x len(multires)] at points [M,3] and time (scalar or [M])."""
@@ -150,12 +154,13 @@ class HexPlaneField(nn.Module):
         t = torch.as_tensor(time, dtype=x.dtype, device=x.device).expand(M)
         coords = torch.cat([x, (2.0 * t - 1.0).clamp(-1.0, 1.0)[:, None]], dim=-1)
         feats = []
-        for planes in self.scales:
-            fused = None
+        for planes in self.plane_sets():
+            fused: Optional[Tensor] = None
             for plane, (a, b) in zip(planes, SPATIAL + TEMPORAL):
                 grid = coords[:, [a, b]].view(1, M, 1, 2)
                 f = F.grid_sample(plane, grid, mode="bilinear", align_corners=True).view(-1, M).t()
                 fused = f if fused is None else fused * f
+            assert fused is not None
             feats.append(fused)
         return torch.cat(feats, dim=-1)
 
@@ -184,13 +189,13 @@ class NeRFFrame:
         self.deformed, self.time = deformed, float(time)
 
     def density(self, points: Tensor) -> Tensor:
-        return self.deformed.base.density(self.deformed.warp(points, self.time))
+        return self.deformed.nerf().density(self.deformed.warp(points, self.time))
 
     def albedo(self, points: Tensor) -> Tensor:
-        return self.deformed.base.albedo(self.deformed.warp(points, self.time))
+        return self.deformed.nerf().albedo(self.deformed.warp(points, self.time))
 
     def render_alpha(self, cams: Cameras) -> Tensor:
-        cams = cams.to(self.deformed.base.encoding.table.device)
+        cams = cams.to(self.deformed.nerf().device)
         cams = replace(cams, time=torch.full((len(cams),), self.time, device=cams.device))
         return self.deformed.render(cams, torch.ones(3, device=cams.device)).alpha
 
@@ -228,6 +233,12 @@ class Deformed(Representation):
     @property
     def is_dynamic(self) -> bool:
         return True
+
+    def nerf(self) -> NeRF:
+        """The base NeRF (for the parts of a deformed NeRF that only a NeRF has)."""
+        if not isinstance(self.base, NeRF):
+            raise TypeError(f"the deformed {type(self.base).__name__} is not a NeRF")
+        return self.base
 
     @property
     def num_points(self) -> int:
@@ -373,7 +384,7 @@ class Deformed(Representation):
     @torch.no_grad()
     def update_occupancy(self, step: int) -> None:
         """Refresh the NeRF's occupancy grid from the maximum warped density over `occupancy_times` times."""
-        base, n = self.base, max(int(self.deformation.occupancy_times), 1)
+        base, n = self.nerf(), max(int(self.deformation.occupancy_times), 1)
         times = torch.linspace(0.0, 1.0, n).tolist() if n > 1 else [0.0]
 
         def density(points: Tensor) -> Tensor:

@@ -6,10 +6,12 @@ F(x) = 1 - prod_i (1 - o_i exp(-0.5 (x - m_i)^T Sigma_i^-1 (x - m_i))).
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
+
+from ..core.types import SplatTensors
 
 from ..render.splats_torch import quat_to_rotmat
 from .sh import sh_to_rgb
@@ -48,7 +50,7 @@ class GaussianField:
         self._build_cells()
 
     @classmethod
-    def from_splat_tensors(cls, tensors: Mapping[str, Tensor], **kwargs: Any) -> "GaussianField":
+    def from_splat_tensors(cls, tensors: SplatTensors, **kwargs: Any) -> "GaussianField":
         """From `Gaussians.as_splats()` (or `read_splat_ply`): means, sh, opacity_logits, log_scales, quats."""
         return cls(tensors["means"], tensors["quats"], tensors["log_scales"], tensors["opacity_logits"], tensors["sh"][:, :1], **kwargs)
 

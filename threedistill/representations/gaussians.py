@@ -89,6 +89,12 @@ class Gaussians(Representation):
 
     Config = GaussiansConfig
     config: GaussiansConfig
+    means: nn.Parameter  # [N,3]
+    log_scales: nn.Parameter  # [N,3]
+    quats: nn.Parameter  # [N,4]
+    opacity_logits: nn.Parameter  # [N]
+    sh_dc: nn.Parameter  # [N,1,3]
+    sh_rest: nn.Parameter  # [N,K-1,3]
 
     def __init__(self, config: GaussiansConfig, generator: torch.Generator, backend: str = "auto", params: Optional[dict[str, Tensor]] = None) -> None:
         super().__init__()

@@ -137,6 +137,10 @@ class Mesh(Representation):
     config: MeshConfig
     base_vertices: Tensor
     faces: Tensor
+    neighbours: Tensor  # [F,3] face across each edge (-1: boundary)
+    face_pairs: Tensor  # [P,2] faces sharing an edge
+    edges: Tensor  # [E,2]
+    interior: Tensor  # [V] bool
 
     def __init__(self, config: MeshConfig, generator: torch.Generator, backend: str = "auto",
                  vertices: Optional[Tensor] = None, faces: Optional[Tensor] = None, vertex_colors: Optional[Tensor] = None) -> None:

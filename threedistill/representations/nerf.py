@@ -109,6 +109,8 @@ class NeRFConfig(RepresentationConfig):
 class HashGrid(nn.Module):
     """Multi-resolution hash encoding: points [M,3] in [-bound,bound]^3 -> features [M, L*F]."""
 
+    _res: Tensor  # [Lh] resolutions of the hashed levels
+
     def __init__(self, levels: int, features: int, log2_table_size: int, base_resolution: int, max_resolution: int, bound: float, generator: torch.Generator) -> None:
         super().__init__()
         self.bound, self.features, self.table_size = bound, features, 2**log2_table_size

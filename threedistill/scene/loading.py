@@ -174,6 +174,7 @@ class _Meta:
         if not isinstance(value, str) or not value:
             self.fail(field, "missing" if value is None else f"expected a path string, got {json.dumps(value)[:40]}",
                       "give the image path relative to the scene folder")
+        assert isinstance(value, str)
         path = self.root / value
         if not path.is_file() and not path.suffix and path.with_suffix(".png").is_file():
             path = path.with_suffix(".png")  # Blender synthetic: "./train/r_0"
@@ -285,7 +286,9 @@ def load_scene(path: str | Path, downscale: int = 1, max_views: Optional[int] = 
         sorted({round(k * (n - 1) / max(max_views - 1, 1)) for k in range(max_views)})
     if "applied_transform" in meta.data:
         meta.matrix(meta.data["applied_transform"], "applied_transform", rows=(3, 4))
-    images, masks, c2ws, fovs, times = [], [], [], [], []
+    images: list[Tensor] = []
+    masks: list[Optional[Tensor]] = []
+    c2ws, fovs, times = [], [], []
     for i in keep:
         frame = meta.frame(i)
         c2ws.append(meta.c2w(frame, i))

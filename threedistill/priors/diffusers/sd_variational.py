@@ -49,9 +49,10 @@ class CameraEmbedding(nn.Module):
 
     def __init__(self, dim: int) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(16, dim), nn.SiLU(), nn.Linear(dim, dim))
-        nn.init.zeros_(self.net[2].weight)
-        nn.init.zeros_(self.net[2].bias)
+        last = nn.Linear(dim, dim)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        self.net = nn.Sequential(nn.Linear(16, dim), nn.SiLU(), last)
 
     def forward(self, c2w: Tensor) -> Tensor:
         return self.net(c2w.reshape(c2w.shape[0], 16))

@@ -118,6 +118,7 @@ class StableDiffusionPrior(Prior):
     """Frozen Stable Diffusion UNet + VAE + CLIP text encoder(s) behind `DiffusionPrior`."""
 
     Config = StableDiffusionConfig
+    config: StableDiffusionConfig
     provides_variational_model = True
 
     def __init__(self, config: StableDiffusionConfig, sampler_config: Optional[OrbitSamplerConfig] = None,

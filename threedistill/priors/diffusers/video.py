@@ -87,7 +87,7 @@ def load_video_pipeline(config: VideoDiffusionConfig) -> Any:
 class VideoDiffusionPrior(StableDiffusionPrior):
     """Frozen UNet3DConditionModel + VAE + CLIP text encoder behind the clip convention (module docstring)."""
 
-    Config = VideoDiffusionConfig
+    Config = VideoDiffusionConfig  # type: ignore[assignment]
     is_video = True
     provides_variational_model = False
     config: VideoDiffusionConfig  # type: ignore[assignment]

@@ -200,7 +200,7 @@ def resolve_animated(prompt: str) -> list[AnimatedToy]:
     if rest in _BUILDERS:
         builder = _BUILDERS[rest]
         name = f"{colour} {rest}" if colour else rest
-        return [AnimatedToy(name, functools.partial(builder, colour=colour))]
+        return [AnimatedToy(name, functools.partial(builder, colour=colour))]  # type: ignore[call-arg]  # (time, colour) builders
     words = rest.split()
     if len(words) >= 2 and words[0] in _MOTION_WORDS:
         obj = ALIASES.get(" ".join(words[1:]), " ".join(words[1:]))

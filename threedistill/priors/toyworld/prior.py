@@ -99,7 +99,7 @@ def catalogue_modes(prompt: str) -> list[ColouredMesh]:
     ball") as its first frame, the static stage of a 4D run. Unknown prompts are a UserError."""
     base = split_view_phrase(prompt)[0]
     try:
-        return resolve_prompt(base)
+        return list(resolve_prompt(base))
     except UserError:
         from .animated import resolve_animated
 
@@ -124,6 +124,7 @@ class ToyworldPrior(Prior):
     """Exact empirical-posterior denoiser over rendered references (see module docstring)."""
 
     Config = ToyworldConfig
+    config: ToyworldConfig
     has_ground_truth = True
     provides_variational_model = True
     num_train_timesteps = 1000
@@ -249,6 +250,7 @@ class ToyworldPrior(Prior):
 
     def _build_set(self, set_id: int) -> ReferenceSet:
         cfg = self.config
+        meshes: list[ColouredMesh]
         if set_id == UNCOND_ID:
             meshes = [m for p in catalogue_prompts() for m in resolve_prompt(p)]
             if self._user_mesh is not None:

@@ -84,6 +84,7 @@ class ToyworldVideoPrior(ToyworldPrior):
     """Exact empirical-posterior denoiser over rendered reference clips (see module docstring)."""
 
     Config = ToyworldVideoConfig  # type: ignore[assignment]
+    config: ToyworldVideoConfig  # type: ignore[assignment]  # it has every field the image prior reads
     is_video = True
 
     def __init__(self, config: ToyworldVideoConfig, sampler_config: OrbitSamplerConfig, device: torch.device | str = "cpu") -> None:
@@ -91,7 +92,7 @@ class ToyworldVideoPrior(ToyworldPrior):
         super().__init__(ToyworldConfig(**{k: v for k, v in asdict(config).items() if k in names}), sampler_config, device)
         if config.frames < 1:
             raise UserError(f"--prior.frames must be >= 1, got {config.frames}")
-        self.config = config  # type: ignore[assignment]  # has every field the base class reads
+        self.config = config
         self.frames = config.frames
         self.cache_dir = self.cache_dir.parent / "toyworld-video"
         self._meshes: dict[int, list[AnimatedToy]] = {}  # type: ignore[assignment]
@@ -138,7 +139,9 @@ class ToyworldVideoPrior(ToyworldPrior):
 
     def _render_at_times(self, toy: AnimatedToy, cams: Cameras, times: Sequence[float]) -> RenderOutput:
         """One render per camera, camera i showing `toy` at times[i] (one render call per distinct time)."""
-        rgb, alpha, depth = [None] * len(cams), [None] * len(cams), [None] * len(cams)
+        rgb: list[Optional[Tensor]] = [None] * len(cams)
+        alpha: list[Optional[Tensor]] = [None] * len(cams)
+        depth: list[Optional[Tensor]] = [None] * len(cams)
         for time in sorted(set(times)):
             rows = [i for i, s in enumerate(times) if s == time]
             v, f, c = toy.at(time).to_torch(self.device)
