@@ -58,14 +58,19 @@ def tiny_config(*extra: str) -> tuple[ComponentNames, RunConfig]:
     return parse_run_args([*TINY_FLAGS, *extra])
 
 
-def trainer_for(names: ComponentNames, cfg: RunConfig, run_dir: Optional[Path] = None, plan: Optional[list[Stage]] = None) -> StageTrainer:
-    """The first stage's trainer of a run of `plan` (default: the single stage `cfg`) in `run_dir`
-    (default: a new folder under cfg.out); the plan is not validated and config.yaml is written."""
+def run_for(names: ComponentNames, cfg: RunConfig, run_dir: Optional[Path] = None, plan: Optional[list[Stage]] = None) -> Run:
+    """A run of `plan` (default: the single stage `cfg`) in `run_dir` (default: a new folder under
+    cfg.out), its first stage built; the plan is not validated and config.yaml is written."""
     plan = plan or single_stage(names, cfg)
     run_dir = run_dir or new_run_dir(cfg.out, cfg.prompt, names.guidance, names.representation)
     run = Run(plan, run_dir)
     run.save_config()
-    return run.trainer
+    return run
+
+
+def trainer_for(names: ComponentNames, cfg: RunConfig, run_dir: Optional[Path] = None, plan: Optional[list[Stage]] = None) -> StageTrainer:
+    """The first stage's trainer of `run_for(...)`."""
+    return run_for(names, cfg, run_dir, plan).trainer
 
 
 # ---------------------------------------------------------------------- the command line

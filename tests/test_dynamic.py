@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from support import TINY_FLAGS, trainer_for
+from support import TINY_FLAGS, run_for, trainer_for
 from threedistill.core.cameras import heldout_cameras
 from threedistill.cli import main
 from threedistill.config import parse_run_args
@@ -131,10 +131,11 @@ def test_a_dynamic_stage_continues_the_motion_of_the_one_before(tmp_path: Path) 
     preset = tmp_path / "two.yaml"
     preset.write_text("dynamic: true\nstages:\n  - {name: a, share: 0.5}\n  - {name: b, deformation: {lambda_time_l1: 0.5}}\n")
     plan = parse_run_plan(["--config", str(preset), *DYNAMIC, "--out", str(tmp_path)])
-    first = trainer_for(plan[0].names, plan[0].cfg, new_run_dir(tmp_path, "x", "sds", "gaussians"), plan)
+    run = run_for(plan[0].names, plan[0].cfg, new_run_dir(tmp_path, "x", "sds", "gaussians"), plan)
+    first = run.trainer
     assert first.train()
     first.finish()
-    second = first.run.next_stage()
+    second = run.next_stage()
     before, after = first.representation.state_dict(), second.representation.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     assert any(k.startswith("deformation.") and not torch.equal(v, trainer_for(plan[0].names, plan[0].cfg, tmp_path / "fresh").representation.state_dict()[k])

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from support import TINY_FLAGS, trainer_for
+from support import TINY_FLAGS, run_for, trainer_for
 from threedistill.cli import main
 from threedistill.core.errors import UserError
 from threedistill.representations.gaussians import PARAM_NAMES
@@ -77,16 +77,17 @@ def test_stages_chain_and_write_one_run_folder(tmp_path: Path) -> None:
     plan = parse_run_plan(["--config", _preset(tmp_path, TWO_GAUSSIAN_STAGES), *TINY_FLAGS, "--out", str(tmp_path)])
     assert [s.cfg.steps for s in plan] == [3, 3] and plan[1].cfg.sampler.width == 32  # the flag wins over the stage
     run_dir = new_run_dir(tmp_path, "a red cube", "sds", "gaussians")
-    first = trainer_for(plan[0].names, plan[0].cfg, run_dir, plan)
+    run = run_for(plan[0].names, plan[0].cfg, run_dir, plan)
+    first = run.trainer
     assert first.train()
     first.finish()
-    second = first.run.next_stage()
+    second = run.next_stage()
     assert second is not None and second.index == 1 and second.prior is first.prior
     for name in PARAM_NAMES:  # the fine stage starts exactly where the coarse one ended
         assert torch.equal(getattr(second.representation, name), getattr(first.representation, name))
     assert second.train()
     summary = second.finish()
-    assert second.run.next_stage() is None
+    assert run.next_stage() is None
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert [s["stage"] for s in metrics["stages"]] == ["coarse", "fine"] and metrics == summary
     assert metrics["steps"] == 3 and "mask_iou" in metrics["stages"][0]
@@ -97,7 +98,7 @@ def test_stages_chain_and_write_one_run_folder(tmp_path: Path) -> None:
 
     resumed = Run.resume(run_dir, checkpoint=run_dir / "checkpoints" / "fine-step-000003.pt").trainer
     assert resumed.index == 1 and resumed.stage.label == "fine"
-    assert [h["stage"] for h in resumed.run.stage_history] == ["coarse"]
+    assert [h["stage"] for h in resumed.context.stage_history] == ["coarse"]
 
 
 def test_staged_cli_run_and_resume_between_stages(tmp_path: Path, capsys) -> None:
@@ -133,11 +134,12 @@ stages:
   - {{name: refine, representation: {{name: mesh, init_subdivisions: 2}}}}
 """
     plan = parse_run_plan(["--config", _preset(tmp_path, text), *flags, "--out", str(tmp_path), "--log.export-formats", "glb"])
-    first = trainer_for(plan[0].names, plan[0].cfg, new_run_dir(tmp_path, "a red cube", "sds", "nerf-mesh"), plan)
+    run = run_for(plan[0].names, plan[0].cfg, new_run_dir(tmp_path, "a red cube", "sds", "nerf-mesh"), plan)
+    first = run.trainer
     assert first.train()
     first.finish()
     surface = first.exports.mesh(0)
-    second = first.run.next_stage()
+    second = run.next_stage()
     mesh = second.representation
     assert type(mesh).__name__ == "Mesh" and mesh.num_points == len(surface.vertices)
     assert torch.allclose(mesh.vertices, torch.from_numpy(surface.vertices), atol=1e-6)

@@ -1,7 +1,8 @@
 """One stage's optimisation loop (docs/architecture.md, "One step"): render, score, step, log,
 checkpoint; at the end, score and (after the last stage) export.
 
-A `StageTrainer` is built by `Run` (engine/run.py) from a validated plan; it never probes a
+A `StageTrainer` is built by `Run` (engine/run.py) from a validated plan and the run's shared
+`RunContext` (engine/context.py); it never probes a
 component: what each provides is declared by its contract (core/objective.py,
 representations/base.py, priors/base.py).
 """
@@ -14,7 +15,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, TextIO
+from typing import Any, Optional, TextIO
 
 import torch
 from torch import Tensor
@@ -22,7 +23,7 @@ from torch import Tensor
 from ..config import RunConfig
 from ..core.cameras import Cameras
 from ..core.motion import amplify_motion, clips_of
-from ..core.objective import StageContext
+from ..core.objective import OBJECTIVES, StageContext
 from ..core.types import RenderOutput, TextEmbeddings
 from ..eval.mesh_fidelity import obj_psnr
 from ..eval.scoring import GroundTruth, score_asset
@@ -46,19 +47,16 @@ from .build import (
 )
 from .checkpoint import save_checkpoint
 from .plan import Stage
-from .priors import image_weight
+from .context import RunContext
+from .priors import image_weight, stage_needs_prior
 from .progress import progress_bar
 from .run_dir import RunFolder
-
-if TYPE_CHECKING:
-    from .run import Run
-
 
 class StageTrainer:
     """Owns one stage of a run: its components and its loop (see the module docstring)."""
 
-    def __init__(self, run: "Run", index: int, previous: Optional[PreviousAsset] = None) -> None:
-        self.run = run
+    def __init__(self, run: RunContext, index: int, previous: Optional[PreviousAsset] = None) -> None:
+        self.context = run
         self.index = index
         self.stage: Stage = run.plan[index]
         cfg = self.cfg = self.stage.cfg
@@ -69,8 +67,8 @@ class StageTrainer:
         self.generator = torch.Generator().manual_seed(cfg.seed + index)
         self.scene = load_stage_scene(cfg)
         self.sampler = make_sampler(cfg, self.scene, self.device)
-        objective_cls = run.objective_class(index)
-        self.prior: Optional[Prior] = run.priors.get(self.names.prior, cfg.prior, cfg.sampler) if run.stage_loads_prior(index) else None
+        objective_cls = OBJECTIVES[self.names.guidance]
+        self.prior: Optional[Prior] = run.priors.get(self.names.prior, cfg.prior, cfg.sampler) if stage_needs_prior(cfg) else None
         self.prompts: Optional[PromptEmbedder] = None
         if objective_cls.needs.prior:
             assert self.prior is not None
@@ -115,15 +113,15 @@ class StageTrainer:
     # ------------------------------------------------------------------ naming and logging
     @property
     def staged(self) -> bool:
-        return len(self.run.plan) > 1
+        return len(self.context.plan) > 1
 
     def stage_title(self) -> str:
         """'stage 2/3 refine: ' in a staged run, '' otherwise."""
-        return f"stage {self.index + 1}/{len(self.run.plan)} {self.stage.label}: " if self.staged else ""
+        return f"stage {self.index + 1}/{len(self.context.plan)} {self.stage.label}: " if self.staged else ""
 
     def log(self, message: str) -> None:
         """Append a timestamped line to RUN_DIR/log.txt."""
-        self.run.folder.log(message)
+        self.context.folder.log(message)
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.Adam([*self.representation.param_groups(), *self.backdrop.param_groups()], eps=1e-15)
@@ -135,7 +133,7 @@ class StageTrainer:
             "step": self.step,
             "names": list(self.names),
             "stage": self.index,
-            "stage_history": self.run.stage_history,
+            "stage_history": self.context.stage_history,
             "representation": self.representation.state_dict(),
             "background": self.backdrop.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -170,7 +168,7 @@ class StageTrainer:
         self.step = int(state["step"])
         self.elapsed = float(state["elapsed"])
         self.skipped_steps = int(state["skipped_steps"])
-        self.run.stage_history = list(state.get("stage_history", []))
+        self.context.stage_history = list(state.get("stage_history", []))
         self.exports = AssetExports(self.representation, self.run_dir / "export", self.export_settings(), self.background, self.log)
 
     # ------------------------------------------------------------------ the loop
@@ -246,7 +244,7 @@ class StageTrainer:
         until = cfg.steps if until is None else min(until, cfg.steps)
         main = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGINT, self._request_stop) if main else None
-        progress = progress_bar(self.run.console, disable=not cfg.log.progress)
+        progress = progress_bar(self.context.console, disable=not cfg.log.progress)
         try:
             with progress, (self.run_dir / "metrics.jsonl").open("a") as metrics_log:
                 task = progress.add_task(self.stage_title().rstrip(": ") or "distilling", total=cfg.steps, completed=self.step,
@@ -314,18 +312,18 @@ class StageTrainer:
         if scores is not None:
             summary.update(scores)
         if self.staged:
-            history = [h for h in self.run.stage_history if h.get("stage") != self.stage.label]
-            self.run.stage_history = [*history, {"stage": self.stage.label, **summary}]
-            summary["stages"] = self.run.stage_history
-            summary["seconds"] = round(sum(h["seconds"] for h in self.run.stage_history), 2)
+            history = [h for h in self.context.stage_history if h.get("stage") != self.stage.label]
+            self.context.stage_history = [*history, {"stage": self.stage.label, **summary}]
+            summary["stages"] = self.context.stage_history
+            summary["seconds"] = round(sum(h["seconds"] for h in self.context.stage_history), 2)
             self.save_checkpoint(keep_step_file=False)  # last.pt carries the stage history
         self.log(f"{self.stage_title()}finished: " + json.dumps({k: v for k, v in summary.items() if k != "stages"}))
-        if self.index < len(self.run.plan) - 1:
+        if self.index < len(self.context.plan) - 1:
             return summary
-        self.run.folder.write_metrics(summary)
-        for path in export_asset(self.exports, self.exports.supported(self.cfg.log.export_formats), self.run.folder, self.background):
+        self.context.folder.write_metrics(summary)
+        for path in export_asset(self.exports, self.exports.supported(self.cfg.log.export_formats), self.context.folder, self.background):
             self.log(f"exported {path.name}")
-        return self.run.folder.read_metrics()  # with obj_psnr when an OBJ was written
+        return self.context.folder.read_metrics()  # with obj_psnr when an OBJ was written
 
     def previous_asset(self) -> PreviousAsset:
         """This stage's result, for the next stage to start from."""

@@ -14,13 +14,13 @@ from typing import Any, Callable, Optional
 from rich.console import Console
 
 from ..core.errors import UserError
-from ..core.objective import OBJECTIVES, Objective
 from ..representations.convert import PreviousAsset
 from .build import resolve_device
 from .checkpoint import load_checkpoint
 from .loop import StageTrainer
 from .plan import Stage, load_run_plan, plan_to_yaml
-from .priors import PriorPool, stage_needs_prior
+from .context import RunContext
+from .priors import PriorPool
 from .run_dir import RunFolder, new_run_dir
 from .validate import validate_plan
 
@@ -34,9 +34,8 @@ class Run:
         self.run_dir = Path(run_dir)
         self.folder = RunFolder(self.run_dir)
         self.console = console or Console(stderr=True)
-        self.priors = PriorPool(resolve_device(plan[0].cfg.device))
-        self.stage_history: list[dict[str, Any]] = []
-        self.trainer = StageTrainer(self, stage_index, start)
+        self.context = RunContext(plan, self.run_dir, self.folder, self.console, PriorPool(resolve_device(plan[0].cfg.device)))
+        self.trainer = StageTrainer(self.context, stage_index, start)
 
     @classmethod
     def start(cls, plan: list[Stage], console: Optional[Console] = None, start: Optional[PreviousAsset] = None,
@@ -77,13 +76,9 @@ class Run:
         run.folder.log(f"resumed {run.trainer.stage_title()}at step {run.trainer.step}")
         return run
 
-    # ------------------------------------------------------------------ what each stage needs
-    def objective_class(self, index: int) -> type[Objective]:
-        return OBJECTIVES[self.plan[index].names.guidance]
-
-    def stage_loads_prior(self, index: int) -> bool:
-        """The stage reads its prior (its objective needs one, or it is scored against ground truth)."""
-        return stage_needs_prior(self.plan[index].cfg)
+    @property
+    def stage_history(self) -> list[dict[str, Any]]:
+        return self.context.stage_history
 
     # ------------------------------------------------------------------ files
     def save_config(self) -> None:
@@ -95,7 +90,7 @@ class Run:
         index = self.trainer.index + 1
         if index >= len(self.plan):
             return None
-        self.trainer = StageTrainer(self, index, self.trainer.previous_asset())
+        self.trainer = StageTrainer(self.context, index, self.trainer.previous_asset())
         return self.trainer
 
     def train_to_end(self, on_stage_done: Callable[[StageTrainer, dict[str, Any]], None] = lambda trainer, summary: None

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import copy
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -37,8 +37,20 @@ from ...core.cameras import Cameras
 from ...core.errors import UserError
 from ..base import VariationalConfig, add_noise, noise_coefficients
 
-if TYPE_CHECKING:
-    from .stable_diffusion import StableDiffusionPrior
+
+
+class UNetPrior(Protocol):
+    """What the variational model uses of its prior (`StableDiffusionPrior`): its UNet and the UNet call."""
+
+    unet: Any
+    device: torch.device
+    alphas_cumprod: Tensor
+    num_train_timesteps: int
+    v_prediction: bool
+
+    def unet_output(self, unet: Any, x_t: Tensor, t: Tensor, emb: Tensor) -> Tensor: ...
+
+    def output_to_eps(self, out: Tensor, x_t: Tensor, t: Tensor) -> Tensor: ...
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 LORA_KEY = "lora_"  # peft's LoRA parameter names contain lora_A / lora_B
@@ -61,7 +73,7 @@ class CameraEmbedding(nn.Module):
 class SDVariationalModel:
     """LoRA + camera-conditioned copy of a Stable Diffusion UNet (`VariationalModel`)."""
 
-    def __init__(self, prior: "StableDiffusionPrior", config: VariationalConfig) -> None:
+    def __init__(self, prior: UNetPrior, config: VariationalConfig) -> None:
         from peft import LoraConfig
 
         if config.lora_rank < 1 or config.train_steps < 1 or not 0.0 <= config.camera_dropout <= 1.0:

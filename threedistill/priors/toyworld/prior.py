@@ -36,6 +36,7 @@ from ...core.runtime import default_cache_dir
 from ...core.types import RenderOutput
 from ..base import PRIORS, GuidanceDefaults, Prior, PriorConfig, VariationalConfig, noise_coefficients, scaled_linear_alphas_cumprod
 from .catalogue import catalogue_prompts, resolve_prompt
+from .references import ReferenceSet
 
 if TYPE_CHECKING:
     from .variational import ToyworldVariationalModel
@@ -108,15 +109,6 @@ def catalogue_modes(prompt: str) -> list[ColouredMesh]:
         except UserError:
             pass
         raise
-
-
-@dataclass
-class ReferenceSet:
-    """Rendered references of one prompt: images in [-1,1] and camera directions."""
-
-    x: Tensor  # [N, D] float64
-    sq_norm: Tensor  # [N] float64
-    dirs: Tensor  # [N, 3] float64
 
 
 @PRIORS.register("toyworld")

@@ -10,22 +10,28 @@ camera dropout has nothing to learn here. The text embedding is ignored: a run h
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional, Protocol
 
 import torch
 from torch import Tensor
 
 from ...core.cameras import Cameras
 from ..base import VariationalConfig
+from .references import ReferenceSet
 
-if TYPE_CHECKING:
-    from .prior import ReferenceSet, ToyworldPrior
+
+class ExactPosterior(Protocol):
+    """What the variational model uses of its prior (`ToyworldPrior`): the exact posterior over references."""
+
+    device: torch.device
+
+    def posterior_eps(self, x_t: Tensor, t: Tensor, refs: ReferenceSet, cam_dirs: Optional[Tensor]) -> Tensor: ...
 
 
 class ToyworldVariationalModel:
     """Exact empirical denoiser over the last `config.buffer_size` renders."""
 
-    def __init__(self, prior: "ToyworldPrior", config: VariationalConfig) -> None:
+    def __init__(self, prior: ExactPosterior, config: VariationalConfig) -> None:
         if config.buffer_size < 1:
             raise ValueError(f"variational buffer_size must be >= 1, got {config.buffer_size}")
         self.prior = prior
@@ -36,9 +42,7 @@ class ToyworldVariationalModel:
     def __len__(self) -> int:
         return self._x.shape[0]
 
-    def _references(self) -> "ReferenceSet":
-        from .prior import ReferenceSet
-
+    def _references(self) -> ReferenceSet:
         return ReferenceSet(x=self._x, sq_norm=(self._x * self._x).sum(1), dirs=self._dirs)
 
     @torch.no_grad()
