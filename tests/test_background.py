@@ -10,7 +10,6 @@ from support import tiny_config, trainer_for
 from threedistill.core.cameras import scene_cameras
 from threedistill.render.background import Background
 from threedistill.core.types import RenderOutput
-from threedistill.engine.run_dir import new_run_dir
 
 WHITE = torch.ones(3)
 

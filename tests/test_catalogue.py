@@ -7,13 +7,13 @@ import pytest
 import torch
 import trimesh
 
+from threedistill.core.mesh_file import OBJECT_RADIUS as RADIUS
 from threedistill.core.cameras import heldout_cameras
 from threedistill.core.errors import UserError
 from threedistill.scene.loading import read_nerfstudio_scene
 from threedistill.export.scene import write_nerfstudio_scene
 from threedistill.priors.toyworld.catalogue import (
     COLOURS,
-    RADIUS,
     catalogue_names,
     catalogue_prompts,
     describe_catalogue,

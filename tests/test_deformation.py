@@ -194,7 +194,7 @@ def test_state_dict_round_trip_and_errors() -> None:
         other.load_state_dict(d.base.state_dict())
     with pytest.raises(UserError, match="gaussians or nerf"):
         deformed(nn.Linear(2, 2))
-    with pytest.raises(UserError, match="lambda_time_l1"):
+    with pytest.raises(UserError, match="lambda-time-l1"):
         deformed(gaussians(), lambda_time_l1=[(0, 1, 2)])
 
 

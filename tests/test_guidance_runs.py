@@ -16,7 +16,6 @@ from threedistill.config import parse_run_args
 from threedistill.core.objective import OBJECTIVES
 from threedistill.priors.base import VariationalConfig
 from threedistill.priors.toyworld.prior import ReferenceSet, ToyworldConfig, ToyworldPrior
-from threedistill.engine.run_dir import new_run_dir
 from threedistill.engine.run import Run
 
 RUN_OBJECTIVES = [name for name in OBJECTIVES if OBJECTIVES[name].needs.prior and not OBJECTIVES[name].needs.scene and not OBJECTIVES[name].needs.source_image]  # scenes: test_scene_edit

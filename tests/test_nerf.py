@@ -16,7 +16,6 @@ from threedistill.render.volume_nerfacc import resolve_volume_backend
 from threedistill.render.volume_torch import OccupancyGrid, camera_rays, render_volume_torch
 from threedistill.representations.nerf import NeRF, NeRFConfig
 from threedistill.representations.base import REPRESENTATIONS
-from threedistill.engine.run_dir import new_run_dir
 from threedistill.engine.run import Run
 
 

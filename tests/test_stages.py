@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from support import TINY_FLAGS, run_for, trainer_for
+from support import TINY_FLAGS, run_for
 from threedistill.cli import main
 from threedistill.core.errors import UserError
 from threedistill.representations.gaussians import PARAM_NAMES

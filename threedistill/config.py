@@ -25,7 +25,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from . import guidance, priors, representations, scene  # noqa: F401  (registers the built-in components)
+from . import components  # noqa: F401  (registers the built-in components)
 from .core.cameras import OrbitSamplerConfig
 from .core.errors import UserError
 from .core.motion import MotionConfig, video_prior_name

@@ -52,3 +52,15 @@ def lambda_weights(config: object) -> dict[str, Schedule]:
     if not dataclasses.is_dataclass(config):
         raise TypeError(f"{type(config).__name__} is not a config dataclass")
     return {f.name[len("lambda_"):]: getattr(config, f.name) for f in dataclasses.fields(config) if f.name.startswith("lambda_")}
+
+
+def check_lambda_schedules(config: object, section: str) -> None:
+    """Every `lambda_<name>` field of `config` is a number or (step, value) points, else a UserError
+    naming the flag (`--<section>.lambda-<name>`)."""
+    from .errors import UserError
+
+    for name, value in lambda_weights(config).items():
+        try:
+            validate_schedule(f"lambda_{name}", value)
+        except (ValueError, TypeError) as exc:
+            raise UserError(f"--{section}.lambda-{name.replace('_', '-')}: {exc}") from None

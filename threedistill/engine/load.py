@@ -68,8 +68,9 @@ class LoadedRun:
         return PreviousAsset(self.representation, self.names.representation, lambda: exports.mesh(0))
 
 
-def load_run(run_dir: str | Path, checkpoint: Optional[Path] = None, device: str = "auto") -> LoadedRun:
-    """A run folder's plan, metrics and asset from config.yaml and last.pt (or `checkpoint`)."""
+def read_run(run_dir: str | Path, checkpoint: Optional[Path] = None) -> tuple[list[Stage], dict[str, Any], int]:
+    """A run folder's plan, its checkpoint (last.pt or `checkpoint`) and the checkpoint's stage
+    index, checked to belong together."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"run folder not found: '{run_dir}'; pass a folder made by `threedistill run`")
@@ -78,10 +79,17 @@ def load_run(run_dir: str | Path, checkpoint: Optional[Path] = None, device: str
     index = int(state.get("stage", 0))
     if not 0 <= index < len(plan):
         raise UserError(f"the checkpoint is from stage {index + 1} but config.yaml has {len(plan)} stage(s); pass the run folder it came from")
-    stage = plan[index]
-    if tuple(state.get("names", ())) != tuple(stage.names):
-        raise UserError(f"checkpoint was made by {tuple(state.get('names', ()))} but the config says {tuple(stage.names)}; "
+    if tuple(state.get("names", ())) != tuple(plan[index].names):
+        raise UserError(f"checkpoint was made by {tuple(state.get('names', ()))} but the config says {tuple(plan[index].names)}; "
                         "pass the run folder it came from")
+    return plan, state, index
+
+
+def load_run(run_dir: str | Path, checkpoint: Optional[Path] = None, device: str = "auto") -> LoadedRun:
+    """A run folder's plan, metrics and asset from config.yaml and last.pt (or `checkpoint`)."""
+    run_dir = Path(run_dir)
+    plan, state, index = read_run(run_dir, checkpoint)
+    stage = plan[index]
     target = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
     representation = build_representation(stage.cfg, torch.Generator().manual_seed(stage.cfg.seed))
     try:

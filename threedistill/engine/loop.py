@@ -20,7 +20,6 @@ from typing import Any, Optional, TextIO
 import torch
 from torch import Tensor
 
-from ..config import RunConfig
 from ..core.cameras import Cameras
 from ..core.motion import amplify_motion, clips_of
 from ..core.objective import OBJECTIVES, StageContext

@@ -13,12 +13,11 @@ from typing import Any, Callable, Optional
 
 from rich.console import Console
 
-from ..core.errors import UserError
 from ..representations.convert import PreviousAsset
 from .build import resolve_device
-from .checkpoint import load_checkpoint
+from .load import read_run
 from .loop import StageTrainer
-from .plan import Stage, load_run_plan, plan_to_yaml
+from .plan import Stage, plan_to_yaml
 from .context import RunContext
 from .priors import PriorPool
 from .run_dir import RunFolder, new_run_dir
@@ -60,16 +59,7 @@ class Run:
     def resume(cls, run_dir: Path, console: Optional[Console] = None, checkpoint: Optional[Path] = None) -> "Run":
         """Rebuild a run from its config.yaml and last.pt (or the given checkpoint)."""
         run_dir = Path(run_dir)
-        if not run_dir.is_dir():
-            raise UserError(f"run folder not found: '{run_dir}'; pass a folder made by `threedistill run`")
-        plan = load_run_plan(run_dir / "config.yaml")
-        state = load_checkpoint(checkpoint or run_dir / "checkpoints" / "last.pt")
-        index = int(state.get("stage", 0))
-        if not 0 <= index < len(plan):
-            raise UserError(f"the checkpoint is from stage {index + 1} but config.yaml has {len(plan)} stage(s); resume the run folder it came from")
-        if tuple(state.get("names", ())) != tuple(plan[index].names):
-            raise UserError(f"checkpoint was made by {tuple(state.get('names', ()))} but the config says {tuple(plan[index].names)}; "
-                            "resume the run folder it came from")
+        plan, state, index = read_run(run_dir, checkpoint)
         validate_plan(plan, None, first=index)
         run = cls(plan, run_dir, console, stage_index=index)
         run.trainer.load_state(state)

@@ -30,10 +30,9 @@ import torch
 from torch import Tensor, nn
 
 from ..core.cameras import Cameras
-from ..core.errors import UserError
 from ..core.geometry import Field, SurfaceMesh, TextureColour
 from ..core.registry import Registry
-from ..core.schedule import Schedule, evaluate_schedule, lambda_weights, validate_schedule
+from ..core.schedule import Schedule, check_lambda_schedules, evaluate_schedule, lambda_weights
 from ..core.types import RenderOutput, SplatTensors
 
 
@@ -46,11 +45,7 @@ class RepresentationConfig:
 
     def check(self) -> None:
         """Raise a UserError for a setting that cannot work (called when the run plan is validated)."""
-        for name, value in lambda_weights(self).items():
-            try:
-                validate_schedule(f"lambda_{name}", value)
-            except (ValueError, TypeError) as exc:
-                raise UserError(f"--representation.lambda-{name.replace('_', '-')}: {exc}") from None
+        check_lambda_schedules(self, "representation")
 
 
 class Representation(nn.Module):

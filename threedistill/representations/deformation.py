@@ -46,7 +46,7 @@ from torch import Tensor, nn
 from ..core.cameras import Cameras
 from ..core.errors import UserError
 from ..core.geometry import Field
-from ..core.schedule import Schedule, lambda_weights, validate_schedule
+from ..core.schedule import Schedule, check_lambda_schedules, lambda_weights
 from ..core.types import RenderOutput, SplatTensors
 from .base import Representation
 from .gaussian_field import GaussianField
@@ -93,11 +93,7 @@ class DeformationConfig:
     """NeRF: times at which the density is evaluated to refresh the occupancy grid."""
 
     def check(self) -> None:
-        for name, value in lambda_weights(self).items():
-            try:
-                validate_schedule(f"deformation.lambda_{name}", value)
-            except (ValueError, TypeError) as err:
-                raise UserError(str(err)) from None
+        check_lambda_schedules(self, "deformation")
         if self.time_resolution < 3 or self.resolution < 2:
             raise UserError("deformation planes need time_resolution >= 3 and resolution >= 2; raise them")
 

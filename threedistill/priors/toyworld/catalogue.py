@@ -15,14 +15,10 @@ from dataclasses import dataclass, replace
 from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
-import torch
 import trimesh
-from torch import Tensor
 
 from ...core.errors import UserError
-from ...core.mesh_file import OBJECT_RADIUS as RADIUS
 from ...core.mesh_file import ColouredMesh, normalise
-"""Distance of every object's farthest vertex from the origin."""
 
 COLOURS: dict[str, tuple[float, float, float]] = {
     "red": (0.85, 0.15, 0.12),
