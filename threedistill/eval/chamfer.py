@@ -13,20 +13,27 @@ radius r offset by d << r score about d / 2.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 
 
-def _arrays(mesh: Any) -> tuple[np.ndarray, np.ndarray]:
-    """(vertices [V,3] float64, faces [F,3] int64) of anything with .vertices/.faces or a (v, f) pair."""
-    v, f = (mesh.vertices, mesh.faces) if hasattr(mesh, "vertices") else mesh
-    v = v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)
-    f = f.detach().cpu().numpy() if hasattr(f, "detach") else np.asarray(f)
-    return v.astype(np.float64), f.astype(np.int64)
+class Triangles(Protocol):
+    """A triangle mesh as arrays: SurfaceMesh, a toyworld object, a trimesh.Trimesh."""
+
+    @property
+    def vertices(self) -> Any: ...  # [V,3] array-like
+
+    @property
+    def faces(self) -> Any: ...  # [F,3] array-like
 
 
-def sample_surface(mesh: Any, n_points: int, seed: int = 0) -> np.ndarray:
+def _arrays(mesh: Triangles) -> tuple[np.ndarray, np.ndarray]:
+    """(vertices [V,3] float64, faces [F,3] int64)."""
+    return np.asarray(mesh.vertices, np.float64), np.asarray(mesh.faces, np.int64)
+
+
+def sample_surface(mesh: Triangles, n_points: int, seed: int = 0) -> np.ndarray:
     """n_points uniformly distributed (by area) on the triangles of `mesh` -> [n,3]."""
     v, f = _arrays(mesh)
     tri = v[f]
@@ -65,12 +72,12 @@ def _chamfer(a: _Samples, b: _Samples) -> float:
     return 0.5 * (_one_way(a.queries, b.reference) + _one_way(b.queries, a.reference))
 
 
-def chamfer_distance(mesh_a: Any, mesh_b: Any, n_points: int = 20000, seed: int = 0, reference_factor: int = 10) -> float:
+def chamfer_distance(mesh_a: Triangles, mesh_b: Triangles, n_points: int = 20000, seed: int = 0, reference_factor: int = 10) -> float:
     """Symmetric chamfer distance between two meshes by surface sampling (see the module docstring)."""
     return _chamfer(_Samples(mesh_a, n_points, reference_factor, seed), _Samples(mesh_b, n_points, reference_factor, seed + 1))
 
 
-def chamfer_to_modes(mesh: Any, modes: Sequence[Any], n_points: int = 20000, seed: int = 0, reference_factor: int = 10) -> dict[str, Any]:
+def chamfer_to_modes(mesh: Triangles, modes: Sequence[Triangles], n_points: int = 20000, seed: int = 0, reference_factor: int = 10) -> dict[str, Any]:
     """Chamfer to the closest of several ground-truth meshes: {"chamfer": float, "chamfer_mode": index}."""
     if not modes:
         raise ValueError("no ground-truth meshes to compare with")
@@ -80,6 +87,6 @@ def chamfer_to_modes(mesh: Any, modes: Sequence[Any], n_points: int = 20000, see
     return {"chamfer": dists[best], "chamfer_mode": best}
 
 
-def chamfer_to_toyworld(mesh: Any, prior: Any, prompt: str, n_points: int = 20000, seed: int = 0) -> dict[str, Any]:
+def chamfer_to_toyworld(mesh: Triangles, prior: Any, prompt: str, n_points: int = 20000, seed: int = 0) -> dict[str, Any]:
     """Chamfer of `mesh` (world axes, z up) to the closest mode of a toyworld prompt (`prior.modes`)."""
     return chamfer_to_modes(mesh, prior.modes(prompt), n_points, seed)
