@@ -10,7 +10,7 @@ import trimesh
 from threedistill.core.mesh_file import OBJECT_RADIUS as RADIUS
 from threedistill.core.cameras import heldout_cameras
 from threedistill.core.errors import UserError
-from threedistill.scene.loading import read_nerfstudio_scene
+from threedistill.scene.loading import load_scene
 from threedistill.export.scene import write_nerfstudio_scene
 from threedistill.priors.toyworld.catalogue import (
     COLOURS,
@@ -97,7 +97,8 @@ def test_scene_round_trip(tmp_path):
     out = render_mesh(v, f, c, cams, supersample=1)
     write_nerfstudio_scene(tmp_path / "scene", out.rgb, cams, alpha=out.alpha)
     assert (tmp_path / "scene" / "masks" / "frame_00002.png").is_file()
-    images, back = read_nerfstudio_scene(tmp_path / "scene")
+    scene = load_scene(tmp_path / "scene")
+    images, back = scene.images, scene.cameras
     assert images.shape == out.rgb.shape and (images - out.rgb).abs().max().item() <= 0.5 / 255 + 1e-6
     assert (back.width, back.height) == (24, 20)
     assert torch.allclose(back.c2w, cams.c2w, atol=1e-5)
@@ -107,10 +108,10 @@ def test_scene_round_trip(tmp_path):
 
 def test_scene_read_errors(tmp_path):
     with pytest.raises(UserError, match="no transforms.json"):
-        read_nerfstudio_scene(tmp_path)
+        load_scene(tmp_path)
     (tmp_path / "transforms.json").write_text("{not json")
     with pytest.raises(UserError, match="malformed"):
-        read_nerfstudio_scene(tmp_path)
+        load_scene(tmp_path)
     (tmp_path / "transforms.json").write_text('{"frames": [{"file_path": "images/a.png"}]}')
     with pytest.raises(UserError, match="missing"):
-        read_nerfstudio_scene(tmp_path)
+        load_scene(tmp_path)

@@ -61,11 +61,12 @@ def test_toyworld_list() -> None:
 
 
 def test_toyworld_scene(tmp_path: Path) -> None:
-    from threedistill.scene.loading import read_nerfstudio_scene
+    from threedistill.scene.loading import load_scene
 
     proc = run_cli("toyworld", "scene", "a red mug", str(tmp_path / "scene"), "--views", "6", "--resolution", "32")
     assert proc.returncode == 0, proc.stderr
-    images, cams = read_nerfstudio_scene(tmp_path / "scene")
+    scene = load_scene(tmp_path / "scene")
+    images, cams = scene.images, scene.cameras
     assert images.shape == (6, 3, 32, 32) and len(cams) == 6
     assert (images < 0.5).any() and (images > 0.99).any()  # an object on a white background
 

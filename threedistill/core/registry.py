@@ -73,8 +73,3 @@ class Registry(Generic[C]):
         if name is None:
             raise KeyError(f"{type(config).__name__} configures no registered {self.kind}")
         return name
-
-    def unregister(self, name: str) -> None:
-        """Remove a component (tests that register their own clean up with this)."""
-        cls = self._classes.pop(name)
-        self._names_by_config.pop(getattr(cls, "Config"), None)

@@ -49,11 +49,6 @@ def sample_surface(mesh: Triangles, n_points: int, seed: int = 0) -> np.ndarray:
     return a + u[:, None] * (b - a) + w[:, None] * (c - a)
 
 
-def chamfer_points(a: np.ndarray, b: np.ndarray) -> float:
-    """Symmetric chamfer (mean of both directions' mean nearest-neighbour L2 distance) of two point sets."""
-    return 0.5 * (_one_way(a, b) + _one_way(b, a))
-
-
 def _one_way(queries: np.ndarray, reference: np.ndarray) -> float:
     from scipy.spatial import cKDTree
 

@@ -12,12 +12,11 @@ import torch
 from torch import Tensor
 
 from threedistill.core.cameras import Cameras
-from threedistill.render.backend import BACKENDS, resolve_backend
+from .backend import resolve_backend
 from threedistill.render.splats_gsplat import gsplat_status, render_splats_gsplat
 from threedistill.render.splats_torch import render_splats_torch
 from threedistill.core.types import RenderOutput
 
-SPLAT_BACKENDS = BACKENDS
 
 
 def resolve_splat_backend(name: str, device: torch.device | str) -> str:

@@ -21,11 +21,10 @@ import torch
 from torch import Tensor
 
 from threedistill.core.cameras import Cameras
-from threedistill.render.backend import BACKENDS, resolve_backend
+from .backend import resolve_backend
 from threedistill.core.types import RenderOutput
 from threedistill.render.volume_torch import NEAR_PLANE, OccupancyGrid, RadianceField, camera_rays
 
-VOLUME_BACKENDS = BACKENDS
 
 
 @functools.lru_cache(maxsize=None)

@@ -314,9 +314,3 @@ def load_scene(path: str | Path, downscale: int = 1, max_views: Optional[int] = 
     cams = cameras_from_c2w(c2w, torch.tensor(fovs, dtype=torch.float32), image_t.shape[-1], image_t.shape[-2], time_t)
     root = meta.root
     return Scene(images=image_t, cameras=cams, masks=mask_t, name=root.resolve().name, source=root)
-
-
-def read_nerfstudio_scene(scene_dir: str | Path) -> tuple[Tensor, Cameras]:
-    """Images [B,3,H,W] in [0,1] and Cameras (OpenCV axes) of a scene: `load_scene` without masks."""
-    scene = load_scene(scene_dir)
-    return scene.images, scene.cameras

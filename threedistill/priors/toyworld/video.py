@@ -74,11 +74,6 @@ class ToyworldVideoConfig(PriorConfig):
         check_posterior_settings(self.temperature, self.data_noise)
 
 
-def clip_directions(cameras: Cameras, clips: int, frames: int) -> Tensor:
-    """Direction [clips,3] of each clip's first frame camera (B*F view-major cameras, or B of them)."""
-    return _first_frames(cameras, clips, frames).directions()
-
-
 @PRIORS.register("toyworld-video")
 class ToyworldVideoPrior(ToyworldPrior):
     """Exact empirical-posterior denoiser over rendered reference clips (see module docstring)."""
