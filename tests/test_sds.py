@@ -100,3 +100,28 @@ def test_add_noise() -> None:
     ac = torch.tensor([0.64])
     x = add_noise(ac, torch.ones(1, 2), torch.full((1, 2), 2.0), torch.tensor([0]))
     torch.testing.assert_close(x, torch.full((1, 2), 0.8 + 0.6 * 2.0))
+
+
+class AffineDecodePrior(KnownEpsPrior):
+    """decode(z) = 0.5 z + 0.25, so the image-space target is known in closed form."""
+
+    def decode(self, x0: torch.Tensor) -> torch.Tensor:
+        return 0.5 * x0 + 0.25
+
+
+@pytest.mark.parametrize("image_space", [False, True])
+def test_image_space_loss_pulls_renders_toward_the_decoded_target(image_space: bool) -> None:
+    B, shape = 2, (3, 4, 4)
+    prior = AffineDecodePrior(slope=0.5)
+    cfg = SDSConfig(cfg_scale=1.0, min_step=100, max_step=900, image_space=image_space)
+    guidance = SDSGuidance(cfg, prior, total_steps=10, generator=torch.Generator().manual_seed(3))
+    images = torch.rand((B,) + shape, requires_grad=True)
+    guidance(images, None, _emb(B, 2.0, -1.0), step=1).loss.backward()
+
+    t, noise = _draws(3, B, shape, 100, 900)
+    abar = prior.alphas_cumprod[t].view(B, 1, 1, 1)
+    x_t = abar.sqrt() * images.detach() + (1 - abar).sqrt() * noise
+    g = (1 - abar) * (2.0 + 0.5 * x_t - noise)
+    x = images.detach()
+    expected = (x - (0.5 * (x - g) + 0.25)) / B if image_space else g / B
+    torch.testing.assert_close(images.grad, expected, atol=1e-5, rtol=1e-4)
