@@ -126,6 +126,7 @@ def cmd_edit_image(argv: list[str]) -> int:
     from .engine.priors import PriorPool
     from .engine.progress import progress_bar
     from .engine.run_dir import new_run_dir
+    from .eval.metrics import psnr_to
     from .export.images import image_grid, read_image, save_image
     from .guidance.dds import DDSGuidance
     from .guidance.image_edit import edit_image, prompt_embeddings
@@ -141,10 +142,14 @@ def cmd_edit_image(argv: list[str]) -> int:
     p.add_argument("--target", required=True, help="text describing the wanted result")
     p.add_argument("--out", default="outputs/edits", help="folder under which a new edit folder is made")
     p.add_argument("--lr", type=float, default=0.05, help="SGD step on the edited latent/pixels")
+    p.add_argument("--truth", type=Path, default=None,
+                   help="the image the edit should reach (e.g. the target object's ground-truth render): edit.json "
+                   "then reports the PSNR of the source and of the edited image against it")
     args, rest = p.parse_known_args(argv)
     rest = _with_default_steps(rest, 200)
     names, cfg = parse_run_args(["--guidance", "dds", *rest], prog="threedistill edit-image")
     image = read_image(args.image)
+    truth = read_image(args.truth) if args.truth is not None else None
     device = resolve_device(cfg.device)
     cfg.guidance.check()
     cfg.prior.check()  # the model is on disk: one line before anything loads
@@ -170,6 +175,9 @@ def cmd_edit_image(argv: list[str]) -> int:
     save_image(out_dir / "comparison.png", image_grid(torch.cat([result.source, result.edited]), nrow=2))
     summary = {"image": str(args.image), "source": args.source, "target": args.target, "prior": names.prior,
                "steps": cfg.steps, "lr": args.lr, "seed": cfg.seed, "seconds": round(seconds, 2)}
+    if truth is not None:
+        summary.update(truth=str(args.truth), **{f"{key}_psnr": round(psnr_to(truth, result_image), 3)
+                                                 for key, result_image in (("source", result.source), ("edited", result.edited))})
     atomic_write_text(out_dir / "edit.json", json.dumps(summary, indent=2) + "\n")
     console.print(f"[green]done[/] in {seconds:.1f} s; edited image: {edited}")
     print(out_dir)

@@ -21,6 +21,14 @@ def psnr(pred: Tensor, target: Tensor) -> float:
     return float((-10.0 * torch.log10(mse)).mean())
 
 
+def psnr_to(truth: Tensor, images: Tensor) -> float:
+    """PSNR of images [B,3,h,w] against one truth image [3,H,W], resized to their size."""
+    target = truth[None].to(images.device, torch.float32)
+    if target.shape[-2:] != images.shape[-2:]:
+        target = torch.nn.functional.interpolate(target, size=images.shape[-2:], mode="bilinear", antialias=True, align_corners=False)
+    return psnr(images.float(), target.expand_as(images))
+
+
 def mask_iou(pred_alpha: Tensor, target_alpha: Tensor, threshold: float = 0.5) -> float:
     """Intersection over union of the thresholded masks, pooled over the batch."""
     p, t = pred_alpha > threshold, target_alpha > threshold
