@@ -1,6 +1,10 @@
 """Benchmark every objective on toyworld, where the right answer is known.
 
-    python tools/bench_guidance.py [--steps 300] [--seeds 3] [--write docs/benchmarks.md]
+    python tools/bench_guidance.py [--prior toyworld|toyworld-sd] [--steps 300] [--seeds 3] [--write docs/benchmarks.md]
+
+`--prior toyworld` (the default) is the exact prior; `--prior toyworld-sd` runs the same table
+through the Stable Diffusion code path on the toyworld-trained model (its own section of the
+Markdown file).
 
 Each objective runs with its own default settings (csd and csm at their default toyworld
 temperature, 100; ism and tsm at their default data noise, 4) with 3D Gaussians on three prompts: a symmetric object, an asymmetric
@@ -40,17 +44,19 @@ QUICK_FLAGS = ["--prior.num-references", "16", "--prior.resolution", "32", "--sa
                "--sampler.batch-size", "2", "--representation.num-points", "200", "--log.eval-views", "8"]
 
 
-def run_once(objective: str, prompt: str, seed: int, steps: int, out: Path, extra: list[str]) -> dict[str, Any]:
-    """One toyworld run with the objective's defaults; returns its metrics.json summary."""
-    argv = ["--prior", "toyworld", "--guidance", objective, "--prompt", prompt, "--seed", str(seed), "--steps", str(steps),
+def run_once(objective: str, prompt: str, seed: int, steps: int, out: Path, extra: list[str], prior: str = "toyworld") -> dict[str, Any]:
+    """One run with the objective's defaults on a ground-truth prior; returns its metrics.json summary."""
+    argv = ["--prior", prior, "--guidance", objective, "--prompt", prompt, "--seed", str(seed), "--steps", str(steps),
             "--device", "cpu", "--out", str(out), "--log.no-progress", "--log.preview-every", "0",
             "--log.checkpoint-every", "0", "--log.turntable-frames", "4", "--log.turntable-resolution", "32", *extra]
     names, cfg = parse_run_args(argv)
     run = Run.start(single_stage(names, cfg))
     run.trainer.train()
     summary = run.trainer.finish()
-    summary["temperature"] = cfg.prior.temperature or 1.0  # type: ignore[attr-defined]  # toyworld's settings
-    summary["data_noise"] = cfg.prior.data_noise or 0.0  # type: ignore[attr-defined]
+    if prior == "toyworld":
+        summary["settings"] = f"{cfg.prior.temperature or 1.0:g}, {cfg.prior.data_noise or 0.0:g}"  # type: ignore[attr-defined]
+    else:
+        summary["settings"] = "-"
     return summary
 
 
@@ -63,12 +69,12 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.3g} ± {statistics.stdev(values):.2g}"
 
 
-def table(rows: list[dict[str, Any]], steps: int, seeds: int, particles: int) -> str:
+def table(rows: list[dict[str, Any]], steps: int, seeds: int, particles: int, prior: str = "toyworld") -> str:
     lines = [
-        f"Every objective with its defaults, 3D Gaussians, {steps} steps, seeds 0..{seeds - 1}; mean ± std over seeds.",
+        f"`--prior {prior}`: every objective with its defaults, 3D Gaussians, {steps} steps, seeds 0..{seeds - 1}; mean ± std over seeds.",
         "PSNR in dB on 16 held-out views against the closest mode; back PSNR on the 4 views within 45° of the back.",
         "",
-        "| objective | prompt | prior T, data noise | mask IoU | PSNR | back PSNR | modes reached | seconds |",
+        f"| objective | prompt | {'prior T, data noise' if prior == 'toyworld' else 'prior settings'} | mask IoU | PSNR | back PSNR | modes reached | seconds |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -82,7 +88,7 @@ def table(rows: list[dict[str, Any]], steps: int, seeds: int, particles: int) ->
         else:
             modes = ""
         lines.append(
-            f"| {r['label']} | {r['prompt']} | {runs[0]['temperature']:g}, {runs[0]['data_noise']:g} | {mean_std([x['mask_iou'] for x in runs])} | "
+            f"| {r['label']} | {r['prompt']} | {runs[0]['settings']} | {mean_std([x['mask_iou'] for x in runs])} | "
             f"{mean_std([x['psnr'] for x in runs])} | {back} | {modes} | {mean_std([x['seconds'] for x in runs])} |"
         )
     return "\n".join(lines)
@@ -96,6 +102,7 @@ def machine_line() -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--prior", choices=("toyworld", "toyworld-sd"), default="toyworld")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--seeds", type=int, default=3)
     distillation = [n for n in OBJECTIVES if OBJECTIVES[n].needs.prior and not OBJECTIVES[n].needs.scene and not OBJECTIVES[n].needs.source_image]
@@ -105,31 +112,33 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="tiny settings (a smoke test of this script)")
     p.add_argument("--write", type=Path, default=None, help="replace the bench_guidance section of this Markdown file")
     args = p.parse_args()
-    extra = QUICK_FLAGS if args.quick else []
+    extra = (QUICK_FLAGS if args.prior == "toyworld" else QUICK_FLAGS[4:]) if args.quick else []
     kinds = [k for k in args.kinds.split(",") if k]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for kind in kinds:  # build and cache each prompt's references (and the null set) outside the timings
-            run_once("csd", PROMPTS[kind], 0, 1, Path(tmp), extra)
+            run_once("csd", PROMPTS[kind], 0, 1, Path(tmp), extra, args.prior)
         jobs = [(o, o, k, []) for o in args.objectives.split(",") if o for k in kinds]
         if args.particles > 1 and "multi-modal" in kinds:
             jobs.append((f"vsd, {args.particles} particles", "vsd", "multi-modal", ["--guidance.particles", str(args.particles)]))
         for label, objective, kind, flags in jobs:
             runs = []
             for seed in range(args.seeds):
-                summary = run_once(objective, PROMPTS[kind], seed, args.steps, Path(tmp), extra + flags)
+                summary = run_once(objective, PROMPTS[kind], seed, args.steps, Path(tmp), extra + flags, args.prior)
                 runs.append(summary)
                 print(f"{label:>18} {kind:>11} seed {seed}: iou {summary['mask_iou']:.3f} psnr {summary['psnr']:.2f} "
                       f"back {summary.get('back_psnr', math.nan):.2f} mode {summary.get('mode', summary.get('modes_reached'))} "
                       f"{summary['seconds']:.1f} s", flush=True)
             rows.append({"label": label, "kind": kind, "prompt": PROMPTS[kind], "runs": runs})
-    text = table(rows, args.steps, args.seeds, args.particles) + "\n\n" + machine_line()
+    text = table(rows, args.steps, args.seeds, args.particles, args.prior) + "\n\n" + machine_line()
+    start, end = (START, END) if args.prior == "toyworld" else (START.replace(":start", f":{args.prior}:start"),
+                                                                 END.replace(":end", f":{args.prior}:end"))
     print(text)
     if args.write:
         doc = args.write.read_text() if args.write.exists() else ""
-        section = f"{START}\n{text}\n{END}"
-        if START in doc and END in doc:
-            doc = doc[: doc.index(START)] + section + doc[doc.index(END) + len(END):]
+        section = f"{start}\n{text}\n{end}"
+        if start in doc and end in doc:
+            doc = doc[: doc.index(start)] + section + doc[doc.index(end) + len(end):]
         else:
             doc = doc.rstrip() + "\n\n" + section + "\n"
         args.write.write_text(doc)

@@ -40,7 +40,12 @@ def load_quietly(load: Callable[[], T]) -> T:
     failure the loader turns into a one-line UserError is not preceded by their chatter)."""
     import importlib
 
-    for library in ("diffusers", "transformers"):  # importing configures their loggers; quieten them after
-        importlib.import_module(library)
-    with quiet_libraries("diffusers", "transformers", "huggingface_hub"):
-        return load()
+    libraries = [importlib.import_module(name) for name in ("diffusers", "transformers")]  # importing configures their loggers
+    for library in libraries:  # their loading progress bars too
+        library.utils.logging.disable_progress_bar()
+    try:
+        with quiet_libraries("diffusers", "transformers", "huggingface_hub"):
+            return load()
+    finally:
+        for library in libraries:
+            library.utils.logging.enable_progress_bar()

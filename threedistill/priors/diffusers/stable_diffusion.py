@@ -30,6 +30,7 @@ from torch import Tensor
 
 from ...core.cameras import Cameras, OrbitSamplerConfig
 from ...core.errors import UserError
+from ...core.runtime import quiet_libraries
 from ..base import PRIORS, GuidanceDefaults, Prior, PriorConfig, VariationalConfig, noise_coefficients
 from .loading import ModelKind, ModelLocation, check_tokenizer, load_pipeline, locate_model, model_key, resolve_dtype
 
@@ -178,7 +179,8 @@ class StableDiffusionPrior(Prior):
         self._apply_performance_options()
 
     def _freeze(self, module: Any, dtype: torch.dtype) -> Any:
-        module = module.to(self.device, dtype=dtype)
+        with quiet_libraries("diffusers"):  # casting fp16 weights to fp32 on the CPU is intended
+            module = module.to(self.device, dtype=dtype)
         module.requires_grad_(False)
         return module.eval()
 

@@ -111,6 +111,14 @@ def catalogue_modes(prompt: str) -> list[ColouredMesh]:
         raise
 
 
+def render_ground_truth(mesh: ColouredMesh, cams: Cameras, device: torch.device) -> RenderOutput:
+    """A catalogue (or user) mesh through the reference renderer (Lambertian, white background):
+    what toyworld's data are and what runs on a ground-truth prior are scored against."""
+    v, f, c = mesh.to_torch(device)
+    with torch.no_grad():
+        return render_mesh(v, f, c, cams.to(device))
+
+
 @PRIORS.register("toyworld")
 class ToyworldPrior(Prior):
     """Exact empirical-posterior denoiser over rendered references (see module docstring)."""
@@ -206,9 +214,7 @@ class ToyworldPrior(Prior):
 
     def render_ground_truth(self, mesh: ColouredMesh, cams: Cameras) -> RenderOutput:
         """Render a catalogue mesh with the reference renderer (Lambertian, white background)."""
-        v, f, c = mesh.to_torch(self.device)
-        with torch.no_grad():
-            return render_mesh(v, f, c, cams.to(self.device))
+        return render_ground_truth(mesh, cams, self.device)
 
     def _cache_key(self, meshes: list[ColouredMesh], counts: list[int], seed: int) -> str:
         h = hashlib.sha1()

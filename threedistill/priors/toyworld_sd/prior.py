@@ -1,0 +1,73 @@
+"""toyworld-sd: the Stable Diffusion prior with a small model trained on toyworld, scored against ground truth.
+
+Every Stable Diffusion code path runs unchanged (`StableDiffusionPrior`: VAE encoder with
+gradients, the CLIP text encoder, the UNet, CFG, VSD's LoRA copy); the model is the one
+`tools/train_toyworld_sd.py` made (shipped in `model/`, or `--prior.model PATH` to another).
+Because its data are toyworld's renders, runs are scored as toyworld runs are (mask IoU,
+PSNR, back-view PSNR, modes, chamfer), and prompts must name catalogue objects.
+
+Its defaults are `sd`'s: on the shipped model SDS's scores did not depend on the CFG scale
+(7.5, 30 and 100 measured, docs/benchmarks.md), so nothing called for a change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from ...core.cameras import Cameras, OrbitSamplerConfig
+from ...core.mesh_file import ColouredMesh
+from ...core.types import RenderOutput
+from ..base import PRIORS, PriorConfig
+from ..diffusers.stable_diffusion import StableDiffusionConfig, StableDiffusionPrior
+from ..toyworld.prior import catalogue_modes, render_ground_truth
+
+SHIPPED_MODEL = Path(__file__).resolve().parent / "model"
+"""The model `tools/train_toyworld_sd.py` trained (its training.json and loss curve beside it)."""
+BUILTIN = "builtin"
+
+
+@dataclass
+class ToyworldSDConfig(StableDiffusionConfig):
+    """Stable Diffusion settings, with the toyworld-trained model and its own defaults."""
+
+    model: str = BUILTIN
+    """'builtin' (the shipped toyworld-sd model), or a local diffusers folder of another one."""
+
+    def located(self) -> StableDiffusionConfig:
+        """The same settings as a plain StableDiffusionConfig, `model` resolved to a path."""
+        values = {f.name: getattr(self, f.name) for f in fields(StableDiffusionConfig)}
+        values["model"] = str(SHIPPED_MODEL) if self.model == BUILTIN else self.model
+        return StableDiffusionConfig(**values)
+
+    def check(self) -> None:
+        self.located().check()
+
+
+@PRIORS.register("toyworld-sd")
+class ToyworldSDPrior(StableDiffusionPrior):
+    """`StableDiffusionPrior` on the toyworld-sd model, with toyworld's ground truth (eval/scoring.py)."""
+
+    Config = ToyworldSDConfig  # type: ignore[assignment]
+    has_ground_truth = True
+
+    def __init__(self, config: ToyworldSDConfig, sampler_config: Optional[OrbitSamplerConfig] = None,
+                 device: torch.device | str = "cpu") -> None:
+        super().__init__(config.located(), sampler_config, device)  # type: ignore[arg-type]
+        self.config = config
+        self._model_id = f"{self._model_id}:{self._fingerprint()}"  # a retrained model in the same folder embeds anew
+
+    @classmethod
+    def check_prompt(cls, config: PriorConfig, prompt: str) -> None:
+        """Prompts name catalogue objects: runs are scored against them."""
+        catalogue_modes(prompt)
+
+    def modes(self, prompt: str) -> list[ColouredMesh]:
+        """The catalogue object(s) the prompt names, view phrase ignored."""
+        return list(catalogue_modes(prompt))
+
+    def render_ground_truth(self, mesh: ColouredMesh, cams: Cameras) -> RenderOutput:
+        return render_ground_truth(mesh, cams, self.device)
