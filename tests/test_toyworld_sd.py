@@ -115,7 +115,7 @@ QUICK = ["--device", "cpu", "--log.no-progress", "--log.turntable-frames", "2", 
 GAUSSIANS = ["--representation.num-points", "300"]
 
 
-@pytest.mark.parametrize("image_space", [[], ["--guidance.image-space", "True"]], ids=["latent-loss", "image-space-loss"])
+@pytest.mark.parametrize("image_space", [[], ["--guidance.image-space"]], ids=["latent-loss", "image-space-loss"])
 def test_a_run_on_toyworld_sd_is_scored_against_ground_truth(image_space: list[str], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["run", "--prompt", "a red mug", "--prior", "toyworld-sd", "--steps", "4", *image_space, *QUICK, *GAUSSIANS,
                  "--out", str(tmp_path)]) == 0

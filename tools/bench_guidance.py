@@ -40,7 +40,8 @@ from threedistill.engine.run import Run  # noqa: E402
 
 PROMPTS = {"symmetric": "a red cube", "asymmetric": "a yellow duck", "multi-modal": "a ball"}
 START, END = "<!-- bench_guidance:start -->", "<!-- bench_guidance:end -->"
-QUICK_FLAGS = ["--prior.num-references", "16", "--prior.resolution", "32", "--sampler.width", "32", "--sampler.height", "32",
+TOYWORLD_QUICK_FLAGS = ["--prior.num-references", "16", "--prior.resolution", "32"]
+QUICK_FLAGS = ["--sampler.width", "32", "--sampler.height", "32",
                "--sampler.batch-size", "2", "--representation.num-points", "200", "--log.eval-views", "8"]
 
 
@@ -112,7 +113,7 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="tiny settings (a smoke test of this script)")
     p.add_argument("--write", type=Path, default=None, help="replace the bench_guidance section of this Markdown file")
     args = p.parse_args()
-    extra = (QUICK_FLAGS if args.prior == "toyworld" else QUICK_FLAGS[4:]) if args.quick else []
+    extra = ((TOYWORLD_QUICK_FLAGS if args.prior == "toyworld" else []) + QUICK_FLAGS) if args.quick else []
     kinds = [k for k in args.kinds.split(",") if k]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -54,7 +54,6 @@ def main() -> int:
     p.add_argument("--grid", type=Path, default=ROOT / "docs" / "images" / "toyworld-sd-samples.png")
     p.add_argument("--json", type=Path, default=ROOT / "docs" / "toyworld-sd-quality.json")
     args = p.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     import diffusers
     import transformers
     from diffusers import StableDiffusionPipeline

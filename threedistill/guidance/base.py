@@ -44,11 +44,11 @@ class BaseGuidanceConfig(ObjectiveConfig):
     pixel_grad_clip: Optional[float] = None
     """Per-pixel clip of the gradient reaching the renders: each pixel's RGB gradient is scaled so
     its largest channel is at most this (Dreamer-XL uses 0.05 for Gaussians; None: off)."""
-    image_space: Optional[bool] = None
+    image_space: bool = False
     """Take the loss on the renders against the decoded target, 0.5 |render - decode(x0 - g)|^2
     (HiFA's image-space term), instead of pushing g back through the encoder; a small or
     non-smooth VAE encoder turns g into high-frequency noise on the renders. Image priors only
-    (clips keep the latent loss). None: the prior's default (off for every built-in prior)."""
+    (clips keep the latent loss)."""
 
     def check(self) -> None:
         """Every schedule field is a number or a list of (step, value) points."""
@@ -114,7 +114,6 @@ class Guidance(Objective):
         self.cfg_scale = default_cfg if config.cfg_scale is None else config.cfg_scale
         self.min_step_schedule = d.min_step if config.min_step is None else config.min_step
         self.max_step_schedule = d.max_step if config.max_step is None else config.max_step
-        self.image_space = d.image_space if config.image_space is None else config.image_space
 
     def __call__(self, images: Tensor, cams: Cameras, emb: Optional[TextEmbeddings], step: int,
                  out: Optional[RenderOutput] = None) -> ObjectiveOutput:
@@ -192,13 +191,12 @@ class Guidance(Objective):
         grad = self.config.grad_scale * grad
         if self.config.pixel_grad_clip is not None and images is not None and images.requires_grad:
             images.register_hook(pixelwise_clip(self.config.pixel_grad_clip))
-        if self.image_space and images is not None and images.ndim == 4:
+        if self.config.image_space and images is not None and images.ndim == 4:
             loss = self.image_space_loss(images, x0, grad, step)
         else:
             loss = reparameterised_loss(x0, grad, self.clip_value(step))
         base = {"t_mean": float(t.float().mean()), "grad_norm": float(grad.norm() / x0.shape[0])}
         return ObjectiveOutput(loss=loss, logs={**base, **logs})
-
 
     def image_space_loss(self, images: Tensor, x0: Tensor, grad: Tensor, step: int) -> Tensor:
         """0.5 |render - decode(x0 - g)|^2 / B at the decoded target's resolution (`image_space`)."""

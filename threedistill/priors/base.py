@@ -30,8 +30,6 @@ class GuidanceDefaults:
     cfg_scale_low: Optional[float] = None
     """CFG scale of objectives whose target is itself a model prediction (VSD, ESD, ISM, TSM,
     DDS; 7.5 in their papers). None: the same as `cfg_scale`."""
-    image_space: bool = False
-    """Objectives take their loss on the renders against the decoded target (`--guidance.image-space`)."""
 
 
 @runtime_checkable

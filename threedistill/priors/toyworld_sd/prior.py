@@ -67,7 +67,7 @@ class ToyworldSDPrior(StableDiffusionPrior):
 
     def modes(self, prompt: str) -> list[ColouredMesh]:
         """The catalogue object(s) the prompt names, view phrase ignored."""
-        return list(catalogue_modes(prompt))
+        return catalogue_modes(prompt)
 
     def render_ground_truth(self, mesh: ColouredMesh, cams: Cameras) -> RenderOutput:
         return render_ground_truth(mesh, cams, self.device)

@@ -31,9 +31,9 @@ from torch import Tensor
 from ...core.atomic import atomic_path, atomic_write_text
 from ...core.runtime import load_quietly as quietly
 from ...core.cameras import VIEW_LABELS, OrbitSampler, OrbitSamplerConfig, view_label_indices, view_phrase
-from ...render.mesh_torch import render_mesh
 from ..diffusers.byte_tokenizer import write_byte_tokenizer
 from ..toyworld.catalogue import CATALOGUE, COLOURS, resolve_prompt
+from ..toyworld.prior import render_ground_truth
 
 STATE_FORMAT = "threedistill-toyworld-sd-training"
 STATE_VERSION = 1
@@ -117,9 +117,7 @@ def render_dataset(config: TrainConfig, progress: Optional[Callable[[int, int], 
     for k, (name, colour) in enumerate(pairs):
         mesh = resolve_prompt(article(f"{colour} {name}"))[0]
         cams = sampler.sample(gen, batch_size=per_pair)
-        v, f, c = mesh.to_torch("cpu")
-        with torch.no_grad():
-            rgb = render_mesh(v, f, c, cams).rgb
+        rgb = render_ground_truth(mesh, cams, torch.device("cpu")).rgb
         images.append((rgb.clamp(0, 1) * 255).round().to(torch.uint8))
         pair_idx.append(torch.full((per_pair,), k, dtype=torch.long))
         labels.append(view_label_indices(cams))
@@ -220,6 +218,8 @@ class Trainer:
         self.scaling_factor = 1.0
         self.latents: Optional[Tensor] = None
         self._token_cache: dict[str, Tensor] = {}
+        self.data: Optional[Dataset] = None
+        """The rendered data, once `train` has read them."""
 
     # ------------------------------------------------------------------ state
     def _unet_and_text(self) -> dict[str, Tensor]:
@@ -391,6 +391,7 @@ class Trainer:
         """Mean squared epsilon error on the held-out renders (correct view phrase) per timestep."""
         assert self.latents is not None
         data = self.data
+        assert data is not None, "train() first"
         rows = data.holdout.nonzero().squeeze(1)
         x0 = self.latents[rows] * self.scaling_factor
         captions = [view_phrase(data.prompts(i)[0], VIEW_LABELS[int(data.label[i])]) for i in rows.tolist()]
