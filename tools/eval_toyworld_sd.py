@@ -30,7 +30,8 @@ from threedistill.core.runtime import load_quietly  # noqa: E402
 from threedistill.export.images import save_image_grid  # noqa: E402
 from threedistill.priors.toyworld.catalogue import CATALOGUE, COLOURS, catalogue_prompts  # noqa: E402
 from threedistill.priors.toyworld_sd.prior import SHIPPED_MODEL  # noqa: E402
-from threedistill.priors.toyworld_sd.training import TrainConfig, article, colourless_colours, render_dataset  # noqa: E402
+from threedistill.priors.toyworld_sd.config import TrainConfig  # noqa: E402
+from threedistill.priors.toyworld_sd.data import article, colourless_colours, render_dataset  # noqa: E402
 
 
 def sample(pipe, prompts: list[str], steps: int, cfg: float, seed: int, batch: int = 64) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Training toyworld-sd: a small Stable-Diffusion-architecture pipeline on toyworld renders.
 
-The data are renders of every catalogue object in every colour word, from the training
+The data are renders (data.py) of every catalogue object in every colour word, from the training
 camera distribution (`OrbitSamplerConfig`'s defaults) at 64 px, captioned with threedistill's
 own view phrases ("a red mug, side view", "side view of a red mug"), the plain prompt
 sometimes, and "" for classifier-free guidance (caption dropout). The real diffusers classes:
@@ -20,7 +20,7 @@ import json
 import math
 import random
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -29,124 +29,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ...core.atomic import atomic_path, atomic_write_text
+from ...core.cameras import VIEW_LABELS, view_phrase
 from ...core.runtime import load_quietly as quietly
-from ...core.cameras import VIEW_LABELS, OrbitSampler, OrbitSamplerConfig, view_label_indices, view_phrase
 from ..diffusers.byte_tokenizer import write_byte_tokenizer
-from ..toyworld.catalogue import CATALOGUE, COLOURS, resolve_prompt
-from ..toyworld.prior import render_ground_truth
+from .config import TrainConfig
+from .data import Dataset, render_dataset, sample_captions, to_unit
+from .loss_curve import write_loss_curve
 
 STATE_FORMAT = "threedistill-toyworld-sd-training"
 STATE_VERSION = 1
-
-
-@dataclass
-class TrainConfig:
-    """What toyworld-sd is trained on, its architecture and its optimisation."""
-
-    seed: int = 0
-    objects: tuple[str, ...] = tuple(CATALOGUE)
-    colours: tuple[str, ...] = tuple(COLOURS)
-    views: int = 64
-    """Training renders per (object, colour)."""
-    holdout_views: int = 4
-    """Further renders per (object, colour), never trained on: the held-out denoising error."""
-    resolution: int = 64
-    vae_channels: tuple[int, ...] = (16, 32, 32)
-    vae_steps: int = 1500
-    vae_batch: int = 32
-    vae_lr: float = 1e-3
-    kl_weight: float = 1e-6
-    unet_channels: tuple[int, ...] = (48, 96, 96)
-    text_hidden: int = 64
-    text_layers: int = 3
-    max_length: int = 48
-    unet_steps: int = 5000
-    unet_batch: int = 48
-    unet_lr: float = 5e-4
-    warmup: int = 200
-    ema_decay: float = 0.999
-    caption_dropout: float = 0.1
-    """Share of empty captions (the unconditional model CFG needs)."""
-    plain_caption: float = 0.1
-    """Share of captions without a view phrase."""
-    prefix_form: float = 0.2
-    """Share of view phrases in the prefix form ('side view of a red mug')."""
-    checkpoint_every: int = 250
-
-
-# ---------------------------------------------------------------------- data
-def article(words: str) -> str:
-    return f"{'an' if words[0] in 'aeiou' else 'a'} {words}"
-
-
-def colourless_colours(name: str) -> tuple[str, ...]:
-    """The colours the prompt without a colour word ("a mug") stands for."""
-    spec = CATALOGUE[name]
-    return tuple(spec.modes) or ((spec.default_colour,) if spec.default_colour else ())
-
-
-@dataclass
-class Dataset:
-    """Renders [N,3,R,R] uint8, with the (object, colour) pair and view label of each."""
-
-    images: Tensor
-    pair: Tensor
-    """Index into `pairs` [N]."""
-    label: Tensor
-    """Index into VIEW_LABELS [N]."""
-    holdout: Tensor
-    """True for held-out renders [N]."""
-    pairs: list[tuple[str, str]]
-
-    def prompts(self, i: int) -> list[str]:
-        """The prompts that name render i's object: with its colour word, and without when that is its default."""
-        name, colour = self.pairs[int(self.pair[i])]
-        out = [article(f"{colour} {name}")]
-        if colour in colourless_colours(name):
-            out.append(article(name))
-        return out
-
-
-def render_dataset(config: TrainConfig, progress: Optional[Callable[[int, int], None]] = None) -> Dataset:
-    """Seeded renders of every (object, colour) from the training camera distribution."""
-    sampler = OrbitSampler(OrbitSamplerConfig(width=config.resolution, height=config.resolution))
-    gen = torch.Generator().manual_seed(config.seed)
-    pairs = [(name, colour) for name in config.objects for colour in config.colours]
-    images, pair_idx, labels, holdout = [], [], [], []
-    per_pair = config.views + config.holdout_views
-    for k, (name, colour) in enumerate(pairs):
-        mesh = resolve_prompt(article(f"{colour} {name}"))[0]
-        cams = sampler.sample(gen, batch_size=per_pair)
-        rgb = render_ground_truth(mesh, cams, torch.device("cpu")).rgb
-        images.append((rgb.clamp(0, 1) * 255).round().to(torch.uint8))
-        pair_idx.append(torch.full((per_pair,), k, dtype=torch.long))
-        labels.append(view_label_indices(cams))
-        holdout.append(torch.arange(per_pair) >= config.views)
-        if progress is not None:
-            progress(k + 1, len(pairs))
-    return Dataset(torch.cat(images), torch.cat(pair_idx), torch.cat(labels), torch.cat(holdout), pairs)
-
-
-def sample_captions(data: Dataset, rows: Tensor, config: TrainConfig, rng: random.Random) -> list[str]:
-    """One caption per render: dropout '', the plain prompt, or a view phrase in either form."""
-    out = []
-    for i in rows.tolist():
-        u = rng.random()
-        if u < config.caption_dropout:
-            out.append("")
-            continue
-        prompt = rng.choice(data.prompts(i))
-        if u < config.caption_dropout + config.plain_caption:
-            out.append(prompt)
-        else:
-            form = "prefix" if rng.random() < config.prefix_form else "suffix"
-            out.append(view_phrase(prompt, VIEW_LABELS[int(data.label[i])], form))
-    return out
-
-
-def to_unit(images: Tensor) -> Tensor:
-    """uint8 renders -> float in [-1, 1]."""
-    return images.float() / 127.5 - 1.0
 
 
 # ---------------------------------------------------------------------- models
@@ -435,43 +326,6 @@ class Trainer:
         atomic_write_text(out / "training.json", json.dumps(record, indent=2) + "\n")
         write_loss_curve(out, self.losses)
         return out
-
-
-# ---------------------------------------------------------------------- loss curve
-def smooth(values: list[float], window: int) -> list[float]:
-    out, acc = [], 0.0
-    for i, v in enumerate(values):
-        acc += v
-        if i >= window:
-            acc -= values[i - window]
-        out.append(acc / min(i + 1, window))
-    return out
-
-
-def write_loss_curve(out: Path, losses: dict[str, list[float]]) -> None:
-    """loss_curve.csv (phase, step, loss) and loss_curve.svg (both phases, log scale, smoothed)."""
-    rows = ["phase,step,loss"] + [f"{name},{i},{v:.6g}" for name, values in losses.items() for i, v in enumerate(values)]
-    atomic_write_text(out / "loss_curve.csv", "\n".join(rows) + "\n")
-    width, height, pad = 640, 240, 40
-    panels = []
-    for k, (name, values) in enumerate(losses.items()):
-        if not values:
-            continue
-        ys = [math.log10(max(v, 1e-8)) for v in smooth(values, max(1, len(values) // 100))]
-        lo, hi = min(ys), max(ys)
-        x0 = k * (width // 2) + pad
-        w, h = width // 2 - 2 * pad, height - 2 * pad
-        pts = " ".join(f"{x0 + w * i / max(1, len(ys) - 1):.1f},{pad + h * (hi - y) / max(hi - lo, 1e-9):.1f}"
-                       for i, y in enumerate(ys))
-        panels.append(
-            f'<rect x="{x0}" y="{pad}" width="{w}" height="{h}" fill="none" stroke="#999"/>'
-            f'<polyline points="{pts}" fill="none" stroke="#c33" stroke-width="1.5"/>'
-            f'<text x="{x0}" y="{pad - 8}" font-size="12">{name} loss (log10, {len(values)} steps)</text>'
-            f'<text x="{x0 + w + 2}" y="{pad + 10}" font-size="10">{10 ** hi:.3g}</text>'
-            f'<text x="{x0 + w + 2}" y="{pad + h}" font-size="10">{10 ** lo:.3g}</text>')
-    svg = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif">'
-           f'<rect width="100%" height="100%" fill="white"/>{"".join(panels)}</svg>\n')
-    atomic_write_text(out / "loss_curve.svg", svg)
 
 
 def command_line() -> str:
