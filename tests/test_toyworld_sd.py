@@ -61,6 +61,29 @@ def test_training_loss_falls_and_a_resume_continues_exactly(tmp_path: Path) -> N
     assert (out / "model_index.json").exists() and (out / "unet" / "diffusion_pytorch_model.safetensors").exists()
 
 
+REPRODUCED_STEPS = 16
+
+
+@pytest.mark.slow
+def test_training_from_the_recorded_config_reproduces_the_shipped_loss_curve(tmp_path: Path) -> None:
+    """The shipped training.json's config and seed give the shipped loss curve's first VAE steps."""
+    record = json.loads((SHIPPED_MODEL / "training.json").read_text())
+    config = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in record["config"].items()})
+    with (SHIPPED_MODEL / "loss_curve.csv").open() as f:
+        shipped = [float(r["loss"]) for r in csv.DictReader(f) if r["phase"] == "vae"][:REPRODUCED_STEPS]
+
+    def stop(phase: str, step: int, total: int, loss: float) -> None:
+        if step == REPRODUCED_STEPS:
+            raise Interrupt
+
+    trainer = Trainer(config, tmp_path, render_on_demand=True)
+    with pytest.raises(Interrupt):
+        trainer.train(stop)
+    losses = trainer.losses["vae"]
+    assert losses == pytest.approx(shipped, rel=0.02), list(zip(losses, shipped))
+    assert _mean(losses[-4:]) < 0.8 * _mean(losses[:4])
+
+
 def test_a_training_state_of_another_config_is_refused(tmp_path: Path) -> None:
     Trainer(replace(TINY_TRAINING, vae_steps=1, unet_steps=0), tmp_path).save_state()
     with pytest.raises(ValueError, match="another config"):

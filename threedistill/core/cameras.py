@@ -138,6 +138,18 @@ def orbit_cameras(
     )
 
 
+def concat_cameras(batches: Sequence[Cameras]) -> Cameras:
+    """One batch of the cameras of several batches of the same image size, in order."""
+    first = batches[0]
+    if any((b.width, b.height) != (first.width, first.height) for b in batches):
+        raise ValueError("camera batches of different image sizes cannot be joined")
+    values: dict[str, Any] = {}
+    for name in _PER_CAMERA_FIELDS:
+        parts = [getattr(b, name) for b in batches]
+        values[name] = None if any(p is None for p in parts) else torch.cat(parts)
+    return replace(first, **values)
+
+
 @dataclass
 class OrbitSamplerConfig:
     """Ranges of the random training cameras (degrees; distance in world units)."""

@@ -33,7 +33,7 @@ from ...core.cameras import VIEW_LABELS, view_phrase
 from ...core.runtime import load_quietly as quietly
 from ..diffusers.byte_tokenizer import write_byte_tokenizer
 from .config import TrainConfig
-from .data import Dataset, render_dataset, sample_captions, to_unit
+from .data import Dataset, plan_dataset, render_dataset, sample_captions, to_unit
 from .loss_curve import write_loss_curve
 
 STATE_FORMAT = "threedistill-toyworld-sd-training"
@@ -87,8 +87,12 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
 class Trainer:
     """The two training phases over one resumable state (see the module docstring)."""
 
-    def __init__(self, config: TrainConfig, work_dir: Path, log: Callable[[str], None] = print) -> None:
+    def __init__(self, config: TrainConfig, work_dir: Path, log: Callable[[str], None] = print,
+                 render_on_demand: bool = False) -> None:
         self.config = config
+        self.render_on_demand = render_on_demand
+        """Render each training image when a step first draws it (and cache no data.pt): a few
+        steps then cost a few renders (the loss-curve reproduction test); the UNet phase renders all."""
         self.work_dir = Path(work_dir)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.log = log
@@ -159,6 +163,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ data
     def dataset(self) -> Dataset:
+        if self.render_on_demand:
+            return plan_dataset(self.config)
         path = self.work_dir / "data.pt"
         if path.exists():
             d = torch.load(path, map_location="cpu", weights_only=True)
@@ -188,7 +194,7 @@ class Trainer:
     def vae_step(self, data: Dataset, train_rows: Tensor) -> float:
         cfg = self.config
         rows = train_rows[torch.randint(len(train_rows), (cfg.vae_batch,), generator=self.gen)]
-        x = to_unit(data.images[rows])
+        x = to_unit(data.image_rows(rows))
         for group in self.vae_opt.param_groups:
             group["lr"] = cfg.vae_lr * lr_factor(self.step, cfg.vae_steps, cfg.warmup)
         dist = self.vae.encode(x).latent_dist
@@ -204,6 +210,7 @@ class Trainer:
     def encode_all(self, data: Dataset) -> Tensor:
         """Unscaled latent means of every render; sets the scaling factor to 1 / their std."""
         self.vae.eval()
+        data.render()
         out = [self.vae.encode(to_unit(data.images[i : i + 256])).latent_dist.mean for i in range(0, len(data.images), 256)]
         latents = torch.cat(out)
         self.scaling_factor = float(1.0 / latents[~data.holdout].std())
