@@ -74,14 +74,16 @@ def table(rows: list[dict[str, Any]], steps: int, seeds: int, particles: int, pr
     lines = [
         f"`--prior {prior}`: every objective with its defaults, 3D Gaussians, {steps} steps, seeds 0..{seeds - 1}; mean ± std over seeds.",
         "PSNR in dB on 16 held-out views against the closest mode; back PSNR on the 4 views within 45° of the back.",
+        "Janus: seeds whose back views match the object's front (seen from behind, as is or mirrored) better than its back.",
         "",
-        f"| objective | prompt | {'prior T, data noise' if prior == 'toyworld' else 'prior settings'} | mask IoU | PSNR | back PSNR | modes reached | seconds |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| objective | prompt | {'prior T, data noise' if prior == 'toyworld' else 'prior settings'} | mask IoU | PSNR | back PSNR | Janus | modes reached | seconds |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         runs = r["runs"]
         kind = r["kind"]
         back = mean_std([x["back_psnr"] for x in runs]) if kind == "asymmetric" else ""
+        janus = f"{sum(janus_seed(x) for x in runs)} of {len(runs)}" if kind == "asymmetric" else ""
         if kind == "multi-modal":
             reached = {x["mode"] for x in runs} if "particles" not in runs[0] else None
             modes = f"{len(reached)} of 4 over the seeds" if reached is not None else (
@@ -90,9 +92,14 @@ def table(rows: list[dict[str, Any]], steps: int, seeds: int, particles: int, pr
             modes = ""
         lines.append(
             f"| {r['label']} | {r['prompt']} | {runs[0]['settings']} | {mean_std([x['mask_iou'] for x in runs])} | "
-            f"{mean_std([x['psnr'] for x in runs])} | {back} | {modes} | {mean_std([x['seconds'] for x in runs])} |"
+            f"{mean_std([x['psnr'] for x in runs])} | {back} | {janus} | {modes} | {mean_std([x['seconds'] for x in runs])} |"
         )
     return "\n".join(lines)
+
+
+def janus_seed(summary: dict[str, Any]) -> bool:
+    """The back views look more like the object's front than its back (eval/metrics.py)."""
+    return bool(summary.get("back_front_psnr", -math.inf) > summary.get("back_psnr", math.inf))
 
 
 def machine_line() -> str:

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..core.cameras import Cameras, heldout_cameras
+from ..core.cameras import Cameras, heldout_cameras, orbit_cameras
 from ..core.types import RenderOutput
 
 
@@ -46,8 +46,10 @@ def evaluate_toyworld(representation: Any, prior: Any, prompt: str, n_views: int
     """Scores over fixed held-out cameras against the closest mode of the prompt.
 
     Returns mask_iou, psnr, `back_psnr` (the held-out views within 45 degrees of the back,
-    where front-only objects fail; absent when no view is there) and `mode` (index of the
-    mode the asset matched best).
+    where front-only objects fail; absent when no view is there), `back_front_psnr` (the same
+    back renders against the truth's front, see `front_seen_from_behind`: the Janus measure; the
+    back "shows the front" when it beats back_psnr) and `mode` (index of the mode the asset
+    matched best).
     """
     cams: Cameras = heldout_cameras(n_views, prior.resolution, prior.resolution).to(background.device)
     render = representation.render(cams, background)
@@ -60,7 +62,18 @@ def evaluate_toyworld(representation: Any, prior: Any, prompt: str, n_views: int
             best = {**scores, "mode": i}
             if back.numel():  # too few held-out views may have none
                 best["back_psnr"] = psnr(render.rgb[back], truth.rgb[back])
+                best["back_front_psnr"] = front_seen_from_behind(render.rgb[back], prior, mode, cams[back])
     return best
+
+
+def front_seen_from_behind(back_renders: Tensor, prior: Any, mode: Any, back_cams: Cameras) -> float:
+    """PSNR of back-view renders against the truth's front: the view from the opposite azimuth,
+    as it is or mirrored left-right, whichever matches better (a second face on the back of a
+    Janus asset may be either). Higher than the back's own PSNR: the back shows the front."""
+    front = orbit_cameras(back_cams.elevation, back_cams.azimuth - 180.0, back_cams.distance,
+                          torch.rad2deg(back_cams.fov_y), back_cams.width, back_cams.height).to(back_renders.device)
+    truth = prior.render_ground_truth(mode, front).rgb
+    return max(psnr(back_renders, truth), psnr(back_renders, truth.flip(-1)))
 
 
 @torch.no_grad()
