@@ -1,27 +1,36 @@
 """Command line: run, resume, export, edit, edit-image, animate, toyworld list / scene.
 
 Each command parses its flags and hands them to the engine (engine/run.py, engine/load.py),
-which validates the whole run plan before any work. Bad input ends with one line on stderr and
-exit code 2, never a traceback.
+which validates the whole run plan before any work. Exit codes (docs/reliability.md):
+
+- 0: done;
+- 2: bad input, one line on stderr, no traceback, nothing made (core/errors.py `UserError`);
+- 3: a fault stopped the work (out of memory, a full disk, a diverged run), one line naming the
+  cause and how to continue; checkpoints and earlier files are kept (`RunStopped`);
+- 128 + signal (130 for SIGINT / Ctrl-C, 143 for SIGTERM): interrupted; a run saved the
+  checkpoint of its last finished step and `threedistill resume RUN_DIR` continues it
+  (core/interrupts.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from rich.console import Console
 
-from .core.errors import UserError
+from .core.errors import RunStopped, UserError
+from .core.interrupts import exit_code_of, raising_on_signals, signal_name
 
 if TYPE_CHECKING:
     from .engine.loop import StageTrainer
     from .engine.run import Run
 
 EXIT_USER_ERROR = 2
-EXIT_INTERRUPTED = 130
+EXIT_RUN_STOPPED = 3
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -49,12 +58,29 @@ def _train_to_end(run: "Run", console: Console) -> int:
         scores = "".join(f", {k} {summary[k]:.3f}" for k in ("mask_iou", "psnr") if k in summary)
         console.print(f"{trainer.stage_title()}done{scores}")
 
-    summary = run.train_to_end(stage_done)
+    try:
+        summary = run.train_to_end(stage_done)
+    except KeyboardInterrupt as exc:  # a signal outside a step (setup, scoring, exports) or a second one within
+        saved = "checkpoint saved" if run.checkpoint_if_consistent() else "stopped at once; the last checkpoint on disk is kept"
+        console.print(f"[yellow]interrupted[/] ({signal_name(exit_code_of(exc) - 128)}) {run.trainer.stage_title()}at step "
+                      f"{run.trainer.step}/{run.trainer.cfg.steps}; {saved}. Continue with: threedistill resume {run.run_dir}")
+        return exit_code_of(exc)
+    except Exception as exc:
+        from .engine.faults import first_line, is_out_of_memory, memory_knobs
+
+        if not is_out_of_memory(exc):
+            raise
+        trainer = run.trainer
+        saved = f"saved the checkpoint of step {trainer.step}" if run.checkpoint_if_consistent() else "the last checkpoint on disk is kept"
+        raise RunStopped(f"out of memory {trainer.stage_title()}after step {trainer.step} ({first_line(exc)}); {saved}; to use less "
+                         f"memory lower {memory_knobs(trainer.cfg, finishing=trainer.step >= trainer.cfg.steps)} in "
+                         f"{run.run_dir}/config.yaml, then continue with `threedistill resume {run.run_dir}`") from None
     if summary is None:
         trainer = run.trainer
-        console.print(f"[yellow]interrupted[/] {trainer.stage_title()}at step {trainer.step}/{trainer.cfg.steps}; checkpoint saved. "
-                      f"Continue with: threedistill resume {run.run_dir}")
-        return EXIT_INTERRUPTED
+        signum = trainer.stops.signum or int(signal.SIGINT)
+        console.print(f"[yellow]interrupted[/] ({signal_name(signum)}) {trainer.stage_title()}at step {trainer.step}/{trainer.cfg.steps}; "
+                      f"checkpoint saved. Continue with: threedistill resume {run.run_dir}")
+        return 128 + signum
     _print_summary(console, run.run_dir, summary)
     return 0
 
@@ -186,12 +212,11 @@ def cmd_edit_image(argv: list[str]) -> int:
 
 def cmd_edit(argv: list[str]) -> int:
     """Edit a scene (posed images or a threedistill run) toward a target prompt."""
-    import shutil
 
     from .core.cameras import scene_cameras
     from .engine.load import load_run
     from .engine.plan import parse_run_plan
-    from .engine.run import Run
+    from .engine.run import Run, remove_run_folder
     from .engine.run_dir import new_run_dir
     from .engine.validate import validate_plan
     from .export.scene import write_rendered_scene
@@ -248,9 +273,7 @@ def cmd_edit(argv: list[str]) -> int:
                                      scene_cameras(48, 256))
         run = Run.start(plan_for(scene), console, start=start, run_dir=run_dir)
     except BaseException:
-        shutil.rmtree(run_dir, ignore_errors=True)
-        if run_dir.parent.exists() and not any(run_dir.parent.iterdir()):
-            run_dir.parent.rmdir()
+        remove_run_folder(run_dir)
         raise
     return _started(run, console)
 
@@ -355,13 +378,33 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"error: unknown command '{command}'; valid commands: {', '.join(COMMANDS)}", file=sys.stderr)
         return EXIT_USER_ERROR
     try:
-        return COMMANDS[command][0](rest)
+        with raising_on_signals():
+            return COMMANDS[command][0](rest)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except RunStopped as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_RUN_STOPPED
+    except KeyboardInterrupt as exc:
+        print(f"interrupted ({signal_name(exit_code_of(exc) - 128)})", file=sys.stderr)
+        return exit_code_of(exc)
+    except Exception as exc:
+        if not _out_of_memory(exc):
+            raise
+        print(f"error: out of memory ({' '.join(str(exc).split())[:120]}); use smaller settings (--sampler.batch-size, "
+              "--sampler.width/--sampler.height, --prior.attention-slicing, --mesh-resolution) or a device with more memory",
+              file=sys.stderr)
+        return EXIT_RUN_STOPPED
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """The allocator's error (only once torch is imported: the commands import it)."""
+    if "torch" not in sys.modules:
+        return False
+    from .engine.faults import is_out_of_memory
+
+    return is_out_of_memory(exc)
 
 
 if __name__ == "__main__":

@@ -76,6 +76,9 @@ class LogConfig:
     """Save a preview grid every N steps (0: only at the end)."""
     checkpoint_every: int = 100
     """Write step-NNNNNN.pt and last.pt every N steps (0: only at the end)."""
+    max_nonfinite_steps: int = 20
+    """Stop the run after this many steps in a row whose loss or gradient is not finite (they are skipped),
+    keeping the checkpoint from before the first of them (0: never stop)."""
     turntable_frames: int = 60
     turntable_resolution: int = 256
     eval_views: int = 16

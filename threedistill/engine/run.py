@@ -8,11 +8,14 @@ stages (engine/priors.py); `Run.resume` continues from a checkpoint in whichever
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from rich.console import Console
 
+from ..core.atomic import remove_stale_temporaries
 from ..representations.convert import PreviousAsset
 from .build import resolve_device
 from .load import read_run
@@ -44,15 +47,18 @@ class Run:
         empty folder behind."""
         validate_plan(plan, start.name if start is not None else None)
         first = plan[0]
+        made_here = run_dir is None
         if run_dir is None:
             representations = "-".join(dict.fromkeys(stage.names.representation for stage in plan))
             run_dir = new_run_dir(first.cfg.out, first.cfg.prompt, first.names.guidance, representations)
         try:
             run = cls(plan, run_dir, console, start)
+            run.save_config()
+            run.trainer.save_checkpoint(keep_step_file=False)  # resumable from the start, whatever stops it
         except BaseException:
-            remove_if_empty(run_dir)
+            if made_here:  # nothing was trained: no partial folder is left behind
+                remove_run_folder(run_dir)
             raise
-        run.save_config()
         return run
 
     @classmethod
@@ -61,6 +67,8 @@ class Run:
         run_dir = Path(run_dir)
         plan, state, index = read_run(run_dir, checkpoint)
         validate_plan(plan, None, first=index)
+        for sub in ("checkpoints", "export", "previews", ""):  # the temporary files of a process that was killed mid-write
+            remove_stale_temporaries(run_dir / sub)
         run = cls(plan, run_dir, console, stage_index=index)
         run.trainer.load_state(state)
         run.folder.log(f"resumed {run.trainer.stage_title()}at step {run.trainer.step}")
@@ -83,6 +91,14 @@ class Run:
         self.trainer = StageTrainer(self.context, index, self.trainer.previous_asset())
         return self.trainer
 
+    def checkpoint_if_consistent(self) -> bool:
+        """Save the current stage's checkpoint unless a step was cut off half-way (then the last
+        one on disk stands); True when saved."""
+        if not self.trainer.consistent:
+            return False
+        self.trainer.save_checkpoint(keep_step_file=False)
+        return True
+
     def train_to_end(self, on_stage_done: Callable[[StageTrainer, dict[str, Any]], None] = lambda trainer, summary: None
                      ) -> Optional[dict[str, Any]]:
         """Train the current stage and every later one; the final metrics, or None if interrupted."""
@@ -96,11 +112,9 @@ class Run:
             on_stage_done(finished, summary)
 
 
-def remove_if_empty(run_dir: Path) -> None:
-    """A run that failed before it wrote anything leaves no folder behind (nor an empty prompt folder)."""
-    if run_dir.exists() and not any(p.is_file() for p in run_dir.rglob("*")):
-        for sub in sorted(run_dir.rglob("*"), reverse=True):
-            sub.rmdir()
-        run_dir.rmdir()
-        if not any(run_dir.parent.iterdir()):
-            run_dir.parent.rmdir()
+def remove_run_folder(run_dir: Path) -> None:
+    """Remove a run folder made by a run that stopped before training, and its prompt folder when
+    that is left empty (another run may be creating its own folder there at the same moment)."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    with contextlib.suppress(OSError):  # not empty: another run's folder is there
+        run_dir.parent.rmdir()

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..core.atomic import atomic_write_text
+from ..core.atomic import append_text, atomic_write_text
 from ..core.errors import UserError
 
 
@@ -41,8 +41,11 @@ class RunFolder:
 
     def log(self, message: str) -> None:
         """Append a timestamped line to log.txt."""
-        with (self.path / "log.txt").open("a") as f:
-            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+        append_text(self.path / "log.txt", f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+
+    def append_metrics(self, row: dict[str, Any]) -> None:
+        """Append a row to metrics.jsonl."""
+        append_text(self.path / "metrics.jsonl", json.dumps(row) + "\n")
 
     def save_config(self, text: str) -> None:
         atomic_write_text(self.path / "config.yaml", text)
