@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from rich.console import Console
 
-from .core.errors import RunStopped, UserError
+from .core.errors import DiskFull, RunStopped, UserError
 from .core.interrupts import exit_code_of, raising_on_signals, signal_name
 
 if TYPE_CHECKING:
@@ -65,6 +65,8 @@ def _train_to_end(run: "Run", console: Console) -> int:
         console.print(f"[yellow]interrupted[/] ({signal_name(exit_code_of(exc) - 128)}) {run.trainer.stage_title()}at step "
                       f"{run.trainer.step}/{run.trainer.cfg.steps}; {saved}. Continue with: threedistill resume {run.run_dir}")
         return exit_code_of(exc)
+    except DiskFull as exc:
+        raise RunStopped(f"{exc}, then continue with `threedistill resume {run.run_dir}`") from None
     except Exception as exc:
         from .engine.faults import first_line, is_out_of_memory, memory_knobs
 
@@ -134,8 +136,11 @@ def cmd_export(argv: list[str]) -> int:
                                                  ("texture_size", args.texture_size), ("level", args.level)) if value is not None}
     exports = run.exports(dataclasses.replace(run.cfg.mesh, **overrides))
     formats = args.formats or exports.supported(EXPORT_FORMATS)
-    for path in export_asset(exports, formats, run.folder, run.background):
-        print(path)
+    try:
+        for path in export_asset(exports, formats, run.folder, run.background):
+            print(path)
+    except DiskFull as exc:
+        raise RunStopped(f"{exc}, then run `threedistill export {args.run_dir}` again") from None
     return 0
 
 

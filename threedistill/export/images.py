@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import math
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,7 @@ import imageio_ffmpeg
 import numpy as np
 import torch
 
-from threedistill.core.atomic import atomic_path
+from threedistill.core.atomic import atomic_path, atomic_write_bytes
 from threedistill.core.errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -103,8 +105,7 @@ def save_image(path: str | os.PathLike, image: Any) -> Path:
     pixels = _as_hwc_uint8(image)
     if pixels.ndim != 3:
         raise ValueError(f"expected one image, got shape {tuple(pixels.shape)}")
-    with atomic_path(target) as tmp:
-        iio.imwrite(tmp, pixels, extension=target.suffix.lower())
+    atomic_write_bytes(target, iio.imwrite("<bytes>", pixels, extension=target.suffix.lower()))
     return target
 
 
@@ -133,23 +134,26 @@ def _even_and_visible(frames: np.ndarray, min_side: int = MIN_VIDEO_SIDE) -> np.
 
 
 def _write_mp4(path: Path, frames: np.ndarray, fps: int) -> None:
+    """libx264/yuv420p through ffmpeg; its messages are captured, and a full disk is an OSError(ENOSPC)."""
     frames = _even_and_visible(frames)
     height, width = frames.shape[1:3]
-    writer = imageio_ffmpeg.write_frames(
-        str(path), (width, height), fps=fps, codec="libx264", pix_fmt_in="rgb24", pix_fmt_out="yuv420p",
-        macro_block_size=1, quality=8, ffmpeg_log_level="error",
-    )
-    writer.send(None)  # start ffmpeg
-    try:
-        for frame in frames:
-            writer.send(frame)
-    finally:
-        writer.close()
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-f", "rawvideo", "-vcodec", "rawvideo", "-s", f"{width}x{height}",
+               "-pix_fmt", "rgb24", "-r", str(fps), "-i", "-", "-an", "-vcodec", "libx264", "-pix_fmt", "yuv420p",
+               "-crf", "10", "-v", "error", "-f", "mp4", str(path)]
+    # its own session: a Ctrl-C meant for us does not cut the file short (we stop after it is written)
+    done = subprocess.run(command, input=frames.tobytes(), capture_output=True, start_new_session=True)
+    if done.returncode != 0:
+        message = " ".join(done.stderr.decode(errors="replace").split())
+        if "No space left on device" in message:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        raise OSError(f"ffmpeg could not write {path}: {message[-300:] or f'exit code {done.returncode}'}")
 
 
 def _write_gif(path: Path, frames: np.ndarray, fps: int) -> None:
     duration_ms = max(10, round(1000 / fps))
-    iio.imwrite(path, frames, extension=".gif", duration=duration_ms, loop=0)
+    data = iio.imwrite("<bytes>", frames, extension=".gif", duration=duration_ms, loop=0)
+    with open(path, "wb") as f:
+        f.write(data)
 
 
 def write_video(path: str | os.PathLike, frames: Any, fps: int = 24) -> Path:
