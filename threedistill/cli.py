@@ -42,7 +42,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def _console() -> Console:
-    return Console(stderr=True)
+    return Console(stderr=True, soft_wrap=True)  # no wrapping: paths and commands stay on one line
 
 
 def _print_summary(console: Console, run_dir: Path, summary: dict[str, Any]) -> None:
@@ -132,6 +132,7 @@ def cmd_export(argv: list[str]) -> int:
     p.add_argument("--level", type=float, default=None, help="surface density level (default: calibrated on the renders)")
     args = p.parse_args(argv)
     run = load_run(args.run_dir)
+    run.folder.remove_stale_temporaries()
     overrides = {name: value for name, value in (("resolution", args.mesh_resolution), ("decimate_faces", args.decimate_faces),
                                                  ("texture_size", args.texture_size), ("level", args.level)) if value is not None}
     exports = run.exports(dataclasses.replace(run.cfg.mesh, **overrides))

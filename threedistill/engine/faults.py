@@ -35,8 +35,8 @@ def first_line(exc: BaseException, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _value(cfg: Any, name: str) -> Any:
-    return getattr(cfg, name) if any(f.name == name for f in dataclasses.fields(cfg)) else None
+def _has(cfg: Any, name: str) -> bool:
+    return any(f.name == name for f in dataclasses.fields(cfg))
 
 
 def memory_knobs(cfg: RunConfig, finishing: bool = False) -> str:
@@ -48,12 +48,11 @@ def memory_knobs(cfg: RunConfig, finishing: bool = False) -> str:
     knobs = [f"sampler.batch_size (now {cfg.sampler.batch_size})",
              f"sampler.width/height (now {cfg.sampler.width}x{cfg.sampler.height})"]
     for name in ("attention_slicing", "vae_tiling"):
-        if _value(cfg.prior, name) is False:
+        if _has(cfg.prior, name) and not getattr(cfg.prior, name):
             knobs.append(f"prior.{name}: true")
     for name in ("max_points", "num_points", "samples_per_ray"):
-        value = _value(cfg.representation, name)
-        if value is not None:
-            knobs.append(f"representation.{name} (now {value})")
+        if _has(cfg.representation, name):
+            knobs.append(f"representation.{name} (now {getattr(cfg.representation, name)})")
             break
     return ", ".join(knobs)
 
@@ -62,13 +61,14 @@ def divergence_causes(cfg: RunConfig) -> str:
     """The likely causes of a run whose loss stays non-finite, with their current values."""
     lrs = [f.name for f in dataclasses.fields(cfg.representation) if f.name.startswith("lr_") and f.name != "lr_final_factor"]
     causes = [f"a learning rate too high (representation.{'/'.join(lrs[:3])}{'/...' if len(lrs) > 3 else ''})"] if lrs else []
-    cfg_scale = _value(cfg.guidance, "cfg_scale")
-    if cfg_scale is not None:
-        causes.append(f"a CFG scale too high (guidance.cfg_scale, now {cfg_scale})")
-    if _value(cfg.prior, "dtype") is not None:
+    if _has(cfg.guidance, "cfg_scale"):
+        scale = cfg.guidance.cfg_scale  # type: ignore[attr-defined]
+        causes.append(f"a CFG scale too high (guidance.cfg_scale, now {'the prior default' if scale is None else scale})")
+    if _has(cfg.prior, "dtype"):
         causes.append("float16 overflow in the prior (prior.dtype: float32)")
-    causes.append("guidance.grad_clip to bound the gradient" if _value(cfg.guidance, "grad_clip") is not None else "")
-    return ", ".join(c for c in causes if c)
+    if _has(cfg.guidance, "grad_clip"):
+        causes.append("unbounded guidance gradients (guidance.grad_clip)")
+    return ", ".join(causes)
 
 
 def clone_state(state: Any) -> Any:

@@ -15,7 +15,6 @@ from typing import Any, Callable, Optional
 
 from rich.console import Console
 
-from ..core.atomic import remove_stale_temporaries
 from ..representations.convert import PreviousAsset
 from .build import resolve_device
 from .load import read_run
@@ -67,8 +66,7 @@ class Run:
         run_dir = Path(run_dir)
         plan, state, index = read_run(run_dir, checkpoint)
         validate_plan(plan, None, first=index)
-        for sub in ("checkpoints", "export", "previews", ""):  # the temporary files of a process that was killed mid-write
-            remove_stale_temporaries(run_dir / sub)
+        RunFolder(run_dir).remove_stale_temporaries()
         run = cls(plan, run_dir, console, stage_index=index)
         run.trainer.load_state(state)
         run.folder.log(f"resumed {run.trainer.stage_title()}at step {run.trainer.step}")
