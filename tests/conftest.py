@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
 import torch
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The count of generated bad inputs tried (tests/test_bad_inputs.py), printed and written to $THREEDISTILL_FUZZ_REPORT."""
+    from support import FUZZ
+
+    if FUZZ["cases"]:
+        line = f"generated bad inputs: {FUZZ['cases']} cases, {FUZZ['tracebacks']} tracebacks"
+        terminalreporter.write_line(line)
+        report = os.environ.get("THREEDISTILL_FUZZ_REPORT")
+        if report:
+            Path(report).write_text(json.dumps(FUZZ) + "\n")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -106,6 +106,10 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> N
         assert needle in lines[0], lines[0]
 
 
+FUZZ = {"cases": 0, "tracebacks": 0}
+"""Generated bad inputs tried in this test session (tests/test_bad_inputs.py); conftest prints it."""
+
+
 # ---------------------------------------------------------------------- injected faults
 def fill_disk_for(monkeypatch, names: "set[str] | Callable[[Path], bool]", after: int = 0) -> list[Path]:
     """Writes (through core/atomic.py) of files named in `names` (or for which `names(path)` is true)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from rich.console import Console
 
-from .core.errors import DiskFull, RunStopped, UserError
+from .core.errors import DiskFull, RunStopped, UserError, printable
 from .core.interrupts import exit_code_of, raising_on_signals, signal_name
 
 if TYPE_CHECKING:
@@ -45,10 +45,17 @@ def _console() -> Console:
     return Console(stderr=True, soft_wrap=True)  # no wrapping: paths and commands stay on one line
 
 
+def _shown(value: Any) -> str:
+    """User-given text (a path, a prompt) as rich prints it literally, on one line."""
+    from rich.markup import escape
+
+    return escape(printable(str(value)))
+
+
 def _print_summary(console: Console, run_dir: Path, summary: dict[str, Any]) -> None:
     scores = ", ".join(f"{k} {summary[k]:.3f}" for k in ("mask_iou", "psnr") if k in summary)
     console.print(f"[green]done[/] in {summary['seconds']:.1f} s{'; ' + scores if scores else ''}")
-    console.print(f"run folder: {run_dir}")
+    console.print(f"run folder: {_shown(run_dir)}")
     print(run_dir)
 
 
@@ -63,7 +70,7 @@ def _train_to_end(run: "Run", console: Console) -> int:
     except KeyboardInterrupt as exc:  # a signal outside a step (setup, scoring, exports) or a second one within
         saved = "checkpoint saved" if run.checkpoint_if_consistent() else "stopped at once; the last checkpoint on disk is kept"
         console.print(f"[yellow]interrupted[/] ({signal_name(exit_code_of(exc) - 128)}) {run.trainer.stage_title()}at step "
-                      f"{run.trainer.step}/{run.trainer.cfg.steps}; {saved}. Continue with: threedistill resume {run.run_dir}")
+                      f"{run.trainer.step}/{run.trainer.cfg.steps}; {saved}. Continue with: threedistill resume {_shown(run.run_dir)}")
         return exit_code_of(exc)
     except DiskFull as exc:
         raise RunStopped(f"{exc}, then continue with `threedistill resume {run.run_dir}`") from None
@@ -81,7 +88,7 @@ def _train_to_end(run: "Run", console: Console) -> int:
         trainer = run.trainer
         signum = trainer.stops.signum or int(signal.SIGINT)
         console.print(f"[yellow]interrupted[/] ({signal_name(signum)}) {trainer.stage_title()}at step {trainer.step}/{trainer.cfg.steps}; "
-                      f"checkpoint saved. Continue with: threedistill resume {run.run_dir}")
+                      f"checkpoint saved. Continue with: threedistill resume {_shown(run.run_dir)}")
         return 128 + signum
     _print_summary(console, run.run_dir, summary)
     return 0
@@ -90,7 +97,7 @@ def _train_to_end(run: "Run", console: Console) -> int:
 def _started(run: "Run", console: Console, note: str = "") -> int:
     if note:
         run.folder.log(note)
-    console.print(f"run folder: {run.run_dir}")
+    console.print(f"run folder: {_shown(run.run_dir)}")
     return _train_to_end(run, console)
 
 
@@ -111,7 +118,7 @@ def cmd_resume(argv: list[str]) -> int:
     args = p.parse_args(argv)
     console = _console()
     run = Run.resume(args.run_dir, console, args.checkpoint)
-    console.print(f"resuming {args.run_dir} at step {run.trainer.step}/{run.trainer.cfg.steps}")
+    console.print(f"resuming {_shown(args.run_dir)} at step {run.trainer.step}/{run.trainer.cfg.steps}")
     return _train_to_end(run, console)
 
 
@@ -157,6 +164,7 @@ def cmd_edit_image(argv: list[str]) -> int:
     from .engine.build import resolve_device
     from .engine.priors import PriorPool
     from .engine.progress import progress_bar
+    from .engine.ranges import check_ranges
     from .engine.run_dir import new_run_dir
     from .eval.metrics import psnr_to
     from .export.images import image_grid, read_image, save_image
@@ -183,6 +191,7 @@ def cmd_edit_image(argv: list[str]) -> int:
     image = read_image(args.image)
     truth = read_image(args.truth) if args.truth is not None else None
     device = resolve_device(cfg.device)
+    check_ranges(cfg)
     cfg.guidance.check()
     cfg.prior.check()  # the model is on disk: one line before anything loads
     for text in (args.source, args.target):
@@ -211,7 +220,7 @@ def cmd_edit_image(argv: list[str]) -> int:
         summary.update(truth=str(args.truth), **{f"{key}_psnr": round(psnr_to(truth, result_image), 3)
                                                  for key, result_image in (("source", result.source), ("edited", result.edited))})
     atomic_write_text(out_dir / "edit.json", json.dumps(summary, indent=2) + "\n")
-    console.print(f"[green]done[/] in {seconds:.1f} s; edited image: {edited}")
+    console.print(f"[green]done[/] in {seconds:.1f} s; edited image: {_shown(edited)}")
     print(out_dir)
     return 0
 
@@ -274,7 +283,7 @@ def cmd_edit(argv: list[str]) -> int:
     validate_plan(plan_for(args.scene / "source_scene"), start.name, scenes=False)  # everything but the scene it renders next
     run_dir = new_run_dir(args.out, args.target, args.method, representation)
     try:
-        console.print(f"rendering {args.scene} as the source scene")
+        console.print(f"rendering {_shown(args.scene)} as the source scene")
         scene = write_rendered_scene(run_dir / "source_scene", lambda c: source_run.representation.render(c, source_run.background),
                                      scene_cameras(48, 256))
         run = Run.start(plan_for(scene), console, start=start, run_dir=run_dir)
@@ -387,10 +396,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         with raising_on_signals():
             return COMMANDS[command][0](rest)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(str(exc))}", file=sys.stderr)
         return EXIT_USER_ERROR
     except RunStopped as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(str(exc))}", file=sys.stderr)
         return EXIT_RUN_STOPPED
     except KeyboardInterrupt as exc:
         print(f"interrupted ({signal_name(exit_code_of(exc) - 128)})", file=sys.stderr)

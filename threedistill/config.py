@@ -164,6 +164,9 @@ def split_component_names(data: dict[str, Any], overrides: dict[str, Optional[st
         elif isinstance(section, str):  # `guidance: vsd` shorthand
             name = section
             data.pop(comp)
+        if name is not None and not isinstance(name, str):
+            raise UserError(f"config: '{comp}: name' must be a {comp} name, got {name!r}; e.g. {comp}: {{name: "
+                            f"{getattr(ComponentNames(), comp)}}}")
         override = overrides.get(comp)
         if override and name and override != name and isinstance(data.get(comp), dict):
             data[comp] = {}  # the file's fields belong to the component it named, not to the one the flag chose

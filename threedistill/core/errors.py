@@ -50,6 +50,16 @@ def unknown_name(kind: str, name: str, valid: "list[str] | tuple[str, ...]") -> 
     return UserError(f"unknown {kind} '{name}'; valid {kind} names: {', '.join(sorted(valid))}")
 
 
+def printable(text: str) -> str:
+    """`text` on one terminal line: control and format characters (newlines, escape sequences,
+    bidirectional overrides) from user input become visible escapes such as \\n or \\u202e."""
+    def shown(ch: str) -> str:
+        if ch.isprintable() or ch == " ":
+            return ch
+        return repr(ch)[1:-1] if ord(ch) < 0x10000 and repr(ch)[1] == "\\" else f"\\u{ord(ch):04x}"
+    return "".join(shown(ch) for ch in text)
+
+
 _warned: set[str] = set()
 
 
@@ -60,4 +70,4 @@ def warn(message: str, once_per: str = "") -> None:
         if once_per in _warned:
             return
         _warned.add(once_per)
-    print(f"warning: {' '.join(message.split())}", file=sys.stderr)
+    print(f"warning: {printable(message)}", file=sys.stderr)

@@ -196,6 +196,8 @@ class StageTrainer:
         loss, logs = loss + terms, {**logs, **term_logs}
         if not torch.isfinite(loss):
             return self._skip(step, "loss")
+        if not loss.requires_grad:  # nothing rendered depends on a parameter (e.g. every Gaussian culled)
+            return self._skip(step, "loss without gradient")
         loss.backward()
         if not self._gradients_finite():
             return self._skip(step, "gradient")
@@ -319,8 +321,8 @@ class StageTrainer:
         state = {**self.checkpoint_state(), **self.guard.before_streak}
         self.write_checkpoint(state)
         self.log(f"steps {first}-{last}: non-finite loss or gradient; stopped with the checkpoint of step {first - 1}")
-        raise RunStopped(f"the loss or its gradient was not finite for {last - first + 1} steps in a row ({first}-{last}): the "
-                         f"optimisation diverged; saved the checkpoint of step {first - 1}, before the first of them; likely "
+        raise RunStopped(f"the loss or its gradient was not finite (or had none: nothing rendered) for {last - first + 1} steps "
+                         f"in a row ({first}-{last}): the optimisation diverged; saved the checkpoint of step {first - 1}, before the first of them; likely "
                          f"causes: {divergence_causes(self.cfg)}; change them in {self.run_dir}/config.yaml and continue with "
                          f"`threedistill resume {self.run_dir}` (log.max_nonfinite_steps, now {self.guard.max_nonfinite_steps}, "
                          "sets how many such steps stop a run)")

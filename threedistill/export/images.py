@@ -16,6 +16,7 @@ import torch
 
 from threedistill.core.atomic import atomic_path, atomic_write_bytes
 from threedistill.core.errors import UserError
+from threedistill.core.runtime import quiet_libraries
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 VIDEO_SUFFIXES = (".mp4", ".gif")
@@ -72,22 +73,26 @@ def image_grid(images: Any, nrow: int | None = None, pad: int = 2, pad_value: fl
 
 
 def read_image(path: str | os.PathLike) -> torch.Tensor:
-    """An RGB image [3,H,W] in [0,1] (grey is repeated, RGBA composited on white); unreadable -> UserError."""
+    """An RGB image [3,H,W] in [0,1] from an 8- or 16-bit grey, grey+alpha, RGB or RGBA file (alpha composited on
+    white); anything else, or an unreadable file, is a UserError."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"image '{path}' not found; pass an existing PNG or JPEG file")
     try:
-        array = np.asarray(iio.imread(path))
-    except Exception as exc:  # imageio raises many kinds for corrupt or unknown files
+        with quiet_libraries("imageio"):  # its plugins warn while guessing a format
+            array = np.asarray(iio.imread(path, index=0) if path.suffix.lower() in (".gif", ".webp", ".tif", ".tiff") else iio.imread(path))
+    except Exception as exc:  # imageio raises many kinds for corrupt or unknown files (and PIL's DecompressionBombError)
         raise UserError(f"cannot read image '{path}' ({type(exc).__name__}); pass a valid PNG or JPEG file") from None
-    if array.dtype != np.uint8 or array.ndim not in (2, 3):
-        raise UserError(f"image '{path}' is not an 8-bit grey/RGB/RGBA image (shape {array.shape}, {array.dtype}); convert it to PNG")
-    array = array.astype(np.float32) / 255.0
-    array = np.repeat(array[..., None], 3, -1) if array.ndim == 2 else array
-    image = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
-    if image.shape[0] == 4:
-        image = image[:3] * image[3:] + (1.0 - image[3:])
-    return image[:3].contiguous()
+    channels = 1 if array.ndim == 2 else (array.shape[-1] if array.ndim == 3 else 0)
+    if array.dtype not in (np.uint8, np.uint16) or channels not in (1, 2, 3, 4) or min(array.shape[:2]) < 1:
+        raise UserError(f"image '{path}' is not an 8/16-bit grey/RGB/RGBA image (shape {list(array.shape)}, {array.dtype}); "
+                        "convert it to an 8-bit RGB PNG")
+    values = array.astype(np.float32) / (255.0 if array.dtype == np.uint8 else 65535.0)
+    image = torch.from_numpy(np.ascontiguousarray(values.reshape(*values.shape[:2], channels))).permute(2, 0, 1)
+    colour, alpha = (image[:1].expand(3, -1, -1), image[1:]) if channels <= 2 else (image[:3], image[3:])
+    if alpha.shape[0]:
+        colour = colour * alpha + (1.0 - alpha)
+    return colour.contiguous()
 
 
 def _check_suffix(path: Path, allowed: tuple[str, ...], kind: str) -> str:
