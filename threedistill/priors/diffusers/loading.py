@@ -221,6 +221,10 @@ def load_failure(kind: ModelKind, model: str, location: ModelLocation, err: Base
     """One line on why a located model did not load, with the fixes."""
     why = one_line(err)
     alternative = f", or {kind.fallback}" if kind.fallback else ""
+    if _refused_pickle(err):
+        return (f"{kind.name} model '{model}' holds a pickled weight file with Python objects other than tensors, which could "
+                f"run code, so it was not loaded; use its .safetensors weights, pass {kind.flag}.model PATH to another copy"
+                f"{alternative}")
     if location.is_file:
         return (f"could not load {kind.name} checkpoint '{model}' ({why}); if the file is corrupt re-download it; single-file "
                 f"loading also needs the base model's diffusers config in the Hugging Face cache ({hf_cache_dir()}), so add "
@@ -234,6 +238,16 @@ def load_failure(kind: ModelKind, model: str, location: ModelLocation, err: Base
                 f"add {kind.flag}.allow-download{alternative}")
     return (f"could not download {kind.name} model '{model}' into {hf_cache_dir()} ({why}); check the model id and the "
             f"network, pass {kind.flag}.model PATH to a local copy{alternative}")
+
+
+def _refused_pickle(err: BaseException) -> bool:
+    """torch.load(weights_only=True) refused an object somewhere in the chain of `err`."""
+    seen: Optional[BaseException] = err
+    while seen is not None:
+        if "weights_only" in str(seen) or "Unsupported global" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def load_pipeline(model: str, allow_download: bool, kind: ModelKind, load: Callable[[ModelLocation], Any]) -> Any:
