@@ -66,24 +66,12 @@ def _train_to_end(run: "Run", console: Console) -> int:
         console.print(f"{trainer.stage_title()}done{scores}")
 
     try:
-        summary = run.train_to_end(stage_done)
+        summary = run.train_safely(stage_done)
     except KeyboardInterrupt as exc:  # a signal outside a step (setup, scoring, exports) or a second one within
-        saved = "checkpoint saved" if run.checkpoint_if_consistent() else "stopped at once; the last checkpoint on disk is kept"
+        saved = "checkpoint saved" if run.interrupt_saved else "stopped at once; the last checkpoint on disk is kept"
         console.print(f"[yellow]interrupted[/] ({signal_name(exit_code_of(exc) - 128)}) {run.trainer.stage_title()}at step "
                       f"{run.trainer.step}/{run.trainer.cfg.steps}; {saved}. Continue with: threedistill resume {_shown(run.run_dir)}")
         return exit_code_of(exc)
-    except DiskFull as exc:
-        raise RunStopped(f"{exc}, then continue with `threedistill resume {run.run_dir}`") from None
-    except Exception as exc:
-        from .engine.faults import first_line, is_out_of_memory, memory_knobs
-
-        if not is_out_of_memory(exc):
-            raise
-        trainer = run.trainer
-        saved = f"saved the checkpoint of step {trainer.step}" if run.checkpoint_if_consistent() else "the last checkpoint on disk is kept"
-        raise RunStopped(f"out of memory {trainer.stage_title()}after step {trainer.step} ({first_line(exc)}); {saved}; to use less "
-                         f"memory lower {memory_knobs(trainer.cfg, finishing=trainer.step >= trainer.cfg.steps)} in "
-                         f"{run.run_dir}/config.yaml, then continue with `threedistill resume {run.run_dir}`") from None
     if summary is None:
         trainer = run.trainer
         signum = trainer.stops.signum or int(signal.SIGINT)

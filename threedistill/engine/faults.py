@@ -16,11 +16,16 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Any, Callable, Optional
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, NoReturn, Optional
 
 import torch
 
 from ..config import RunConfig
+from ..core.errors import RunStopped
+
+if TYPE_CHECKING:
+    from .loop import StageTrainer
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -115,3 +120,46 @@ class StepGuard:
             self.before_streak = clone_state(state_before())
         self.streak += 1
         return 0 < self.max_nonfinite_steps <= self.streak
+
+
+def state_before_step(trainer: "StageTrainer") -> dict[str, Any]:
+    """The checkpoint entries a skipped step changed, as they were when it started."""
+    guard = trainer.guard
+    return {"step": trainer.step - 1, "generator": guard.rng, "sampler": guard.sampler, "skipped_steps": trainer.skipped_steps - 1,
+            "elapsed": trainer.elapsed, "guidance": trainer.objective.state_dict()}
+
+
+def out_of_memory(where: str, exc: BaseException, saved: str, cfg: RunConfig, run_dir: Path, finishing: bool = False) -> RunStopped:
+    """The one-line error of an out-of-memory stop: what failed, what was saved, what to lower, how to continue."""
+    return RunStopped(f"out of memory {where} ({first_line(exc)}); {saved}; to use less memory lower "
+                      f"{memory_knobs(cfg, finishing)} in {run_dir}/config.yaml, then continue with `threedistill resume {run_dir}`")
+
+
+def stop_out_of_memory(trainer: "StageTrainer", exc: BaseException) -> NoReturn:
+    """Roll the failed step back to its start (unless the optimiser stepped), checkpoint it, stop."""
+    failed, guard = trainer.step + 1, trainer.guard
+    trainer.optimizer.zero_grad(set_to_none=True)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if not guard.updated and guard.rng is not None:
+        trainer.generator.set_state(guard.rng)
+        trainer.sampler.load_state_dict(guard.sampler)
+        trainer.consistent = True
+        trainer.save_checkpoint()
+    trainer.log(f"out of memory at step {failed}: {first_line(exc)}")
+    saved = f"saved the checkpoint of step {trainer.step}" if trainer.consistent else "the last checkpoint on disk is kept"
+    raise out_of_memory(f"at step {failed}", exc, saved, trainer.cfg, trainer.run_dir) from None
+
+
+def stop_diverged(trainer: "StageTrainer") -> NoReturn:
+    """Checkpoint the state from before the streak of non-finite steps, stop with the likely causes."""
+    guard = trainer.guard
+    first, last = guard.first_bad_step, trainer.step
+    assert guard.before_streak is not None
+    trainer.write_checkpoint({**trainer.checkpoint_state(), **guard.before_streak})
+    trainer.log(f"steps {first}-{last}: non-finite loss or gradient; stopped with the checkpoint of step {first - 1}")
+    raise RunStopped(f"the loss or its gradient was not finite (or had none: nothing rendered) for {last - first + 1} steps in a "
+                     f"row ({first}-{last}): the optimisation diverged; saved the checkpoint of step {first - 1}, before the first "
+                     f"of them; likely causes: {divergence_causes(trainer.cfg)}; change them in {trainer.run_dir}/config.yaml and "
+                     f"continue with `threedistill resume {trainer.run_dir}` (log.max_nonfinite_steps, now "
+                     f"{guard.max_nonfinite_steps}, sets how many such steps stop a run)")

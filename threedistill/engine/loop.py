@@ -19,7 +19,6 @@ import torch
 from torch import Tensor
 
 from ..core.cameras import Cameras
-from ..core.errors import RunStopped
 from ..core.interrupts import StopRequests, signal_name
 from ..core.motion import amplify_motion, clips_of
 from ..core.objective import OBJECTIVES, StageContext
@@ -47,7 +46,7 @@ from .build import (
 from .checkpoint import save_checkpoint
 from .plan import Stage
 from .context import RunContext
-from .faults import StepGuard, divergence_causes, first_line, is_out_of_memory, memory_knobs
+from .faults import StepGuard, is_out_of_memory, state_before_step, stop_diverged, stop_out_of_memory
 from .priors import image_weight, stage_needs_prior
 from .progress import progress_bar
 from .run_dir import RunFolder
@@ -284,48 +283,13 @@ class StageTrainer:
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
-            self._stop_out_of_memory(exc)
+            stop_out_of_memory(self, exc)
         self.consistent = True
         if not logs.get("skipped"):
             self.guard.finite()
-        elif self.guard.nonfinite(self.step, self._state_before_step):
-            self._stop_diverged()
+        elif self.guard.nonfinite(self.step, lambda: state_before_step(self)):
+            stop_diverged(self)
         return logs
-
-    def _state_before_step(self) -> dict[str, Any]:
-        """The checkpoint entries a skipped step changed, as they were when it started."""
-        return {"step": self.step - 1, "generator": self.guard.rng, "sampler": self.guard.sampler,
-                "skipped_steps": self.skipped_steps - 1, "elapsed": self.elapsed, "guidance": self.objective.state_dict()}
-
-    def _stop_out_of_memory(self, exc: BaseException) -> None:
-        failed = self.step + 1
-        self.optimizer.zero_grad(set_to_none=True)
-        self._last_render = None
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        if not self.guard.updated and self.guard.rng is not None:  # the optimiser has not stepped: roll back to the step's start
-            self.generator.set_state(self.guard.rng)
-            self.sampler.load_state_dict(self.guard.sampler)
-            self.consistent = True
-            self.save_checkpoint()
-        where = f"{self.run_dir}/config.yaml"
-        self.log(f"out of memory at step {failed}: {first_line(exc)}")
-        saved = f"saved the checkpoint of step {self.step}" if self.consistent else "the last checkpoint on disk is kept"
-        raise RunStopped(f"out of memory at step {failed} ({first_line(exc)}); {saved}; to use "
-                         f"less memory lower {memory_knobs(self.cfg)} in {where}, then continue with `threedistill resume "
-                         f"{self.run_dir}`") from None
-
-    def _stop_diverged(self) -> None:
-        first, last = self.guard.first_bad_step, self.step
-        assert self.guard.before_streak is not None
-        state = {**self.checkpoint_state(), **self.guard.before_streak}
-        self.write_checkpoint(state)
-        self.log(f"steps {first}-{last}: non-finite loss or gradient; stopped with the checkpoint of step {first - 1}")
-        raise RunStopped(f"the loss or its gradient was not finite (or had none: nothing rendered) for {last - first + 1} steps "
-                         f"in a row ({first}-{last}): the optimisation diverged; saved the checkpoint of step {first - 1}, before the first of them; likely "
-                         f"causes: {divergence_causes(self.cfg)}; change them in {self.run_dir}/config.yaml and continue with "
-                         f"`threedistill resume {self.run_dir}` (log.max_nonfinite_steps, now {self.guard.max_nonfinite_steps}, "
-                         "sets how many such steps stop a run)")
 
     def _periodic(self, logs: dict[str, float]) -> None:
         cfg, step = self.cfg.log, self.step

@@ -16,11 +16,13 @@ from typing import Any, Callable, Optional
 from rich.console import Console
 
 from ..representations.convert import PreviousAsset
+from ..core.errors import DiskFull, RunStopped
 from .build import resolve_device
 from .load import read_run
 from .loop import StageTrainer
 from .plan import Stage, plan_to_yaml
 from .context import RunContext
+from .faults import is_out_of_memory, out_of_memory
 from .priors import PriorPool
 from .run_dir import RunFolder, new_run_dir
 from .validate import validate_plan
@@ -37,6 +39,7 @@ class Run:
         self.console = console or Console(stderr=True)
         self.context = RunContext(plan, self.run_dir, self.folder, self.console, PriorPool(resolve_device(plan[0].cfg.device)))
         self.trainer = StageTrainer(self.context, stage_index, start)
+        self.interrupt_saved = False
 
     @classmethod
     def start(cls, plan: list[Stage], console: Optional[Console] = None, start: Optional[PreviousAsset] = None,
@@ -96,6 +99,26 @@ class Run:
             return False
         self.trainer.save_checkpoint(keep_step_file=False)
         return True
+
+    def train_safely(self, on_stage_done: Callable[[StageTrainer, dict[str, Any]], None] = lambda trainer, summary: None
+                     ) -> Optional[dict[str, Any]]:
+        """`train_to_end` for the CLI: a signal outside a step (setup, scoring, exports) checkpoints
+        (`interrupt_saved` says whether) and propagates; out of memory and a full disk become one-line
+        RunStopped errors that say how to continue."""
+        try:
+            return self.train_to_end(on_stage_done)
+        except KeyboardInterrupt:
+            self.interrupt_saved = self.checkpoint_if_consistent()
+            raise
+        except DiskFull as exc:
+            raise RunStopped(f"{exc}, then continue with `threedistill resume {self.run_dir}`") from None
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            trainer = self.trainer
+            saved = f"saved the checkpoint of step {trainer.step}" if self.checkpoint_if_consistent() else "the last checkpoint on disk is kept"
+            raise out_of_memory(f"{trainer.stage_title()}after step {trainer.step}", exc, saved, trainer.cfg, self.run_dir,
+                                finishing=trainer.step >= trainer.cfg.steps) from None
 
     def train_to_end(self, on_stage_done: Callable[[StageTrainer, dict[str, Any]], None] = lambda trainer, summary: None
                      ) -> Optional[dict[str, Any]]:
