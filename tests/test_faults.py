@@ -155,7 +155,8 @@ def test_sigkill_during_an_export_keeps_the_previous_exports(tmp_path: Path, cap
 
     from threedistill.export.splat_ply import read_splat_ply
 
-    assert run_main(capsys, "run", *FLAGS, "--log.export-formats", "splat", "glb", "ply", "--out", str(tmp_path)).returncode == 0
+    assert run_main(capsys, "run", *FLAGS, "--log.export-formats", "splat", "glb", "ply", "--mesh.resolution", "32",
+                    "--out", str(tmp_path)).returncode == 0
     run = _run_dir(tmp_path)
     before = _hashes(run / "export")
     proc = run_killed_while_writing("mesh.glb", 1, "export", str(run), "--format", "splat", "--format", "glb",
@@ -185,7 +186,8 @@ def test_a_full_disk_while_writing_a_checkpoint_is_one_line_and_keeps_the_last_o
 @pytest.mark.parametrize("target", ["mesh.glb", "turntable.mp4"])
 def test_a_full_disk_while_exporting_is_one_line_and_keeps_earlier_exports(
         target: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
-    assert run_main(capsys, "run", *FLAGS, "--log.export-formats", "glb", "video", "--out", str(tmp_path)).returncode == 0
+    assert run_main(capsys, "run", *FLAGS, "--log.export-formats", "glb", "video", "--mesh.resolution", "32",
+                    "--out", str(tmp_path)).returncode == 0
     run = _run_dir(tmp_path)
     before = _hashes(run / "export")
     fill_disk_for(monkeypatch, {target})
@@ -245,7 +247,7 @@ class _NamedPrior:
 
 
 # ---------------------------------------------------------------------- out of memory
-@pytest.mark.parametrize("error", ["gpu-allocator", "cpu-allocator"])
+@pytest.mark.parametrize("error", ["gpu-allocator", "cpu-allocator", pytest.param("real-gpu-allocator", marks=pytest.mark.cuda)])
 def test_out_of_memory_is_one_line_with_the_knobs_and_a_checkpoint_of_the_last_good_step(
         error: str, reference: dict[str, dict[str, torch.Tensor]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture) -> None:
@@ -259,7 +261,7 @@ def test_out_of_memory_is_one_line_with_the_knobs_and_a_checkpoint_of_the_last_g
         if calls["n"] == 5:  # the 5th training render: step 5
             if error == "gpu-allocator":  # what the CUDA caching allocator raises
                 raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 8.00 GiB total capacity)")
-            torch.empty(1 << 50)  # the CPU allocator's own failure: a 4 PiB request
+            torch.empty(1 << 50, device="cuda" if error == "real-gpu-allocator" else "cpu")  # the allocator's own failure: 4 PiB
         return real(self, *args, **kwargs)
 
     with monkeypatch.context() as patch:
