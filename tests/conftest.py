@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -38,6 +39,15 @@ def reference_cache(tmp_path_factory: pytest.TempPathFactory) -> str:
     path = str(tmp_path_factory.mktemp("toyworld-cache"))
     os.environ["THREEDISTILL_CACHE"] = path
     return path
+
+
+@pytest.fixture
+def one_thread() -> Any:
+    """One torch thread for the test: resumed runs then end bit for bit like uninterrupted ones."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

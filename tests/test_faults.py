@@ -21,13 +21,7 @@ FLAGS = [*TINY_FLAGS, "--log.export-formats", "splat"]
 """6 steps, checkpoints at 3 and 6."""
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Any:
-    """Resumed runs must end bit for bit like uninterrupted ones: one torch thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _run_dir(out: Path) -> Path:

@@ -42,6 +42,7 @@ BOUNDS: dict[str, Bound] = {
     "log.max_nonfinite_steps": (0, None),
     "mesh.resolution": (8, 1024),
     "mesh.calibration_resolution": (8, 4096),
+    "mesh.calibration_views": (0, 10_000),
     "mesh.texture_size": (8, 16384),
     "mesh.bound": (1e-6, 1e6),
     "mesh.chunk_points": (1, 10**9),
