@@ -4,7 +4,7 @@ Outside a training step both raise `Interrupted` (a KeyboardInterrupt carrying t
 whatever runs unwinds and the command ends with exit code 128 + signal (130 for SIGINT, 143
 for SIGTERM). Inside the training loop `StopRequests.deferred()` turns the first signal into a
 request the loop honours after the current step (then it checkpoints); a second one raises at
-once. A signal the parent process set to be ignored (`nohup`, background jobs) stays ignored.
+once.
 """
 
 from __future__ import annotations
@@ -41,14 +41,13 @@ def exit_code_of(exc: KeyboardInterrupt) -> int:
 
 @contextlib.contextmanager
 def _handlers(handler: Callable[[int, Optional[FrameType]], Any]) -> Iterator[None]:
-    """Install `handler` for the stop signals (main thread only; ignored signals stay ignored)."""
+    """Install `handler` for the stop signals (only the main thread may)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = {}
     for signum in STOP_SIGNALS:
-        if signal.getsignal(signum) is not signal.SIG_IGN:
-            previous[signum] = signal.signal(signum, handler)
+        previous[signum] = signal.signal(signum, handler)
     try:
         yield
     finally:
