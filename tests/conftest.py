@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The count of generated bad inputs tried (tests/test_bad_inputs.py), printed and written to $THREEDISTILL_FUZZ_REPORT."""
+    from support import FUZZ
+
+    if FUZZ["cases"]:
+        line = f"generated bad inputs: {FUZZ['cases']} cases, {FUZZ['tracebacks']} tracebacks"
+        terminalreporter.write_line(line)
+        report = os.environ.get("THREEDISTILL_FUZZ_REPORT")
+        if report:
+            Path(report).write_text(json.dumps(FUZZ) + "\n")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -25,6 +39,15 @@ def reference_cache(tmp_path_factory: pytest.TempPathFactory) -> str:
     path = str(tmp_path_factory.mktemp("toyworld-cache"))
     os.environ["THREEDISTILL_CACHE"] = path
     return path
+
+
+@pytest.fixture
+def one_thread() -> Any:
+    """One torch thread for the test: resumed runs then end bit for bit like uninterrupted ones."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

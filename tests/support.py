@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Callable, Literal, Optional
 
 import torch
 from torch import Tensor
@@ -81,6 +81,22 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     )
 
 
+def run_main(capsys, *args: str) -> subprocess.CompletedProcess:
+    """`threedistill ARGS` in this process (the CLI's `main`), with its exit code and captured output."""
+    from threedistill.cli import main
+
+    capsys.readouterr()
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["threedistill", *args], code, out, err)
+
+
+def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
+    """The `error:` lines of stderr (a run prints its folder first), after checking there is no traceback."""
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+
+
 def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
@@ -88,6 +104,63 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> N
     assert len(lines) == 1, proc.stderr
     for needle in needles:
         assert needle in lines[0], lines[0]
+
+
+FUZZ = {"cases": 0, "tracebacks": 0}
+"""Generated bad inputs tried in this test session (tests/test_bad_inputs.py); conftest prints it."""
+
+
+# ---------------------------------------------------------------------- injected faults
+def fill_disk_for(monkeypatch, names: "set[str] | Callable[[Path], bool]", after: int = 0) -> list[Path]:
+    """Writes (through core/atomic.py) of files named in `names` (or for which `names(path)` is true)
+    hit a full disk from the `after`+1-th on: their temporary file is a link to /dev/full, so the
+    kernel itself answers ENOSPC to whatever library writes it. Returns the targets that failed."""
+    import threedistill.core.atomic as atomic
+
+    real = atomic.temporary_beside
+    failed: list[Path] = []
+    seen = {"n": 0}
+
+    def temporary(target: Path) -> Path:
+        tmp = real(target)
+        if (names(target) if callable(names) else target.name in names):
+            seen["n"] += 1
+            if seen["n"] > after:
+                tmp.unlink()
+                tmp.symlink_to("/dev/full")
+                failed.append(target)
+        return tmp
+
+    monkeypatch.setattr(atomic, "temporary_beside", temporary)
+    return failed
+
+
+KILL_CHILD = """
+import os, signal, sys
+target, nth = sys.argv[1], int(sys.argv[2])
+real_replace, count = os.replace, [0]
+
+def replace(src, dst):  # a SIGKILL half-way through writing `target` for the nth time
+    if os.path.basename(dst) == target:
+        count[0] += 1
+        if count[0] == nth:
+            os.truncate(src, os.path.getsize(src) // 2)
+            os.kill(os.getpid(), signal.SIGKILL)
+    return real_replace(src, dst)
+
+os.replace = replace
+import torch
+torch.set_num_threads(1)
+from threedistill.cli import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def run_killed_while_writing(target: str, nth: int, *args: str) -> subprocess.CompletedProcess:
+    """`threedistill ARGS` in a child process SIGKILLed half-way through its nth write of a file named `target`."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-c", KILL_CHILD, target, str(nth), *args], capture_output=True, text=True, env=env,
+                          timeout=300)
 
 
 # ---------------------------------------------------------------------- a prior with known predictions

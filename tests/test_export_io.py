@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 import imageio.v3 as iio
 import numpy as np
@@ -144,8 +145,8 @@ def test_failed_write_leaves_target_untouched(tmp_path: Path, monkeypatch: pytes
     ply = write_splat_ply(tmp_path / "splats.ply", **_splats(4, 0))
     before = ply.read_bytes()
 
-    def half_write(self: PlyData, stream: str) -> None:
-        Path(stream).write_bytes(b"ply\nformat binary_little")
+    def half_write(self: PlyData, stream: BinaryIO) -> None:  # the temporary file is half written, then the writer fails
+        stream.write(b"ply\nformat binary_little")
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(PlyData, "write", half_write)
@@ -156,8 +157,7 @@ def test_failed_write_leaves_target_untouched(tmp_path: Path, monkeypatch: pytes
     gif = write_video(tmp_path / "v.gif", _frames(t=3, h=8, w=8))
     gif_before = gif.read_bytes()
 
-    def broken_imwrite(uri: Path, *args: object, **kwargs: object) -> None:
-        Path(uri).write_bytes(b"GIF89a")
+    def broken_imwrite(uri: object, *args: object, **kwargs: object) -> None:  # GIFs are encoded in memory, then written
         raise OSError("encoder crashed")
 
     monkeypatch.setattr(images_mod.iio, "imwrite", broken_imwrite)

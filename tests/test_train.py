@@ -5,6 +5,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from support import TINY_FLAGS, tiny_config, trainer_for
@@ -99,7 +100,8 @@ def test_splat_ply_round_trip_renders_the_same_image(tmp_path: Path) -> None:
     assert psnr(after, before) >= 40
 
 
-def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])  # Ctrl-C, and a cluster's preemption
+def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(signum: int, tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "threedistill.cli", "run", *TINY_FLAGS, "--steps", "100000", "--out", str(tmp_path),
            "--log.checkpoint-every", "0"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -110,9 +112,9 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path: Path) -> None:
         found = [p for p in tmp_path.rglob("metrics.jsonl") if p.stat().st_size > 0]
         log = found[0] if found else None
     assert log is not None, "the run never logged a step"
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
+    assert proc.returncode == 128 + signum, err
     assert "Traceback" not in err and "resume" in err
     run = log.parent
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=False)

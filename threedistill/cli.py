@@ -1,27 +1,36 @@
 """Command line: run, resume, export, edit, edit-image, animate, toyworld list / scene.
 
 Each command parses its flags and hands them to the engine (engine/run.py, engine/load.py),
-which validates the whole run plan before any work. Bad input ends with one line on stderr and
-exit code 2, never a traceback.
+which validates the whole run plan before any work. Exit codes (docs/reliability.md):
+
+- 0: done;
+- 2: bad input, one line on stderr, no traceback, nothing made (core/errors.py `UserError`);
+- 3: a fault stopped the work (out of memory, a full disk, a diverged run), one line naming the
+  cause and how to continue; checkpoints and earlier files are kept (`RunStopped`);
+- 128 + signal (130 for SIGINT / Ctrl-C, 143 for SIGTERM): interrupted; a run saved the
+  checkpoint of its last finished step and `threedistill resume RUN_DIR` continues it
+  (core/interrupts.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from rich.console import Console
 
-from .core.errors import UserError
+from .core.errors import DiskFull, RunStopped, UserError, printable
+from .core.interrupts import exit_code_of, raising_on_signals, signal_name
 
 if TYPE_CHECKING:
     from .engine.loop import StageTrainer
     from .engine.run import Run
 
 EXIT_USER_ERROR = 2
-EXIT_INTERRUPTED = 130
+EXIT_RUN_STOPPED = 3
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -33,13 +42,20 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def _console() -> Console:
-    return Console(stderr=True)
+    return Console(stderr=True, soft_wrap=True)  # no wrapping: paths and commands stay on one line
+
+
+def _shown(value: Any) -> str:
+    """User-given text (a path, a prompt) as rich prints it literally, on one line."""
+    from rich.markup import escape
+
+    return escape(printable(str(value)))
 
 
 def _print_summary(console: Console, run_dir: Path, summary: dict[str, Any]) -> None:
     scores = ", ".join(f"{k} {summary[k]:.3f}" for k in ("mask_iou", "psnr") if k in summary)
     console.print(f"[green]done[/] in {summary['seconds']:.1f} s{'; ' + scores if scores else ''}")
-    console.print(f"run folder: {run_dir}")
+    console.print(f"run folder: {_shown(run_dir)}")
     print(run_dir)
 
 
@@ -49,12 +65,19 @@ def _train_to_end(run: "Run", console: Console) -> int:
         scores = "".join(f", {k} {summary[k]:.3f}" for k in ("mask_iou", "psnr") if k in summary)
         console.print(f"{trainer.stage_title()}done{scores}")
 
-    summary = run.train_to_end(stage_done)
+    try:
+        summary = run.train_safely(stage_done)
+    except KeyboardInterrupt as exc:  # a signal outside a step (setup, scoring, exports) or a second one within
+        saved = "checkpoint saved" if run.interrupt_saved else "stopped at once; the last checkpoint on disk is kept"
+        console.print(f"[yellow]interrupted[/] ({signal_name(exit_code_of(exc) - 128)}) {run.trainer.stage_title()}at step "
+                      f"{run.trainer.step}/{run.trainer.cfg.steps}; {saved}. Continue with: threedistill resume {_shown(run.run_dir)}")
+        return exit_code_of(exc)
     if summary is None:
         trainer = run.trainer
-        console.print(f"[yellow]interrupted[/] {trainer.stage_title()}at step {trainer.step}/{trainer.cfg.steps}; checkpoint saved. "
-                      f"Continue with: threedistill resume {run.run_dir}")
-        return EXIT_INTERRUPTED
+        signum = trainer.stops.signum or int(signal.SIGINT)
+        console.print(f"[yellow]interrupted[/] ({signal_name(signum)}) {trainer.stage_title()}at step {trainer.step}/{trainer.cfg.steps}; "
+                      f"checkpoint saved. Continue with: threedistill resume {_shown(run.run_dir)}")
+        return 128 + signum
     _print_summary(console, run.run_dir, summary)
     return 0
 
@@ -62,7 +85,7 @@ def _train_to_end(run: "Run", console: Console) -> int:
 def _started(run: "Run", console: Console, note: str = "") -> int:
     if note:
         run.folder.log(note)
-    console.print(f"run folder: {run.run_dir}")
+    console.print(f"run folder: {_shown(run.run_dir)}")
     return _train_to_end(run, console)
 
 
@@ -83,7 +106,7 @@ def cmd_resume(argv: list[str]) -> int:
     args = p.parse_args(argv)
     console = _console()
     run = Run.resume(args.run_dir, console, args.checkpoint)
-    console.print(f"resuming {args.run_dir} at step {run.trainer.step}/{run.trainer.cfg.steps}")
+    console.print(f"resuming {_shown(args.run_dir)} at step {run.trainer.step}/{run.trainer.cfg.steps}")
     return _train_to_end(run, console)
 
 
@@ -104,12 +127,16 @@ def cmd_export(argv: list[str]) -> int:
     p.add_argument("--level", type=float, default=None, help="surface density level (default: calibrated on the renders)")
     args = p.parse_args(argv)
     run = load_run(args.run_dir)
+    run.folder.remove_stale_temporaries()
     overrides = {name: value for name, value in (("resolution", args.mesh_resolution), ("decimate_faces", args.decimate_faces),
                                                  ("texture_size", args.texture_size), ("level", args.level)) if value is not None}
     exports = run.exports(dataclasses.replace(run.cfg.mesh, **overrides))
     formats = args.formats or exports.supported(EXPORT_FORMATS)
-    for path in export_asset(exports, formats, run.folder, run.background):
-        print(path)
+    try:
+        for path in export_asset(exports, formats, run.folder, run.background):
+            print(path)
+    except DiskFull as exc:
+        raise RunStopped(f"{exc}, then run `threedistill export {args.run_dir}` again") from None
     return 0
 
 
@@ -125,6 +152,7 @@ def cmd_edit_image(argv: list[str]) -> int:
     from .engine.build import resolve_device
     from .engine.priors import PriorPool
     from .engine.progress import progress_bar
+    from .engine.ranges import check_ranges
     from .engine.run_dir import new_run_dir
     from .eval.metrics import psnr_to
     from .export.images import image_grid, read_image, save_image
@@ -151,6 +179,7 @@ def cmd_edit_image(argv: list[str]) -> int:
     image = read_image(args.image)
     truth = read_image(args.truth) if args.truth is not None else None
     device = resolve_device(cfg.device)
+    check_ranges(cfg)
     cfg.guidance.check()
     cfg.prior.check()  # the model is on disk: one line before anything loads
     for text in (args.source, args.target):
@@ -179,19 +208,18 @@ def cmd_edit_image(argv: list[str]) -> int:
         summary.update(truth=str(args.truth), **{f"{key}_psnr": round(psnr_to(truth, result_image), 3)
                                                  for key, result_image in (("source", result.source), ("edited", result.edited))})
     atomic_write_text(out_dir / "edit.json", json.dumps(summary, indent=2) + "\n")
-    console.print(f"[green]done[/] in {seconds:.1f} s; edited image: {edited}")
+    console.print(f"[green]done[/] in {seconds:.1f} s; edited image: {_shown(edited)}")
     print(out_dir)
     return 0
 
 
 def cmd_edit(argv: list[str]) -> int:
     """Edit a scene (posed images or a threedistill run) toward a target prompt."""
-    import shutil
 
     from .core.cameras import scene_cameras
     from .engine.load import load_run
     from .engine.plan import parse_run_plan
-    from .engine.run import Run
+    from .engine.run import Run, remove_run_folder
     from .engine.run_dir import new_run_dir
     from .engine.validate import validate_plan
     from .export.scene import write_rendered_scene
@@ -243,14 +271,12 @@ def cmd_edit(argv: list[str]) -> int:
     validate_plan(plan_for(args.scene / "source_scene"), start.name, scenes=False)  # everything but the scene it renders next
     run_dir = new_run_dir(args.out, args.target, args.method, representation)
     try:
-        console.print(f"rendering {args.scene} as the source scene")
+        console.print(f"rendering {_shown(args.scene)} as the source scene")
         scene = write_rendered_scene(run_dir / "source_scene", lambda c: source_run.representation.render(c, source_run.background),
                                      scene_cameras(48, 256))
         run = Run.start(plan_for(scene), console, start=start, run_dir=run_dir)
     except BaseException:
-        shutil.rmtree(run_dir, ignore_errors=True)
-        if run_dir.parent.exists() and not any(run_dir.parent.iterdir()):
-            run_dir.parent.rmdir()
+        remove_run_folder(run_dir)
         raise
     return _started(run, console)
 
@@ -355,13 +381,33 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"error: unknown command '{command}'; valid commands: {', '.join(COMMANDS)}", file=sys.stderr)
         return EXIT_USER_ERROR
     try:
-        return COMMANDS[command][0](rest)
+        with raising_on_signals():
+            return COMMANDS[command][0](rest)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(str(exc))}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except RunStopped as exc:
+        print(f"error: {printable(str(exc))}", file=sys.stderr)
+        return EXIT_RUN_STOPPED
+    except KeyboardInterrupt as exc:
+        print(f"interrupted ({signal_name(exit_code_of(exc) - 128)})", file=sys.stderr)
+        return exit_code_of(exc)
+    except Exception as exc:
+        if not _out_of_memory(exc):
+            raise
+        print(f"error: out of memory ({' '.join(str(exc).split())[:120]}); use smaller settings (--sampler.batch-size, "
+              "--sampler.width/--sampler.height, --prior.attention-slicing, --mesh-resolution) or a device with more memory",
+              file=sys.stderr)
+        return EXIT_RUN_STOPPED
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """The allocator's error (only once torch is imported: the commands import it)."""
+    if "torch" not in sys.modules:
+        return False
+    from .engine.faults import is_out_of_memory
+
+    return is_out_of_memory(exc)
 
 
 if __name__ == "__main__":

@@ -76,6 +76,9 @@ class LogConfig:
     """Save a preview grid every N steps (0: only at the end)."""
     checkpoint_every: int = 100
     """Write step-NNNNNN.pt and last.pt every N steps (0: only at the end)."""
+    max_nonfinite_steps: int = 20
+    """Stop the run after this many steps in a row whose loss or gradient is not finite (they are skipped),
+    keeping the checkpoint from before the first of them (0: never stop)."""
     turntable_frames: int = 60
     turntable_resolution: int = 256
     eval_views: int = 16
@@ -161,6 +164,9 @@ def split_component_names(data: dict[str, Any], overrides: dict[str, Optional[st
         elif isinstance(section, str):  # `guidance: vsd` shorthand
             name = section
             data.pop(comp)
+        if name is not None and not isinstance(name, str):
+            raise UserError(f"config: '{comp}: name' must be a {comp} name, got {name!r}; e.g. {comp}: {{name: "
+                            f"{getattr(ComponentNames(), comp)}}}")
         override = overrides.get(comp)
         if override and name and override != name and isinstance(data.get(comp), dict):
             data[comp] = {}  # the file's fields belong to the component it named, not to the one the flag chose

@@ -97,7 +97,7 @@ def build_text(folder: Path):
 
     from threedistill.priors.diffusers.byte_tokenizer import write_byte_tokenizer
 
-    tokenizer = CLIPTokenizer.from_pretrained(str(write_byte_tokenizer(folder, TEXT_LEN)))
+    tokenizer = CLIPTokenizer.from_pretrained(str(write_byte_tokenizer(folder, TEXT_LEN)), local_files_only=True)
     vocab = len(tokenizer)
     cfg = CLIPTextConfig(
         vocab_size=vocab, hidden_size=CROSS_DIM, intermediate_size=4 * CROSS_DIM, num_hidden_layers=2,

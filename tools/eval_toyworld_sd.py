@@ -62,7 +62,7 @@ def main() -> int:
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
     start = time.perf_counter()
-    pipe = load_quietly(lambda: StableDiffusionPipeline.from_pretrained(args.model, torch_dtype=torch.float32))
+    pipe = load_quietly(lambda: StableDiffusionPipeline.from_pretrained(args.model, torch_dtype=torch.float32, local_files_only=True))
     pipe.set_progress_bar_config(disable=True)
     refs = render_dataset(TrainConfig(seed=10_000, views=args.reference_views, holdout_views=0))
     ref_x = refs.images.float().flatten(1) / 255.0

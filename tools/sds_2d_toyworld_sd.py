@@ -53,7 +53,7 @@ def main() -> int:
     torch.manual_seed(0)
     from diffusers import StableDiffusionPipeline
     pipe = load_quietly(lambda: StableDiffusionPipeline.from_pretrained(str(SHIPPED_MODEL), safety_checker=None,
-                                                                        torch_dtype=torch.float32))
+                                                                        torch_dtype=torch.float32, local_files_only=True))
     unet, vae, abar_all = pipe.unet, pipe.vae, pipe.scheduler.alphas_cumprod
 
     def embed(texts: list[str]) -> torch.Tensor:

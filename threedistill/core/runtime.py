@@ -43,8 +43,8 @@ def load_quietly(load: Callable[[], T]) -> T:
     libraries = [importlib.import_module(name) for name in ("diffusers", "transformers")]  # importing configures their loggers
     for library in libraries:  # their loading progress bars too
         library.utils.logging.disable_progress_bar()
-    try:
-        with quiet_libraries("diffusers", "transformers", "huggingface_hub"):
+    try:  # their error logs too: a failure becomes one UserError line that quotes it
+        with quiet_libraries("diffusers", "transformers", "huggingface_hub", level=logging.CRITICAL + 1):
             return load()
     finally:
         for library in libraries:

@@ -25,8 +25,8 @@ READABLE_VERSIONS = (1, 2)
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """torch.save of `state` (plus format and version) through a temporary file and a rename."""
-    with atomic_path(path) as tmp:
-        torch.save({"format": CHECKPOINT_FORMAT, **state, "version": CHECKPOINT_VERSION}, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a Python file: a failed write is an OSError with its errno
+        torch.save({"format": CHECKPOINT_FORMAT, **state, "version": CHECKPOINT_VERSION}, f)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

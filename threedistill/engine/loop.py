@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import json
 import math
-import signal
-import threading
 import time
 from pathlib import Path
-from typing import Any, Optional, TextIO
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
 
 from ..core.cameras import Cameras
+from ..core.interrupts import StopRequests, signal_name
 from ..core.motion import amplify_motion, clips_of
 from ..core.objective import OBJECTIVES, StageContext
 from ..core.types import RenderOutput, TextEmbeddings
@@ -47,6 +46,7 @@ from .build import (
 from .checkpoint import save_checkpoint
 from .plan import Stage
 from .context import RunContext
+from .faults import StepGuard, is_out_of_memory, state_before_step, stop_diverged, stop_out_of_memory
 from .priors import image_weight, stage_needs_prior
 from .progress import progress_bar
 from .run_dir import RunFolder
@@ -84,7 +84,10 @@ class StageTrainer:
         self.step = 0
         self.skipped_steps = 0
         self.elapsed = 0.0
-        self._stop_requested = False
+        self.stops = StopRequests()
+        self.guard = StepGuard(cfg.log.max_nonfinite_steps)
+        self.consistent = True
+        """False while a step is half done (its state must not be checkpointed)."""
         self._last_render: Optional[Tensor] = None  # the latest training views, for previews
         self.exports = AssetExports(self.representation, self.run_dir / "export", self.export_settings(), self.background, self.log)
         for sub in ("checkpoints", "previews", "export"):
@@ -145,11 +148,14 @@ class StageTrainer:
 
     def save_checkpoint(self, keep_step_file: bool = True) -> Path:
         """Write last.pt (and step-NNNNNN.pt) atomically."""
-        state = self.checkpoint_state()
+        return self.write_checkpoint(self.checkpoint_state(), keep_step_file)
+
+    def write_checkpoint(self, state: dict[str, Any], keep_step_file: bool = True) -> Path:
+        """Write `state` as last.pt (and step-NNNNNN.pt of its step) atomically."""
         ckpt_dir = self.run_dir / "checkpoints"
         if keep_step_file:
             prefix = f"{self.stage.label}-" if self.staged else ""
-            save_checkpoint(ckpt_dir / f"{prefix}step-{self.step:06d}.pt", state)
+            save_checkpoint(ckpt_dir / f"{prefix}step-{int(state['step']):06d}.pt", state)
         save_checkpoint(ckpt_dir / "last.pt", state)
         return ckpt_dir / "last.pt"
 
@@ -188,13 +194,14 @@ class StageTrainer:
         terms, term_logs = weighted_losses(self.representation, out, weights)
         loss, logs = loss + terms, {**logs, **term_logs}
         if not torch.isfinite(loss):
-            self.skipped_steps += 1
-            self.log(f"step {step}: non-finite loss, step skipped")
-            self.optimizer.zero_grad(set_to_none=True)
-            self.step = step
-            return {"loss": float("nan"), "skipped": 1.0}
+            return self._skip(step, "loss")
+        if not loss.requires_grad:  # nothing rendered depends on a parameter (e.g. every Gaussian culled)
+            return self._skip(step, "loss without gradient")
         loss.backward()
+        if not self._gradients_finite():
+            return self._skip(step, "gradient")
         self._set_learning_rates(step)
+        self.guard.updated = True  # from here on the step cannot be rolled back
         self.optimizer.step()
         self.objective.after_step(step)
         self.representation.after_step(step, out, self.optimizer)
@@ -202,6 +209,18 @@ class StageTrainer:
         self.step = step
         self._last_render = out.rgb.detach()
         return {"loss": float(loss.detach()), **logs}
+
+    def _skip(self, step: int, what: str) -> dict[str, float]:
+        """A step whose loss or gradient is not finite changes no parameter; it is counted."""
+        self.skipped_steps += 1
+        self.log(f"step {step}: non-finite {what}, step skipped")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step = step
+        return {"loss": float("nan"), "skipped": 1.0}
+
+    def _gradients_finite(self) -> bool:
+        grads = [p.grad for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        return not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
 
     def _objective_inputs(self, rgb: Tensor, cams: Cameras) -> tuple[Tensor, Optional[TextEmbeddings]]:
         """The renders as the objective sees them (clips [B,F,3,H,W] for a video prior) and their embeddings."""
@@ -232,44 +251,51 @@ class StageTrainer:
             group.setdefault("base_lr", group["lr"])
             group["lr"] = group["base_lr"] * scale
 
-    def _request_stop(self, signum: int, frame: Any) -> None:
-        if self._stop_requested:  # second Ctrl-C: stop right now
-            raise KeyboardInterrupt
-        self._stop_requested = True
-
     def train(self, until: Optional[int] = None) -> bool:
-        """Run steps until `until` (default: the configured total). False if interrupted."""
+        """Run steps until `until` (default: the configured total). False if a stop signal came
+        (core/interrupts.py): the current step finishes and is checkpointed. Out of memory and a
+        run that diverged stop with a checkpoint and a RunStopped (engine/faults.py)."""
         cfg = self.cfg
         until = cfg.steps if until is None else min(until, cfg.steps)
-        main = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGINT, self._request_stop) if main else None
         progress = progress_bar(self.context.console, disable=not cfg.log.progress)
-        try:
-            with progress, (self.run_dir / "metrics.jsonl").open("a") as metrics_log:
-                task = progress.add_task(self.stage_title().rstrip(": ") or "distilling", total=cfg.steps, completed=self.step,
-                                         loss=math.nan, speed=0.0)
-                while self.step < until and not self._stop_requested:
-                    t0 = time.perf_counter()
-                    logs = self.train_step()
-                    dt = time.perf_counter() - t0
-                    self.elapsed += dt
-                    progress.update(task, advance=1, loss=logs["loss"], speed=1.0 / max(dt, 1e-9))
-                    self._periodic(logs, metrics_log)
-        finally:
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
-        if self._stop_requested:
+        with self.stops.deferred(), progress:
+            task = progress.add_task(self.stage_title().rstrip(": ") or "distilling", total=cfg.steps, completed=self.step,
+                                     loss=math.nan, speed=0.0)
+            while self.step < until and not self.stops.requested:
+                t0 = time.perf_counter()
+                logs = self._guarded_step()
+                dt = time.perf_counter() - t0
+                self.elapsed += dt
+                progress.update(task, advance=1, loss=logs["loss"], speed=1.0 / max(dt, 1e-9))
+                self._periodic(logs)
+        if self.stops.signum is not None:
             self.save_checkpoint()
-            self.log(f"interrupted at step {self.step}; checkpoint saved")
+            self.log(f"interrupted ({signal_name(self.stops.signum)}) at step {self.step}; checkpoint saved")
             return False
         return True
 
-    def _periodic(self, logs: dict[str, float], metrics_log: TextIO) -> None:
+    def _guarded_step(self) -> dict[str, float]:
+        """`train_step` with the faults of engine/faults.py handled."""
+        self.guard.begin(self.generator, self.sampler.state_dict())
+        self.consistent = False
+        try:
+            logs = self.train_step()
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            stop_out_of_memory(self, exc)
+        self.consistent = True
+        if not logs.get("skipped"):
+            self.guard.finite()
+        elif self.guard.nonfinite(self.step, lambda: state_before_step(self)):
+            stop_diverged(self)
+        return logs
+
+    def _periodic(self, logs: dict[str, float]) -> None:
         cfg, step = self.cfg.log, self.step
         if cfg.log_every and step % cfg.log_every == 0:
             row = {"step": step, "seconds": round(self.elapsed, 3), "num_points": self.representation.num_points, **logs}
-            metrics_log.write(json.dumps(row) + "\n")
-            metrics_log.flush()
+            self.context.folder.append_metrics(row)
         if cfg.preview_every and step % cfg.preview_every == 0 and self._last_render is not None:
             save_image_grid(self.run_dir / "previews" / f"step-{step:06d}.png", self._last_render)
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < self.cfg.steps:

@@ -32,6 +32,7 @@ The plan is checked in full before any work (engine/validate.py).
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -51,6 +52,7 @@ from ..config import (
 from ..core.errors import UserError
 from ..core.motion import video_prior_name
 
+STAGE_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,39}")
 SHARED_KEYS = ("prompt", "negative_prompt", "seed", "device", "out")
 STAGE_KEYS = ("name", "steps", "share", "prior", "guidance", "representation", "sampler", "render", "log", "mesh", "prompts",
               "dynamic", "motion", "deformation")
@@ -92,6 +94,9 @@ def expand_stages(
     stages = []
     for i, entry in enumerate(entries):
         label = str(entry.get("name", f"stage{i + 1}"))
+        if not STAGE_LABEL.fullmatch(label):
+            raise UserError(f"config {source}: stage {i + 1} is named {label[:40]!r}; a stage name (it names checkpoint files) is "
+                            "1-40 letters, digits, '_' or '-', starting with a letter or digit")
         where = f"{source} stage '{label}'"
         data = copy.deepcopy(base)
         for key, value in entry.items():

@@ -8,17 +8,21 @@ stages (engine/priors.py); `Run.resume` continues from a checkpoint in whichever
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from rich.console import Console
 
 from ..representations.convert import PreviousAsset
+from ..core.errors import DiskFull, RunStopped
 from .build import resolve_device
 from .load import read_run
 from .loop import StageTrainer
 from .plan import Stage, plan_to_yaml
 from .context import RunContext
+from .faults import is_out_of_memory, out_of_memory
 from .priors import PriorPool
 from .run_dir import RunFolder, new_run_dir
 from .validate import validate_plan
@@ -35,6 +39,7 @@ class Run:
         self.console = console or Console(stderr=True)
         self.context = RunContext(plan, self.run_dir, self.folder, self.console, PriorPool(resolve_device(plan[0].cfg.device)))
         self.trainer = StageTrainer(self.context, stage_index, start)
+        self.interrupt_saved = False
 
     @classmethod
     def start(cls, plan: list[Stage], console: Optional[Console] = None, start: Optional[PreviousAsset] = None,
@@ -44,15 +49,18 @@ class Run:
         empty folder behind."""
         validate_plan(plan, start.name if start is not None else None)
         first = plan[0]
+        made_here = run_dir is None
         if run_dir is None:
             representations = "-".join(dict.fromkeys(stage.names.representation for stage in plan))
             run_dir = new_run_dir(first.cfg.out, first.cfg.prompt, first.names.guidance, representations)
         try:
             run = cls(plan, run_dir, console, start)
+            run.save_config()
+            run.trainer.save_checkpoint(keep_step_file=False)  # resumable from the start, whatever stops it
         except BaseException:
-            remove_if_empty(run_dir)
+            if made_here:  # nothing was trained: no partial folder is left behind
+                remove_run_folder(run_dir)
             raise
-        run.save_config()
         return run
 
     @classmethod
@@ -61,6 +69,7 @@ class Run:
         run_dir = Path(run_dir)
         plan, state, index = read_run(run_dir, checkpoint)
         validate_plan(plan, None, first=index)
+        RunFolder(run_dir).remove_stale_temporaries()
         run = cls(plan, run_dir, console, stage_index=index)
         run.trainer.load_state(state)
         run.folder.log(f"resumed {run.trainer.stage_title()}at step {run.trainer.step}")
@@ -83,6 +92,34 @@ class Run:
         self.trainer = StageTrainer(self.context, index, self.trainer.previous_asset())
         return self.trainer
 
+    def checkpoint_if_consistent(self) -> bool:
+        """Save the current stage's checkpoint unless a step was cut off half-way (then the last
+        one on disk stands); True when saved."""
+        if not self.trainer.consistent:
+            return False
+        self.trainer.save_checkpoint(keep_step_file=False)
+        return True
+
+    def train_safely(self, on_stage_done: Callable[[StageTrainer, dict[str, Any]], None] = lambda trainer, summary: None
+                     ) -> Optional[dict[str, Any]]:
+        """`train_to_end` for the CLI: a signal outside a step (setup, scoring, exports) checkpoints
+        (`interrupt_saved` says whether) and propagates; out of memory and a full disk become one-line
+        RunStopped errors that say how to continue."""
+        try:
+            return self.train_to_end(on_stage_done)
+        except KeyboardInterrupt:
+            self.interrupt_saved = self.checkpoint_if_consistent()
+            raise
+        except DiskFull as exc:
+            raise RunStopped(f"{exc}, then continue with `threedistill resume {self.run_dir}`") from None
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            trainer = self.trainer
+            saved = f"saved the checkpoint of step {trainer.step}" if self.checkpoint_if_consistent() else "the last checkpoint on disk is kept"
+            raise out_of_memory(f"{trainer.stage_title()}after step {trainer.step}", exc, saved, trainer.cfg, self.run_dir,
+                                finishing=trainer.step >= trainer.cfg.steps) from None
+
     def train_to_end(self, on_stage_done: Callable[[StageTrainer, dict[str, Any]], None] = lambda trainer, summary: None
                      ) -> Optional[dict[str, Any]]:
         """Train the current stage and every later one; the final metrics, or None if interrupted."""
@@ -96,11 +133,9 @@ class Run:
             on_stage_done(finished, summary)
 
 
-def remove_if_empty(run_dir: Path) -> None:
-    """A run that failed before it wrote anything leaves no folder behind (nor an empty prompt folder)."""
-    if run_dir.exists() and not any(p.is_file() for p in run_dir.rglob("*")):
-        for sub in sorted(run_dir.rglob("*"), reverse=True):
-            sub.rmdir()
-        run_dir.rmdir()
-        if not any(run_dir.parent.iterdir()):
-            run_dir.parent.rmdir()
+def remove_run_folder(run_dir: Path) -> None:
+    """Remove a run folder made by a run that stopped before training, and its prompt folder when
+    that is left empty (another run may be creating its own folder there at the same moment)."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    with contextlib.suppress(OSError):  # not empty: another run's folder is there
+        run_dir.parent.rmdir()

@@ -1,6 +1,6 @@
 """The run plan, checked in full before any work: one UserError naming the problem and the fix.
 
-For every stage: the names resolve; the objective's needs (core/objective.py's `Needs`) are
+For every stage: every number is in its range (engine/ranges.py); the names resolve; the objective's needs (core/objective.py's `Needs`) are
 met by the stage (a prior, a variational model, a scene, clips); static and dynamic stages have
 an image or a video prior; every model file the stage will load is located offline (its
 config's `check`, priors/diffusers/loading.py), every input file (scene, meshes) is readable
@@ -25,6 +25,7 @@ from ..representations.deformation import DEFORMABLE
 from ..scene.views import scene_for
 from .build import resolve_device
 from .plan import Stage
+from .ranges import check_ranges
 from .priors import image_prior_of, stage_needs_prior, uses_image_objective
 
 
@@ -47,6 +48,7 @@ def _check_stage(stage: Stage, stages: int, scenes: bool) -> None:
     cfg, names = stage.cfg, stage.names
     objective, prior = OBJECTIVES[names.guidance], PRIORS[names.prior]
     REPRESENTATIONS[names.representation]
+    check_ranges(cfg)
     needs = objective.needs
     resolve_device(cfg.device)
     if needs.source_image:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import math
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +14,9 @@ import imageio_ffmpeg
 import numpy as np
 import torch
 
-from threedistill.core.atomic import atomic_path
+from threedistill.core.atomic import atomic_path, atomic_write_bytes
 from threedistill.core.errors import UserError
+from threedistill.core.runtime import quiet_libraries
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 VIDEO_SUFFIXES = (".mp4", ".gif")
@@ -70,22 +73,26 @@ def image_grid(images: Any, nrow: int | None = None, pad: int = 2, pad_value: fl
 
 
 def read_image(path: str | os.PathLike) -> torch.Tensor:
-    """An RGB image [3,H,W] in [0,1] (grey is repeated, RGBA composited on white); unreadable -> UserError."""
+    """An RGB image [3,H,W] in [0,1] from an 8- or 16-bit grey, grey+alpha, RGB or RGBA file (alpha composited on
+    white); anything else, or an unreadable file, is a UserError."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"image '{path}' not found; pass an existing PNG or JPEG file")
     try:
-        array = np.asarray(iio.imread(path))
-    except Exception as exc:  # imageio raises many kinds for corrupt or unknown files
+        with quiet_libraries("imageio"):  # its plugins warn while guessing a format
+            array = np.asarray(iio.imread(path, index=0) if path.suffix.lower() in (".gif", ".webp", ".tif", ".tiff") else iio.imread(path))
+    except Exception as exc:  # imageio raises many kinds for corrupt or unknown files (and PIL's DecompressionBombError)
         raise UserError(f"cannot read image '{path}' ({type(exc).__name__}); pass a valid PNG or JPEG file") from None
-    if array.dtype != np.uint8 or array.ndim not in (2, 3):
-        raise UserError(f"image '{path}' is not an 8-bit grey/RGB/RGBA image (shape {array.shape}, {array.dtype}); convert it to PNG")
-    array = array.astype(np.float32) / 255.0
-    array = np.repeat(array[..., None], 3, -1) if array.ndim == 2 else array
-    image = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
-    if image.shape[0] == 4:
-        image = image[:3] * image[3:] + (1.0 - image[3:])
-    return image[:3].contiguous()
+    channels = 1 if array.ndim == 2 else (array.shape[-1] if array.ndim == 3 else 0)
+    if array.dtype not in (np.uint8, np.uint16) or channels not in (1, 2, 3, 4) or min(array.shape[:2]) < 1:
+        raise UserError(f"image '{path}' is not an 8/16-bit grey/RGB/RGBA image (shape {list(array.shape)}, {array.dtype}); "
+                        "convert it to an 8-bit RGB PNG")
+    values = array.astype(np.float32) / (255.0 if array.dtype == np.uint8 else 65535.0)
+    image = torch.from_numpy(np.ascontiguousarray(values.reshape(*values.shape[:2], channels))).permute(2, 0, 1)
+    colour, alpha = (image[:1].expand(3, -1, -1), image[1:]) if channels <= 2 else (image[:3], image[3:])
+    if alpha.shape[0]:
+        colour = colour * alpha + (1.0 - alpha)
+    return colour.contiguous()
 
 
 def _check_suffix(path: Path, allowed: tuple[str, ...], kind: str) -> str:
@@ -103,8 +110,7 @@ def save_image(path: str | os.PathLike, image: Any) -> Path:
     pixels = _as_hwc_uint8(image)
     if pixels.ndim != 3:
         raise ValueError(f"expected one image, got shape {tuple(pixels.shape)}")
-    with atomic_path(target) as tmp:
-        iio.imwrite(tmp, pixels, extension=target.suffix.lower())
+    atomic_write_bytes(target, iio.imwrite("<bytes>", pixels, extension=target.suffix.lower()))
     return target
 
 
@@ -133,23 +139,26 @@ def _even_and_visible(frames: np.ndarray, min_side: int = MIN_VIDEO_SIDE) -> np.
 
 
 def _write_mp4(path: Path, frames: np.ndarray, fps: int) -> None:
+    """libx264/yuv420p through ffmpeg; its messages are captured, and a full disk is an OSError(ENOSPC)."""
     frames = _even_and_visible(frames)
     height, width = frames.shape[1:3]
-    writer = imageio_ffmpeg.write_frames(
-        str(path), (width, height), fps=fps, codec="libx264", pix_fmt_in="rgb24", pix_fmt_out="yuv420p",
-        macro_block_size=1, quality=8, ffmpeg_log_level="error",
-    )
-    writer.send(None)  # start ffmpeg
-    try:
-        for frame in frames:
-            writer.send(frame)
-    finally:
-        writer.close()
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-f", "rawvideo", "-vcodec", "rawvideo", "-s", f"{width}x{height}",
+               "-pix_fmt", "rgb24", "-r", str(fps), "-i", "-", "-an", "-vcodec", "libx264", "-pix_fmt", "yuv420p",
+               "-crf", "10", "-v", "error", "-f", "mp4", str(path)]
+    # its own session: a Ctrl-C meant for us does not cut the file short (we stop after it is written)
+    done = subprocess.run(command, input=frames.tobytes(), capture_output=True, start_new_session=True)
+    if done.returncode != 0:
+        message = " ".join(done.stderr.decode(errors="replace").split())
+        if "No space left on device" in message:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        raise OSError(f"ffmpeg could not write {path}: {message[-300:] or f'exit code {done.returncode}'}")
 
 
 def _write_gif(path: Path, frames: np.ndarray, fps: int) -> None:
     duration_ms = max(10, round(1000 / fps))
-    iio.imwrite(path, frames, extension=".gif", duration=duration_ms, loop=0)
+    data = iio.imwrite("<bytes>", frames, extension=".gif", duration=duration_ms, loop=0)
+    with open(path, "wb") as f:
+        f.write(data)
 
 
 def write_video(path: str | os.PathLike, frames: Any, fps: int = 24) -> Path:

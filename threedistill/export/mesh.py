@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional, Sequence
 import imageio.v3 as iio
 import numpy as np
 
-from ..core.atomic import atomic_path, atomic_write_bytes, atomic_write_text
+from ..core.atomic import atomic_write_bytes, atomic_write_text
 from ..core.errors import UserError
 from ..core.geometry import Field, SurfaceMesh, TextureColour
 from .extract import MeshExportConfig, eval_chunked, extract_mesh
@@ -206,8 +206,7 @@ def write_obj(path: str | Path, mesh: SurfaceMesh, colour: Optional[TextureColou
         colour = TextureColour(_interpolated_colours(mesh))
     texture = bake_texture(vertices, faces, uvs, colour, config.texture_size, config.texture_padding, config.chunk_points, uncharted,
                            vertex_ids=vmap)
-    with atomic_path(png_path) as tmp:
-        iio.imwrite(tmp, texture, extension=".png")
+    atomic_write_bytes(png_path, iio.imwrite("<bytes>", texture, extension=".png"))
     atomic_write_text(mtl_path, f"newmtl albedo\nKa 1 1 1\nKd 1 1 1\nKs 0 0 0\nd 1\nillum 1\nmap_Kd {png_path.name}\n")
     lines = [f"# threedistill mesh: {len(vertices)} vertices, {len(faces)} faces, y up", f"mtllib {mtl_path.name}", "o mesh"]
     v = _format_rows("v", to_y_up(vertices), "%.6f")

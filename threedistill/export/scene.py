@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from threedistill.core.atomic import atomic_path, atomic_write_text
+from threedistill.core.atomic import atomic_write_bytes, atomic_write_text
 from threedistill.core.cameras import Cameras
 from threedistill.core.types import render_in_chunks
 
@@ -37,8 +37,7 @@ def _to_uint8(image: Tensor) -> np.ndarray:
 
 
 def _write_png(path: Path, image: Tensor) -> None:
-    with atomic_path(path) as tmp:
-        iio.imwrite(tmp, _to_uint8(image))
+    atomic_write_bytes(path, iio.imwrite("<bytes>", _to_uint8(image), extension=".png"))
 
 
 def _frame_entry(i: int, c2w: Tensor, cams: Cameras, with_mask: bool) -> dict[str, Any]:

@@ -74,8 +74,8 @@ def write_splat_ply(path: str | os.PathLike, means: Any, sh: Any, opacity_logits
         vertices[name] = data[:, i]
     ply = PlyData([PlyElement.describe(vertices, "vertex")], text=False, byte_order="<")
     target = Path(path)
-    with atomic_path(target) as tmp:
-        ply.write(str(tmp))
+    with atomic_path(target) as tmp, open(tmp, "wb") as f:
+        ply.write(f)
     return target
 
 

@@ -1,7 +1,7 @@
 """View-dependent prompt embeddings (cond / uncond / null), computed once per run.
 
 Each distinct text is embedded once; for priors with a `model_id` the embeddings are also
-cached on disk (one `.pt` file per (model id, text)) so later runs skip the text encoder.
+cached on disk (one `.pt` file per (model id, text), checked on every read: core/tensor_cache.py) so later runs skip the text encoder.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from typing import Literal, Optional
 import torch
 from torch import Tensor
 
-from ..core.atomic import atomic_path
 from ..core.cameras import VIEW_LABELS, Cameras, ViewLabelConfig, view_label_indices, view_phrase, wrapped_abs_azimuth
 from ..core.errors import UserError
 from ..core.types import TextEmbeddings
 from .base import DiffusionPrior
 from ..core.runtime import default_cache_dir
+from ..core.tensor_cache import TensorCache
 
 
 @dataclass
@@ -76,6 +76,7 @@ class PromptEmbedder:
         self.view_dependent = prior.defaults.view_dependent_prompts if view_dependent is None else view_dependent
         self.model_id: Optional[str] = prior.model_id
         self.cache_dir = Path(self.config.cache_dir or default_cache_dir()) / "embeddings"
+        self.cache = TensorCache(self.cache_dir, "text-embedding cache")
         self.cache_hits = 0
 
         view_texts = [view_phrase(prompt, label, self.config.form) for label in VIEW_LABELS] if self.view_dependent else [prompt]
@@ -88,32 +89,22 @@ class PromptEmbedder:
             raise UserError("prompt interpolation needs a prior with continuous text embeddings; turn interpolate off")
 
     # ------------------------------------------------------------------ embedding + cache
-    def _cache_path(self, text: str) -> Path:
-        key = f"{self.model_id}\n{text}".encode()
-        return self.cache_dir / f"{hashlib.sha1(key).hexdigest()}.pt"
+    def _cache_key(self, text: str) -> str:
+        return hashlib.sha1(f"{self.model_id}\n{text}".encode()).hexdigest()
 
     def _load(self, text: str) -> Optional[Tensor]:
-        """A cached embedding, or None when absent or unreadable (then it is recomputed)."""
-        path = self._cache_path(text)
-        if self.model_id is None or not path.exists():
+        """A cached embedding, or None when absent or damaged (then it is recomputed; core/tensor_cache.py)."""
+        if self.model_id is None:
             return None
-        try:
-            emb = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # a corrupt cache entry is recomputed, never fatal
-            return None
-        if not isinstance(emb, Tensor):
+        found = self.cache.load(self._cache_key(text), {"model": self.model_id, "text": text})
+        if found is None or "embedding" not in found:
             return None
         self.cache_hits += 1
-        return emb
+        return found["embedding"]
 
     def _save(self, text: str, emb: Tensor) -> None:
-        if self.model_id is None:
-            return
-        try:
-            with atomic_path(self._cache_path(text)) as tmp:
-                torch.save(emb.detach().cpu().clone(), tmp)
-        except OSError:
-            pass  # read-only cache: keep going without it
+        if self.model_id is not None:
+            self.cache.save(self._cache_key(text), {"model": self.model_id, "text": text}, {"embedding": emb})
 
     def _embed_distinct(self, texts: list[str]) -> dict[str, Tensor]:
         """Embedding of each distinct text: from the disk cache, else one `prior.embed` call."""

@@ -135,7 +135,7 @@ class HashGrid(nn.Module):
         M = x.shape[0]
         feats = [F.grid_sample(vol, x.view(1, M, 1, 1, 3), mode="bilinear", align_corners=True).view(self.features, M).t() for vol in self.dense]
         if self.hashed_res:
-            feats.append(self._hashed(x).reshape(M, -1))
+            feats.append(self._hashed(x).reshape(M, len(self.hashed_res) * self.features))  # M may be 0 (no ray hit)
         return torch.cat(feats, dim=-1)
 
     def _hashed(self, x: Tensor) -> Tensor:

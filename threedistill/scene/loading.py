@@ -45,6 +45,7 @@ from torch import Tensor
 
 from ..core.cameras import Cameras
 from ..core.errors import UserError
+from ..core.runtime import quiet_libraries
 from ..export.scene import opencv_to_opengl
 
 TRANSFORMS_FILES = ("transforms.json", "transforms_train.json")
@@ -186,7 +187,8 @@ class _Meta:
 def _read_array(meta: _Meta, path: Path, field: str) -> np.ndarray:
     """An image file as float32 [H,W,C] in [0,1] (8- or 16-bit; C in 1..4)."""
     try:
-        array = np.asarray(iio.imread(path))
+        with quiet_libraries("imageio"):  # its plugins warn while guessing a format
+            array = np.asarray(iio.imread(path))
     except Exception as exc:  # imageio raises many kinds for corrupt or unknown files
         meta.fail(field, f"cannot read {path} ({type(exc).__name__})", "replace it with a valid PNG or JPEG")
     if array.dtype not in (np.uint8, np.uint16) or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] > 4):

@@ -6,17 +6,25 @@ allows it, or a Hugging Face Hub id) and `allow_download`. Two steps:
 1. `locate_model` finds it offline without loading anything: a folder with model_index.json,
    a checkpoint file, or a Hub id whose model_index.json is in the local Hugging Face cache
    (with `allow_download`, the Hub itself). The run plan calls it for every model every stage
-   will load, so a missing model is one line before any work starts.
+   will load, so a missing model is one line before any work starts. A partial download is
+   refused there too (`check_complete`): a component folder model_index.json lists but the
+   folder lacks, a cache link whose file is missing, a `.incomplete` download in the Hub
+   cache, a .safetensors file shorter than its header says.
 2. `load_pipeline` loads the located model with the kind's pipeline class, the libraries'
    chatter silenced; every failure is one UserError line naming the model and the fixes.
+   Without `allow_download` the load runs with the Hugging Face Hub in offline mode
+   (`offline_mode`), so no code path of diffusers or transformers can reach the network.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 
@@ -111,6 +119,9 @@ def locate_model(model: str, allow_download: bool, kind: ModelKind) -> ModelLoca
             raise UserError(f"{kind.name} model '{model}' is a file; single-file checkpoints are not supported; {kind.fix()}")
         if not local.name.endswith(SINGLE_FILE_SUFFIXES):
             raise UserError(f"{kind.name} model file '{model}' is not a .safetensors/.ckpt checkpoint; {kind.fix()}")
+        if local.suffix == ".safetensors":
+            problem = safetensors_problem(local)
+            _refuse_incomplete(model, kind, f"the file {problem}" if problem else None)
         return ModelLocation(str(local.resolve()), None, True, not allow_download)
     if local.is_dir():
         index_path = local / "model_index.json"
@@ -118,6 +129,7 @@ def locate_model(model: str, allow_download: bool, kind: ModelKind) -> ModelLoca
             raise UserError(f"'{model}' is not a diffusers {kind.name} folder (no model_index.json); {kind.fix()}")
         index = _read_index(index_path, model, kind)
         _check_class(model, index, kind)
+        _refuse_incomplete(model, kind, check_complete(local, index))
         return ModelLocation(str(local.resolve()), index, False, True)
     if looks_like_path(model):
         raise UserError(f"{kind.name} model path '{model}' does not exist; {kind.fix()}")
@@ -133,7 +145,58 @@ def locate_model(model: str, allow_download: bool, kind: ModelKind) -> ModelLoca
                         f"copy, add {kind.flag}.allow-download{alternative}")
     index = _read_index(Path(cached), model, kind)
     _check_class(model, index, kind)
+    snapshot = Path(cached).parent
+    _refuse_incomplete(model, kind, check_complete(snapshot, index) or _incomplete_blobs(snapshot.parent.parent / "blobs"))
     return ModelLocation(model, index, False, True)
+
+
+def check_complete(folder: Path, index: dict[str, Any]) -> Optional[str]:
+    """What a partial download left out of a diffusers folder, or None when it looks whole: a component
+    model_index.json lists without its folder, a link to a missing file, a truncated .safetensors."""
+    for name, value in index.items():
+        if name.startswith("_") or not isinstance(value, list) or len(value) != 2 or None in value:
+            continue
+        if not (folder / name).is_dir():
+            return f"its '{name}' folder is missing"
+    for path in sorted(folder.rglob("*")):
+        if path.is_symlink() and not path.exists():
+            return f"'{path.relative_to(folder)}' links to a missing file"
+        if path.suffix == ".safetensors" and path.is_file():
+            problem = safetensors_problem(path)
+            if problem:
+                return f"'{path.relative_to(folder)}' {problem}"
+    return None
+
+
+def safetensors_problem(path: Path) -> Optional[str]:
+    """Whether a .safetensors file is shorter than its header says (or has no readable header)."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            raw = f.read(8)
+            if len(raw) < 8:
+                return "is truncated (no header)"
+            (length,) = struct.unpack("<Q", raw)
+            if length > min(size - 8, 100_000_000):
+                return "is truncated or not a safetensors file (header longer than the file)"
+            header = json.loads(f.read(length))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return "has an unreadable header"
+    ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v]
+    expected = 8 + length + max(ends, default=0)
+    return f"is truncated ({size} of {expected} bytes)" if size < expected else None
+
+
+def _incomplete_blobs(blobs: Path) -> Optional[str]:
+    partial = sorted(blobs.glob("*.incomplete")) if blobs.is_dir() else []
+    return f"the Hub cache holds an unfinished download ({partial[0]})" if partial else None
+
+
+def _refuse_incomplete(model: str, kind: ModelKind, problem: Optional[str]) -> None:
+    if problem:
+        local = looks_like_path(model) or Path(model).expanduser().exists()
+        again = "re-download it" if local else f"download it again with `huggingface-cli download {model}`"
+        raise UserError(f"{kind.name} model '{model}' is damaged or partly downloaded: {problem}; {again}, or {kind.fix()}")
 
 
 def load_errors() -> tuple[type[BaseException], ...]:
@@ -158,6 +221,10 @@ def load_failure(kind: ModelKind, model: str, location: ModelLocation, err: Base
     """One line on why a located model did not load, with the fixes."""
     why = one_line(err)
     alternative = f", or {kind.fallback}" if kind.fallback else ""
+    if _refused_pickle(err):
+        return (f"{kind.name} model '{model}' holds a pickled weight file with Python objects other than tensors, which could "
+                f"run code, so it was not loaded; use its .safetensors weights, pass {kind.flag}.model PATH to another copy"
+                f"{alternative}")
     if location.is_file:
         return (f"could not load {kind.name} checkpoint '{model}' ({why}); if the file is corrupt re-download it; single-file "
                 f"loading also needs the base model's diffusers config in the Hugging Face cache ({hf_cache_dir()}), so add "
@@ -173,19 +240,52 @@ def load_failure(kind: ModelKind, model: str, location: ModelLocation, err: Base
             f"network, pass {kind.flag}.model PATH to a local copy{alternative}")
 
 
+def _refused_pickle(err: BaseException) -> bool:
+    """torch.load(weights_only=True) refused an object somewhere in the chain of `err`."""
+    seen: Optional[BaseException] = err
+    while seen is not None:
+        if "weights_only" in str(seen) or "Unsupported global" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def load_pipeline(model: str, allow_download: bool, kind: ModelKind, load: Callable[[ModelLocation], Any]) -> Any:
     """Locate `model`, then `load(location)` with the libraries silenced; every failure is one UserError line."""
     location = locate_model(model, allow_download, kind)
 
     def attempt() -> Any:
         try:
-            return load(location)
+            with offline_mode(location.local_files_only):
+                return load(location)
         except UserError:
             raise
         except load_errors() as err:
             raise UserError(load_failure(kind, model, location, err)) from err
 
     return load_quietly(attempt)
+
+
+@contextlib.contextmanager
+def offline_mode(offline: bool = True) -> Iterator[None]:
+    """Within the block (when `offline`), the Hugging Face Hub client refuses every request, whatever
+    a library's arguments say (huggingface_hub reads `constants.HF_HUB_OFFLINE` on each request)."""
+    if not offline:
+        yield
+        return
+    from huggingface_hub import constants
+
+    saved = constants.HF_HUB_OFFLINE, os.environ.get("HF_HUB_OFFLINE")
+    constants.HF_HUB_OFFLINE = True
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved[0]
+        if saved[1] is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = saved[1]
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:

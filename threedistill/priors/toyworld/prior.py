@@ -27,12 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ...core.atomic import atomic_path
 from ...core.mesh_file import ColouredMesh, load_mesh_file
 from ...core.errors import UserError
 from ...core.cameras import VIEW_LABEL_ANGLES, Cameras, OrbitSampler, OrbitSamplerConfig, orbit_cameras, split_view_phrase, view_phrase
 from ...render.mesh_torch import render_mesh
 from ...core.runtime import default_cache_dir
+from ...core.tensor_cache import TensorCache
 from ...core.types import RenderOutput
 from ..base import PRIORS, GuidanceDefaults, Prior, PriorConfig, VariationalConfig, noise_coefficients, scaled_linear_alphas_cumprod
 from .catalogue import catalogue_prompts, resolve_prompt
@@ -225,26 +225,22 @@ class ToyworldPrior(Prior):
         return h.hexdigest()[:20]
 
     def _render_references(self, meshes: list[ColouredMesh], counts: list[int], seed: int) -> tuple[Tensor, Tensor]:
-        """Images [N,3,R,R] in [0,1] and camera directions [N,3]: counts[i] views of meshes[i]."""
-        path = self.cache_dir / f"{self._cache_key(meshes, counts, seed)}.pt"
-        if path.exists():
-            try:
-                cached = torch.load(path, map_location="cpu", weights_only=True)
-                return cached["images"].float(), cached["dirs"].float()
-            except Exception:  # a corrupt cache entry is re-rendered, never fatal
-                pass
-        cams = self.reference_cameras(sum(counts), seed)
+        """Images [N,3,R,R] in [0,1] and camera directions [N,3]: counts[i] views of meshes[i], cached
+        (core/tensor_cache.py: a damaged cache file is warned about and re-rendered)."""
+        key = self._cache_key(meshes, counts, seed)
+        n, r = sum(counts), self.resolution
+        cache = TensorCache(self.cache_dir, "toyworld reference cache")
+        cached = cache.load(key, {"key": key}, lambda t: reference_shape_problem(t, {"images": (n, 3, r, r), "dirs": (n, 3)}))
+        if cached is not None:
+            return cached["images"].float(), cached["dirs"].float()
+        cams = self.reference_cameras(n, seed)
         images, start = [], 0
-        for mesh, n in zip(meshes, counts):
-            images.append(self.render_ground_truth(mesh, cams[start : start + n]).rgb.cpu())
-            start += n
-        images_t, dirs = torch.cat(images), cams.directions().cpu()
-        try:
-            with atomic_path(path) as tmp:
-                torch.save({"images": images_t.half(), "dirs": dirs}, tmp)
-        except OSError:
-            pass  # read-only cache: keep going without it
-        return images_t.half().float(), dirs
+        for mesh, count in zip(meshes, counts):
+            images.append(self.render_ground_truth(mesh, cams[start : start + count]).rgb.cpu())
+            start += count
+        images_t, dirs = torch.cat(images).half(), cams.directions().cpu()
+        cache.save(key, {"key": key}, {"images": images_t, "dirs": dirs})
+        return images_t.float(), dirs
 
     def _build_set(self, set_id: int) -> ReferenceSet:
         cfg = self.config
@@ -328,3 +324,20 @@ class ToyworldPrior(Prior):
         d = self.denoise(x_t, t, emb, cameras)
         a, s = noise_coefficients(self.alphas_cumprod, t, x_t.ndim)
         return (x_t - a * d) / s
+
+
+def reference_shape_problem(tensors: dict[str, Tensor], shapes: dict[str, tuple[int, ...]]) -> Optional[str]:
+    """What is wrong with cached reference tensors (a missing name, a shape, a non-finite or out-of-range
+    value), or None."""
+    for name, shape in shapes.items():
+        t = tensors.get(name)
+        if t is None:
+            return f"no '{name}'"
+        if tuple(t.shape) != shape:
+            return f"'{name}' has shape {list(t.shape)}, expected {list(shape)}"
+        if not torch.isfinite(t).all():
+            return f"'{name}' holds non-finite values"
+    images = tensors.get("images", tensors.get("clips"))
+    if images is not None and images.numel() and (images.min() < 0 or images.max() > 1):
+        return "pixel values outside [0, 1]"
+    return None

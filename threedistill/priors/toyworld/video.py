@@ -30,13 +30,13 @@ import torch
 from torch import Tensor
 
 from ...core.cameras import Cameras, OrbitSamplerConfig, split_view_phrase
-from ...core.atomic import atomic_path
+from ...core.tensor_cache import TensorCache
 from ...core.errors import UserError
 from ...core.motion import frame_times
 from ...render.mesh_torch import render_mesh
 from ...core.types import RenderOutput
 from ..base import PRIORS, PriorConfig, VariationalConfig
-from .prior import UNCOND_ID, ReferenceSet, ToyworldConfig, ToyworldPrior, check_posterior_settings
+from .prior import UNCOND_ID, ReferenceSet, ToyworldConfig, ToyworldPrior, check_posterior_settings, reference_shape_problem
 from .animated import AnimatedToy, animated_mesh, animated_prompts, resolve_animated
 from .catalogue import ToyMesh
 from .variational import ToyworldVariationalModel
@@ -158,20 +158,23 @@ class ToyworldVideoPrior(ToyworldPrior):
 
     def render_reference_clips(self, toys: list[AnimatedToy], counts: list[int], seed: int) -> tuple[Tensor, Tensor]:
         """Clips [N,F,3,R,R] in [0,1] and camera directions [N,3]: counts[i] clips of toys[i], cached."""
-        path = self.cache_dir / f"{self._clip_cache_key(toys, counts, seed)}.pt"
-        cached = _load_cache(path)
+        key = self._clip_cache_key(toys, counts, seed)
+        n, r = sum(counts), self.resolution
+        cache = TensorCache(self.cache_dir, "toyworld-video reference cache")
+        shapes = {"clips": (n, self.frames, 3, r, r), "dirs": (n, 3)}
+        cached = cache.load(key, {"key": key}, lambda t: reference_shape_problem(t, shapes))
         if cached is not None:
-            return cached
-        cams = self.reference_cameras(sum(counts), seed)
+            return cached["clips"].float(), cached["dirs"].float()
+        cams = self.reference_cameras(n, seed)
         clips, start = [], 0
-        for toy, n in zip(toys, counts):
-            cam = cams[start : start + n].to(self.device)
-            frames = [self._render_at_times(toy, cam, [time] * n).rgb.cpu() for time in frame_times(self.frames).tolist()]
+        for toy, count in zip(toys, counts):
+            cam = cams[start : start + count].to(self.device)
+            frames = [self._render_at_times(toy, cam, [time] * count).rgb.cpu() for time in frame_times(self.frames).tolist()]
             clips.append(torch.stack(frames, dim=1))
-            start += n
-        clips_t, dirs = torch.cat(clips), cams.directions().cpu()
-        _save_cache(path, clips_t, dirs)
-        return clips_t.half().float(), dirs
+            start += count
+        clips_t, dirs = torch.cat(clips).half(), cams.directions().cpu()
+        cache.save(key, {"key": key}, {"clips": clips_t, "dirs": dirs})
+        return clips_t.float(), dirs
 
     def _build_set(self, set_id: int) -> ReferenceSet:
         cfg = self.config
@@ -222,22 +225,3 @@ def _first_frames(cameras: Cameras, clips: int, frames: int) -> Cameras:
     if len(cameras) == clips:
         return cameras
     raise ValueError(f"expected {clips * frames} cameras (B*F, view-major) or {clips}, got {len(cameras)}")
-
-
-def _load_cache(path: Any) -> Optional[tuple[Tensor, Tensor]]:
-    if not path.exists():
-        return None
-    try:
-        cached = torch.load(path, map_location="cpu", weights_only=True)
-        return cached["clips"].float(), cached["dirs"].float()
-    except Exception:  # a corrupt cache entry is re-rendered, never fatal
-        return None
-
-
-def _save_cache(path: Any, clips: Tensor, dirs: Tensor) -> None:
-    try:
-        with atomic_path(path) as tmp:
-            torch.save({"clips": clips.half(), "dirs": dirs}, tmp)
-    except OSError:
-        pass  # read-only cache: keep going without it
-

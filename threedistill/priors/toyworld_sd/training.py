@@ -47,7 +47,7 @@ def build_models(config: TrainConfig, tokenizer_dir: Path) -> dict[str, Any]:
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     write_byte_tokenizer(tokenizer_dir, config.max_length)
-    tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir))
+    tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
     n = len(tokenizer)
     levels = len(config.vae_channels)
     torch.manual_seed(config.seed)
