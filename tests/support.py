@@ -48,6 +48,16 @@ TINY_FLAGS = [
 ]
 
 
+def tiny_run_kwargs() -> dict[str, object]:
+    """TINY_FLAGS as `td.run` keywords (sections as mappings, dotted keys), with every export format
+    but obj (its texture bake is slow) and the metrics logged every step."""
+    return dict(prior="toyworld", steps=6, device="cpu", progress=False,
+                sampler={"width": 32, "height": 32, "batch_size": 2}, representation={"num_points": 300},
+                log={"turntable_frames": 4, "turntable_resolution": 32, "eval_views": 4, "preview_every": 3,
+                     "checkpoint_every": 3, "log_every": 1, "export_formats": ["splat", "video", "glb", "ply"]},
+                **{"prior.num_references": 16, "prior.resolution": 32, "mesh.resolution": 48})
+
+
 SMALL_NERF = dict(levels=4, log2_table_size=12, base_resolution=8, max_resolution=32, hidden_dim=16,
                   samples_per_ray=32, occ_resolution=16)
 """A small NeRF: levels 8 and 11 dense, 16 and 32 hashed."""

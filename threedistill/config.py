@@ -80,6 +80,9 @@ class LogConfig:
     turntable_resolution: int = 256
     eval_views: int = 16
     """Held-out cameras for toyworld metrics."""
+    tensorboard: bool = False
+    """Also log to RUN_DIR/tensorboard: the metrics.jsonl scalars, preview grids and the turntable
+    video (pip extra [tensorboard]; `tensorboard --logdir outputs`)."""
     export_formats: tuple[str, ...] = ("splat", "video", "glb", "ply")
     """Written into export/ when a run finishes: splat, video, glb, obj, ply (obj adds a UV atlas and
     a baked texture: ~40 s on a 2-core CPU; `threedistill export RUN --format obj` makes it later)."""

@@ -15,7 +15,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any, Optional, TextIO
+from typing import Any, Callable, Optional, TextIO
 
 import torch
 from torch import Tensor
@@ -85,7 +85,11 @@ class StageTrainer:
         self.skipped_steps = 0
         self.elapsed = 0.0
         self._stop_requested = False
-        self._last_render: Optional[Tensor] = None  # the latest training views, for previews
+        self.last_render: Optional[Tensor] = None
+        """The latest step's training views [B,3,H,W] (previews, the live viewer)."""
+        self.last_cameras: Optional[Cameras] = None
+        self.last_preview: Optional[Callable[[], Tensor]] = None
+        """The objective's x0 prediction of the latest step as images, where it has one (ObjectiveOutput.preview)."""
         self.exports = AssetExports(self.representation, self.run_dir / "export", self.export_settings(), self.background, self.log)
         for sub in ("checkpoints", "previews", "export"):
             (self.run_dir / sub).mkdir(parents=True, exist_ok=True)
@@ -200,7 +204,7 @@ class StageTrainer:
         self.representation.after_step(step, out, self.optimizer)
         self.optimizer.zero_grad(set_to_none=True)
         self.step = step
-        self._last_render = out.rgb.detach()
+        self.last_render, self.last_cameras, self.last_preview = out.rgb.detach(), cams, g.preview
         return {"loss": float(loss.detach()), **logs}
 
     def _objective_inputs(self, rgb: Tensor, cams: Cameras) -> tuple[Tensor, Optional[TextEmbeddings]]:
@@ -237,6 +241,14 @@ class StageTrainer:
             raise KeyboardInterrupt
         self._stop_requested = True
 
+    def request_stop(self) -> None:
+        """End the stage after the current step with a checkpoint, as Ctrl-C does (callbacks use it)."""
+        self._stop_requested = True
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop_requested
+
     def train(self, until: Optional[int] = None) -> bool:
         """Run steps until `until` (default: the configured total). False if interrupted."""
         cfg = self.cfg
@@ -244,6 +256,9 @@ class StageTrainer:
         main = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGINT, self._request_stop) if main else None
         progress = progress_bar(self.context.console, disable=not cfg.log.progress)
+        callbacks = self.context.callbacks
+        for callback in callbacks:
+            callback.on_stage_start(self)
         try:
             with progress, (self.run_dir / "metrics.jsonl").open("a") as metrics_log:
                 task = progress.add_task(self.stage_title().rstrip(": ") or "distilling", total=cfg.steps, completed=self.step,
@@ -255,6 +270,8 @@ class StageTrainer:
                     self.elapsed += dt
                     progress.update(task, advance=1, loss=logs["loss"], speed=1.0 / max(dt, 1e-9))
                     self._periodic(logs, metrics_log)
+                    for callback in callbacks:
+                        callback.on_step(self, logs)
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
@@ -270,8 +287,8 @@ class StageTrainer:
             row = {"step": step, "seconds": round(self.elapsed, 3), "num_points": self.representation.num_points, **logs}
             metrics_log.write(json.dumps(row) + "\n")
             metrics_log.flush()
-        if cfg.preview_every and step % cfg.preview_every == 0 and self._last_render is not None:
-            save_image_grid(self.run_dir / "previews" / f"step-{step:06d}.png", self._last_render)
+        if cfg.preview_every and step % cfg.preview_every == 0 and self.last_render is not None:
+            save_image_grid(self.run_dir / "previews" / f"step-{step:06d}.png", self.last_render)
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < self.cfg.steps:
             self.save_checkpoint()
 
@@ -317,12 +334,18 @@ class StageTrainer:
             summary["seconds"] = round(sum(h["seconds"] for h in self.context.stage_history), 2)
             self.save_checkpoint(keep_step_file=False)  # last.pt carries the stage history
         self.log(f"{self.stage_title()}finished: " + json.dumps({k: v for k, v in summary.items() if k != "stages"}))
+        for callback in self.context.callbacks:
+            callback.on_stage_end(self, summary)
         if self.index < len(self.context.plan) - 1:
             return summary
         self.context.folder.write_metrics(summary)
-        for path in export_asset(self.exports, self.exports.supported(self.cfg.log.export_formats), self.context.folder, self.background):
+        exported = export_asset(self.exports, self.exports.supported(self.cfg.log.export_formats), self.context.folder, self.background)
+        for path in exported:
             self.log(f"exported {path.name}")
-        return self.context.folder.read_metrics()  # with obj_psnr when an OBJ was written
+        metrics = self.context.folder.read_metrics()  # with obj_psnr when an OBJ was written
+        for callback in self.context.callbacks:
+            callback.on_run_end(self.run_dir, metrics, exported)
+        return metrics
 
     def previous_asset(self) -> PreviousAsset:
         """This stage's result, for the next stage to start from."""

@@ -9,12 +9,13 @@ stages (engine/priors.py); `Run.resume` continues from a checkpoint in whichever
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from rich.console import Console
 
 from ..representations.convert import PreviousAsset
 from .build import resolve_device
+from .callbacks import LoopCallback
 from .load import read_run
 from .loop import StageTrainer
 from .plan import Stage, plan_to_yaml
@@ -28,17 +29,18 @@ class Run:
     """One run folder and the stage being trained (see the module docstring)."""
 
     def __init__(self, plan: list[Stage], run_dir: Path, console: Optional[Console] = None,
-                 start: Optional[PreviousAsset] = None, stage_index: int = 0) -> None:
+                 start: Optional[PreviousAsset] = None, stage_index: int = 0, callbacks: Sequence[LoopCallback] = ()) -> None:
         self.plan = plan
         self.run_dir = Path(run_dir)
         self.folder = RunFolder(self.run_dir)
         self.console = console or Console(stderr=True)
-        self.context = RunContext(plan, self.run_dir, self.folder, self.console, PriorPool(resolve_device(plan[0].cfg.device)))
+        self.context = RunContext(plan, self.run_dir, self.folder, self.console, PriorPool(resolve_device(plan[0].cfg.device)),
+                                  callbacks=tuple(callbacks))
         self.trainer = StageTrainer(self.context, stage_index, start)
 
     @classmethod
     def start(cls, plan: list[Stage], console: Optional[Console] = None, start: Optional[PreviousAsset] = None,
-              run_dir: Optional[Path] = None) -> "Run":
+              run_dir: Optional[Path] = None, callbacks: Sequence[LoopCallback] = ()) -> "Run":
         """Validate `plan`, make a new run folder under the first stage's `out` (unless `run_dir` is
         given), build the first stage and save config.yaml; a failure before training leaves no
         empty folder behind."""
@@ -48,7 +50,7 @@ class Run:
             representations = "-".join(dict.fromkeys(stage.names.representation for stage in plan))
             run_dir = new_run_dir(first.cfg.out, first.cfg.prompt, first.names.guidance, representations)
         try:
-            run = cls(plan, run_dir, console, start)
+            run = cls(plan, run_dir, console, start, callbacks=callbacks)
         except BaseException:
             remove_if_empty(run_dir)
             raise
@@ -56,12 +58,13 @@ class Run:
         return run
 
     @classmethod
-    def resume(cls, run_dir: Path, console: Optional[Console] = None, checkpoint: Optional[Path] = None) -> "Run":
+    def resume(cls, run_dir: Path, console: Optional[Console] = None, checkpoint: Optional[Path] = None,
+               callbacks: Sequence[LoopCallback] = ()) -> "Run":
         """Rebuild a run from its config.yaml and last.pt (or the given checkpoint)."""
         run_dir = Path(run_dir)
         plan, state, index = read_run(run_dir, checkpoint)
         validate_plan(plan, None, first=index)
-        run = cls(plan, run_dir, console, stage_index=index)
+        run = cls(plan, run_dir, console, stage_index=index, callbacks=callbacks)
         run.trainer.load_state(state)
         run.folder.log(f"resumed {run.trainer.stage_title()}at step {run.trainer.step}")
         return run
