@@ -129,4 +129,6 @@ def test_edit_image(sd1: Path, mug_scene: Path, tmp_path: Path, capsys: pytest.C
     image = mug_scene / "images" / "frame_00000.png"
     assert main(["edit-image", str(image), "--source", "a red mug", "--target", "a blue mug", *_sd(sd1), "--steps", "2",
                  "--device", "cpu", "--out", str(tmp_path)]) == 0, capsys.readouterr().err
-    assert (_run_dir(capsys) / "edited.png").exists()
+    from threedistill.export.images import read_image
+
+    assert read_image(_run_dir(capsys) / "edited.png").shape == read_image(image).shape, "the input's size"

@@ -188,14 +188,14 @@ def cmd_edit_image(argv: list[str]) -> int:
         result = edit_image(prior, guidance, image, emb_src, emb_tgt, cfg.steps, args.lr,
                             on_step=lambda step, g: progress.update(task, advance=1, loss=g))
     seconds = time.perf_counter() - start
-    save_image(out_dir / "source.png", result.source[0])
-    edited = save_image(out_dir / "edited.png", result.edited[0])
-    save_image(out_dir / "comparison.png", image_grid(torch.cat([result.source, result.edited]), nrow=2))
+    save_image(out_dir / "source.png", image)
+    edited = save_image(out_dir / "edited.png", result.full[0])  # the input's size (guidance/image_edit.py)
+    save_image(out_dir / "comparison.png", image_grid(torch.stack([image, result.full[0]]), nrow=2))
     summary = {"image": str(args.image), "source": args.source, "target": args.target, "prior": names.prior,
                "steps": cfg.steps, "lr": args.lr, "seed": cfg.seed, "seconds": round(seconds, 2)}
     if truth is not None:
         summary.update(truth=str(args.truth), **{f"{key}_psnr": round(psnr_to(truth, result_image), 3)
-                                                 for key, result_image in (("source", result.source), ("edited", result.edited))})
+                                                 for key, result_image in (("source", image[None]), ("edited", result.full))})
     atomic_write_text(out_dir / "edit.json", json.dumps(summary, indent=2) + "\n")
     console.print(f"[green]done[/] in {seconds:.1f} s; edited image: {edited}")
     print(out_dir)
