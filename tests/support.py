@@ -265,3 +265,84 @@ def build_tiny_t2v(path: Path | str) -> Path:
     path = Path(path)
     build_tiny_t2v_pipeline(path).save_pretrained(str(path))
     return path
+
+
+# ---------------------------------------------------------------------- mesh files as other tools write them
+def write_glb(path: Path, primitives: list[dict], textures: tuple = ()) -> Path:
+    """A binary glTF 2.0 file written by hand, as exporters write them: one node per primitive
+    (`translation`/`scale`/`rotation` optional), POSITION, indices, optional COLOR_0 (`color0`,
+    float VEC3/VEC4, or normalised uint16 VEC4 with `color0_uint16` as Blender writes it) and
+    TEXCOORD_0 (`uv`, glTF's v-down convention), a material with `factor` (baseColorFactor) and/or
+    `texture` (an index into `textures`, RGB uint8 arrays stored as PNG)."""
+    import json
+    import struct
+
+    import imageio.v3 as iio
+    import numpy as np
+
+    blob = bytearray()
+    views: list[dict] = []
+    accessors: list[dict] = []
+
+    def view(data: bytes, target: Optional[int] = None) -> int:
+        blob.extend(b"\0" * (-len(blob) % 4))
+        views.append({"buffer": 0, "byteOffset": len(blob), "byteLength": len(data), **({"target": target} if target else {})})
+        blob.extend(data)
+        return len(views) - 1
+
+    def accessor(array: "np.ndarray", kind: str, component: int, target: int, bounds: bool = False, normalized: bool = False) -> int:
+        entry = {"bufferView": view(np.ascontiguousarray(array).tobytes(), target), "componentType": component,
+                 "count": int(array.shape[0]), "type": kind, **({"normalized": True} if normalized else {})}
+        if bounds:
+            entry.update(min=array.min(0).tolist(), max=array.max(0).tolist())
+        accessors.append(entry)
+        return len(accessors) - 1
+
+    images = [{"bufferView": view(iio.imwrite("<bytes>", t, extension=".png")), "mimeType": "image/png"} for t in textures]
+    meshes, nodes, materials = [], [], []
+    for p in primitives:
+        attributes = {"POSITION": accessor(np.asarray(p["vertices"], np.float32), "VEC3", 5126, 34962, bounds=True)}
+        if p.get("color0") is not None:
+            colour = np.asarray(p["color0"], np.float32)
+            kind = "VEC4" if colour.shape[1] == 4 else "VEC3"
+            if p.get("color0_uint16"):
+                attributes["COLOR_0"] = accessor(np.round(colour * 65535).astype(np.uint16), kind, 5123, 34962, normalized=True)
+            else:
+                attributes["COLOR_0"] = accessor(colour, kind, 5126, 34962)
+        if p.get("uv") is not None:
+            attributes["TEXCOORD_0"] = accessor(np.asarray(p["uv"], np.float32), "VEC2", 5126, 34962)
+        primitive = {"attributes": attributes,
+                     "indices": accessor(np.asarray(p["faces"], np.uint32).reshape(-1), "SCALAR", 5125, 34963)}
+        if p.get("material") is not None:
+            m = p["material"]
+            pbr = {**({"baseColorFactor": [float(x) for x in m["factor"]]} if "factor" in m else {}),
+                   **({"baseColorTexture": {"index": m["texture"]}} if "texture" in m else {})}
+            materials.append({"pbrMetallicRoughness": pbr})
+            primitive["material"] = len(materials) - 1
+        meshes.append({"primitives": [primitive]})
+        nodes.append({"mesh": len(meshes) - 1, **{k: [float(x) for x in p[k]] for k in ("translation", "scale", "rotation") if k in p}})
+    gltf: dict = {"asset": {"version": "2.0", "generator": "threedistill tests"}, "scene": 0,
+                  "scenes": [{"nodes": list(range(len(nodes)))}], "nodes": nodes, "meshes": meshes, "accessors": accessors,
+                  "bufferViews": views, "buffers": [{"byteLength": len(blob) + (-len(blob) % 4)}]}
+    if materials:
+        gltf["materials"] = materials
+    if images:
+        gltf.update(images=images, samplers=[{"magFilter": 9728, "minFilter": 9728}],
+                    textures=[{"source": i, "sampler": 0} for i in range(len(images))])
+    text = json.dumps(gltf).encode()
+    text += b" " * (-len(text) % 4)
+    blob.extend(b"\0" * (-len(blob) % 4))
+    size = 12 + 8 + len(text) + 8 + len(blob)
+    path.write_bytes(struct.pack("<III", 0x46546C67, 2, size) + struct.pack("<II", len(text), 0x4E4F534A) + text
+                     + struct.pack("<II", len(blob), 0x004E4942) + bytes(blob))
+    return path
+
+
+def two_colour_texture(size: int = 16) -> "np.ndarray":
+    """An RGB texture, red on its left half and blue on its right half (uint8 [size, size, 3])."""
+    import numpy as np
+
+    texture = np.zeros((size, size, 3), np.uint8)
+    texture[:, : size // 2] = (255, 0, 0)
+    texture[:, size // 2:] = (0, 0, 255)
+    return texture
