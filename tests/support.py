@@ -48,6 +48,20 @@ TINY_FLAGS = [
 ]
 
 
+def tiny_kind_flags(kind: str) -> list[str]:
+    """The flags of a tiny NeRF, mesh or 4D (bouncing ball, 3 frames) run exporting mesh.glb (TINY_FLAGS, adapted)."""
+    common = ["--log.export-formats", "glb", "--mesh.resolution", "32"]
+    if kind == "4d":
+        return [*TINY_FLAGS, "--dynamic", "--prompt", "a bouncing ball", "--prior.frames", "3", "--prior.resolution", "16",
+                "--prior.num-references", "12", "--prior.uncond-references-per-object", "2", *common]
+    base = [f for i, f in enumerate(TINY_FLAGS) if "num-points" not in f and "num-points" not in TINY_FLAGS[i - 1]]
+    if kind == "nerf":
+        return [*base, "--representation", "nerf", *[f"--representation.{k.replace('_', '-')}={v}" for k, v in SMALL_NERF.items()], *common]
+    if kind == "mesh":
+        return [*base, "--representation", "mesh", "--representation.init-subdivisions", "2", *common]
+    raise ValueError(kind)
+
+
 def tiny_run_kwargs() -> dict[str, object]:
     """TINY_FLAGS as `td.run` keywords (sections as mappings, dotted keys), with every export format
     but obj (its texture bake is slow) and the metrics logged every step."""
@@ -346,3 +360,94 @@ def two_colour_texture(size: int = 16) -> "np.ndarray":
     texture[:, : size // 2] = (255, 0, 0)
     texture[:, size // 2:] = (0, 0, 255)
     return texture
+
+
+# ---------------------------------------------------------------------- real clients: a browser, node
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--use-angle=swiftshader", "--enable-unsafe-swiftshader"]
+"""Headless Debian chromium with WebGL on SwiftShader (no GPU), nothing fetched from the network."""
+NODE_PROJECT = Path(__file__).resolve().parent / "clients"
+"""tests/clients: package.json + package-lock.json of the npm clients (`npm ci` there; .ci/run does it)."""
+
+
+def require_client(available: bool, what: str) -> None:
+    """Skip a test whose external client is not installed, except where THREEDISTILL_REQUIRE_CLIENTS=1
+    (.ci/run sets it, so CI fails instead of skipping)."""
+    import pytest
+
+    if available:
+        return
+    if os.environ.get("THREEDISTILL_REQUIRE_CLIENTS") == "1":
+        pytest.fail(f"{what} is not installed (THREEDISTILL_REQUIRE_CLIENTS=1); run .ci/run's set-up")
+    pytest.skip(f"{what} is not installed")
+
+
+def browser_page(width: int = 1000, height: int = 700):
+    """A context manager yielding a playwright page in headless chromium (CHROMIUM_FLAGS, a fresh
+    profile); skipped (or failed, see require_client) without chromium and playwright."""
+    import contextlib
+    import importlib.util
+    import tempfile
+
+    require_client(CHROMIUM.exists() and importlib.util.find_spec("playwright") is not None, "chromium + playwright")
+
+    @contextlib.contextmanager
+    def page():
+        from playwright.sync_api import sync_playwright
+
+        with tempfile.TemporaryDirectory() as profile, sync_playwright() as p:
+            browser = p.chromium.launch_persistent_context(profile, executable_path=str(CHROMIUM), headless=True,
+                                                           args=CHROMIUM_FLAGS, viewport={"width": width, "height": height})
+            try:
+                yield browser.pages[0] if browser.pages else browser.new_page()
+            finally:
+                browser.close()
+    return page()
+
+
+class CliProcess:
+    """A `threedistill` command running in the background; stderr is drained on a thread (so the
+    process never blocks on a full pipe) and searched for the viewer's URL."""
+
+    def __init__(self, *args: str, cwd: Optional[Path] = None) -> None:
+        import threading
+
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen([sys.executable, "-m", "threedistill.cli", *args], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, cwd=cwd, env=env)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stderr or []), daemon=True)
+        self._reader.start()
+
+    def url(self, timeout: float = 120.0) -> str:
+        import re
+        import time
+
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            for line in list(self.lines):
+                found = re.search(r"viewer: (http://127\.0\.0\.1:\d+)", line)
+                if found:
+                    return found.group(1)
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise AssertionError("the viewer did not start:\n" + "".join(self.lines))
+
+    def finish(self, timeout: float = 120.0) -> tuple[int, str, str]:
+        """Wait for the exit: (code, stdout, stderr)."""
+        out, _ = self.proc.communicate(timeout=timeout)
+        self._reader.join(timeout=5)
+        return self.proc.returncode, out, "".join(self.lines)
+
+    def interrupt(self) -> None:
+        import signal
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)

@@ -31,7 +31,7 @@ from ..export.extract import MeshExportConfig, extract_mesh
 from ..export.images import image_grid, to_uint8
 from .options import ViewerOptions
 from .scene import AssetScene, splat_arrays
-from .server import start_server
+from .server import start_server, stop_server
 
 if TYPE_CHECKING:
     from ..engine.loop import StageTrainer
@@ -68,6 +68,7 @@ class LiveViewer(LoopCallback):
         self.resume_button = gui.add_button("Resume", visible=False)
         self.save_button = gui.add_button("Save checkpoint")
         self.stop_button = gui.add_button("Stop")
+        self.show_cameras = gui.add_checkbox("Show cameras", initial_value=True)
         self.time_slider = gui.add_slider("Time", min=0.0, max=1.0, step=0.01, initial_value=0.0, visible=False)
         self.terms = gui.add_markdown("")
         blank = np.full((8, 8, 3), 255, np.uint8)
@@ -77,6 +78,7 @@ class LiveViewer(LoopCallback):
         self.resume_button.on_click(lambda _: self._set_paused(False))
         self.save_button.on_click(lambda _: self._command("save"))
         self.stop_button.on_click(lambda _: self._command("stop"))
+        self.show_cameras.on_update(lambda _: None if self.show_cameras.value else self.asset.hide_cameras())
 
     def _set_paused(self, paused: bool) -> None:
         (self._paused.set if paused else self._paused.clear)()
@@ -126,7 +128,7 @@ class LiveViewer(LoopCallback):
 
     def close(self) -> None:
         self._paused.clear()
-        self.server.stop()
+        stop_server(self.server)
 
     # ------------------------------------------------------------------ work on the loop thread
     def _run_commands(self, trainer: "StageTrainer") -> None:
@@ -167,8 +169,9 @@ class LiveViewer(LoopCallback):
         if trainer.last_preview is not None:
             self.x0_image.image = image_grid(trainer.last_preview())
             self.x0_image.visible = True
-        shown = min(len(cams), MAX_FRUSTUMS)
-        self.asset.show_cameras(cams[:shown], list(to_uint8(render[:shown])))
+        if self.show_cameras.value:
+            shown = min(len(cams), MAX_FRUSTUMS)
+            self.asset.show_cameras(cams[:shown], list(to_uint8(render[:shown])))
 
     def _send_asset(self, trainer: "StageTrainer") -> None:
         members = trainer.representation.members()

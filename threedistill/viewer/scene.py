@@ -101,7 +101,7 @@ class AssetScene:
     def show_cameras(self, cams: Cameras, images: Optional[Sequence[np.ndarray]] = None, name: str = "/cameras",
                      colour: tuple[int, int, int] = (220, 120, 40)) -> None:
         """One frustum per camera (its render inside it when `images` are given); replaces the previous set."""
-        self.scene.remove_by_name(name)
+        self.hide_cameras(name)
         c2w = cams.c2w.detach().cpu().numpy()
         fov = cams.fov_y.detach().cpu().numpy()
         for i in range(len(cams)):
@@ -109,3 +109,6 @@ class AssetScene:
             self.scene.add_camera_frustum(f"{name}/{i}", fov=float(fov[i]), aspect=cams.width / cams.height, scale=0.15,
                                           color=colour, wxyz=wxyz, position=position,
                                           image=None if images is None else images[i])
+
+    def hide_cameras(self, name: str = "/cameras") -> None:
+        self.scene.remove_by_name(name)

@@ -3,6 +3,8 @@ asked otherwise (the caller warns about another host), the URL printed, our init
 
 from __future__ import annotations
 
+import contextlib
+import io
 from typing import Any
 
 from rich.console import Console
@@ -20,8 +22,9 @@ def start_server(options: ViewerOptions, console: Console, title: str) -> Any:
     """A running `viser.ViserServer` on options.host:options.port (the next free port if taken)."""
     options.check()
     viser = check_installed()
-    server = viser.ViserServer(host=options.host, port=options.port, label=title, verbose=False)
-    server.initial_camera.position = (2.8, 0.9, 1.2)
+    with contextlib.redirect_stdout(io.StringIO()):  # viser's banner: stdout is for our output
+        server = viser.ViserServer(host=options.host, port=options.port, label=title, verbose=False)
+    server.initial_camera.position = (4.2, 1.4, 2.0)
     server.initial_camera.look_at = (0.0, 0.0, 0.0)
     server.initial_camera.up = (0.0, 0.0, 1.0)
     console.print(f"viewer: {viewer_url(options.host, server.get_port())}")
@@ -31,3 +34,9 @@ def start_server(options: ViewerOptions, console: Console, title: str) -> Any:
 def viewer_url(host: str, port: int) -> str:
     shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     return f"http://{shown}:{port}"
+
+
+def stop_server(server: Any) -> None:
+    """Stop it (viser's goodbye line kept off stdout: stop() joins the thread that prints it)."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        server.stop()

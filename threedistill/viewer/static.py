@@ -29,7 +29,7 @@ from ..core.geometry import SurfaceMesh
 from ..export.extract import MeshExportConfig
 from .options import ViewerOptions
 from .scene import AssetScene, SplatArrays, splat_arrays
-from .server import check_installed, start_server
+from .server import check_installed, start_server, stop_server
 
 Drawing = Union[SplatArrays, SurfaceMesh, tuple[np.ndarray, np.ndarray, np.ndarray]]
 """What one member is drawn as: splats, a surface mesh, or (vertices, faces, face colours)."""
@@ -161,7 +161,9 @@ def serve_path(path: Path, options: ViewerOptions, console: Console) -> None:
         server.gui.add_markdown(f"**{viewable.title}**")
         draw(scene, viewable, 0.0)
         if viewable.cameras is not None:
-            scene.show_cameras(viewable.cameras, colour=(120, 120, 120))
+            cameras, toggle = viewable.cameras, server.gui.add_checkbox("Show cameras", initial_value=True)
+            scene.show_cameras(cameras, colour=(120, 120, 120))
+            toggle.on_update(lambda _: scene.show_cameras(cameras, colour=(120, 120, 120)) if toggle.value else scene.hide_cameras())
         slider: Any = None
         play: Any = None
         if viewable.dynamic:
@@ -178,4 +180,4 @@ def serve_path(path: Path, options: ViewerOptions, console: Console) -> None:
     except KeyboardInterrupt:
         pass
     finally:
-        server.stop()
+        stop_server(server)
