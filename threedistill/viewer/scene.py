@@ -76,6 +76,11 @@ class AssetScene:
         self.root = root
         self._kinds: dict[int, str] = {}
 
+    @property
+    def kinds(self) -> dict[int, str]:
+        """What each member is drawn as now: "splats" or "mesh"."""
+        return dict(self._kinds)
+
     def _name(self, index: int, kind: str) -> str:
         previous = self._kinds.get(index)
         if previous is not None and previous != kind:  # a member changed from splats to a mesh (a mesh stage)
