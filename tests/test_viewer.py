@@ -5,6 +5,7 @@ on screen."""
 
 from __future__ import annotations
 
+import io
 import re
 import time
 from pathlib import Path
@@ -57,7 +58,21 @@ def test_view_reads_run_folders_splats_and_meshes(finished_run: Path, made_run, 
 def test_viewer_flags_are_checked_before_work(tmp_path: Path) -> None:
     assert_one_line_error(run_cli("view", str(tmp_path / "nope")), "nothing to view")
     assert_one_line_error(run_cli("run", *TINY_FLAGS, "--viewer.port", "70000", "--out", str(tmp_path)), "--viewer.port")
+    assert_one_line_error(run_cli("view", str(tmp_path), "--port", "99999"), "--viewer.port")
     assert not any(tmp_path.iterdir())
+
+
+def test_a_host_other_than_loopback_is_warned_about() -> None:
+    from rich.console import Console
+
+    from threedistill.viewer.server import start_server, stop_server
+
+    for host, warned in (("127.0.0.1", False), ("127.0.0.2", True)):  # both on this machine; only the first is the default
+        console = Console(record=True, width=200, file=io.StringIO())
+        server = start_server(ViewerOptions(host=host, port=0), console, "test")
+        stop_server(server)
+        text = console.export_text()
+        assert (f"the viewer listens on {host}" in text) == warned and f"viewer: http://{host}:" in text
 
 
 def _canvas_pixels(page) -> np.ndarray:

@@ -45,8 +45,8 @@ def _finished(result: "Run") -> int:
 
 def viewer_flags(argv: list[str]) -> tuple["Viewer", list[str]]:
     """Split the session's viewer flags (--viewer, --viewer.host/port/update-every/mesh-resolution) off a
-    command's flags; any --viewer.* flag turns the viewer on. A host other than loopback is warned about."""
-    from .viewer.options import LOOPBACK, ViewerOptions
+    command's flags; any --viewer.* flag turns the viewer on."""
+    from .viewer.options import ViewerOptions
 
     defaults = ViewerOptions()
     p = OneLineParser(prog="threedistill run", add_help=False, allow_abbrev=False)
@@ -61,9 +61,6 @@ def viewer_flags(argv: list[str]) -> tuple["Viewer", list[str]]:
         return False, rest
     options = ViewerOptions(**{**vars(defaults), **given})
     options.check()
-    if options.host != LOOPBACK:
-        print(f"warning: the viewer listens on {options.host}, not only on this machine: anyone who can reach that "
-              "address can see and stop the run", file=sys.stderr)
     return options, rest
 
 
@@ -125,9 +122,7 @@ def cmd_view(argv: list[str]) -> int:
     p.add_argument("--port", type=int, default=ViewerOptions.port)
     p.add_argument("--host", default=ViewerOptions.host, help="address to bind (default loopback; others are warned about)")
     args = p.parse_args(argv)
-    options, _ = viewer_flags(["--viewer.host", args.host, "--viewer.port", str(args.port)])
-    assert not isinstance(options, bool)
-    serve_path(args.path, options, _console())
+    serve_path(args.path, ViewerOptions(host=args.host, port=args.port), _console())
     return 0
 
 

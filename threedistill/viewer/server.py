@@ -1,5 +1,5 @@
 """Starting the viser server: the [viewer] extra checked with a one-line error, loopback unless
-asked otherwise (the caller warns about another host), the URL printed, our initial camera."""
+asked otherwise (another host is warned about), the URL printed, our initial camera."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import Console
 
 from ..core.extras import require
-from .options import ViewerOptions
+from .options import LOOPBACK, ViewerOptions
 
 
 def check_installed() -> Any:
@@ -22,6 +22,9 @@ def start_server(options: ViewerOptions, console: Console, title: str) -> Any:
     """A running `viser.ViserServer` on options.host:options.port (the next free port if taken)."""
     options.check()
     viser = check_installed()
+    if options.host != LOOPBACK:
+        console.print(f"[yellow]warning:[/] the viewer listens on {options.host}, not only on this machine: anyone who can "
+                      "reach that address can watch and stop the run")
     with contextlib.redirect_stdout(io.StringIO()):  # viser's banner: stdout is for our output
         server = viser.ViserServer(host=options.host, port=options.port, label=title, verbose=False)
     server.initial_camera.position = (4.2, 1.4, 2.0)

@@ -153,6 +153,7 @@ def draw(scene: AssetScene, viewable: Viewable, time_value: float) -> None:
 
 def serve_path(path: Path, options: ViewerOptions, console: Console) -> None:
     """Read `path`, serve it and block until Ctrl-C."""
+    options.check()
     check_installed()
     viewable = read_viewable(path, options)
     server = start_server(options, console, "threedistill view")
