@@ -20,7 +20,7 @@ from threedistill.viewer.static import read_viewable
 
 def test_api_viewer_and_tensorboard_on_stable_diffusion(tiny_sd: dict[str, Path], tmp_path: Path) -> None:
     model = shutil.copytree(tiny_sd["sd1"], tmp_path / "model")
-    viewer = LiveViewer(td.ViewerOptions(port=0, update_every=1), Console(quiet=True))
+    viewer = LiveViewer(td.ViewerOptions(port=0, update_every=1, budget=1.0), Console(quiet=True))  # every update
     try:
         run = td.run(prompt="a red mug", prior={"name": "sd", "model": str(model)}, guidance="sds", steps=2, device="cpu",
                      out=tmp_path / "runs", progress=False, callbacks=[viewer], representation={"num_points": 300},
@@ -41,7 +41,7 @@ def test_api_viewer_and_tensorboard_on_stable_diffusion(tiny_sd: dict[str, Path]
 
 
 def test_live_viewer_follows_a_staged_run_from_splats_to_a_mesh(tmp_path: Path) -> None:
-    viewer = LiveViewer(td.ViewerOptions(port=0, update_every=1, mesh_resolution=16), Console(quiet=True))
+    viewer = LiveViewer(td.ViewerOptions(port=0, update_every=1, mesh_resolution=16, budget=1.0), Console(quiet=True))
     seen: list[dict[int, str]] = []
 
     class Watch(td.LoopCallback):

@@ -3,6 +3,7 @@ with TensorBoard's own reader; and the one-line error naming the extra when a de
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ def test_tensorboard_scalars_previews_and_turntable(finished_run: Path) -> None:
     tags = events.Tags()
     assert {"train/loss", "train/t_mean", "train/num_points", "eval/mask_iou", "eval/psnr"} <= set(tags["scalars"])
     assert [e.step for e in events.Scalars("train/loss")] == list(range(1, 7))
-    assert abs(events.Scalars("eval/mask_iou")[0].value - __import__("json").loads((finished_run / "metrics.json").read_text())["mask_iou"]) < 1e-5
+    assert abs(events.Scalars("eval/mask_iou")[0].value - json.loads((finished_run / "metrics.json").read_text())["mask_iou"]) < 1e-5
     previews = events.Images("previews")
     assert [p.step for p in previews] == [3, 6] and previews[0].encoded_image_string.startswith(b"\x89PNG")
     turntable = events.Images("turntable")

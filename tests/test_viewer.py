@@ -59,6 +59,9 @@ def test_viewer_flags_are_checked_before_work(tmp_path: Path) -> None:
     assert_one_line_error(run_cli("view", str(tmp_path / "nope")), "nothing to view")
     assert_one_line_error(run_cli("run", *TINY_FLAGS, "--viewer.port", "70000", "--out", str(tmp_path)), "--viewer.port")
     assert_one_line_error(run_cli("view", str(tmp_path), "--port", "99999"), "--viewer.port")
+    bad_plan = run_cli("run", *TINY_FLAGS, "--viewer", "--viewer.port", "0", "--prior.mesh", str(tmp_path / "nope.glb"),
+                       "--out", str(tmp_path))
+    assert_one_line_error(bad_plan, "mesh file not found")  # the plan is checked before the viewer starts
     assert not any(tmp_path.iterdir())
 
 
@@ -109,7 +112,8 @@ def test_view_renders_the_splats_in_chromium(finished_run: Path) -> None:
 def test_live_viewer_follows_pauses_resumes_saves_and_stops_the_run(tmp_path: Path) -> None:
     flags = [f for i, f in enumerate(TINY_FLAGS) if f != "--steps" and TINY_FLAGS[i - 1] != "--steps"]
     run = CliProcess("run", *flags, "--steps", "100000", "--representation.num-points", "600", "--log.checkpoint-every", "0",
-                     "--log.preview-every", "0", "--out", str(tmp_path), "--viewer", "--viewer.port", "0", "--viewer.update-every", "3")
+                     "--log.preview-every", "0", "--out", str(tmp_path), "--viewer", "--viewer.port", "0", "--viewer.update-every", "3",
+                     "--viewer.budget", "0.3")  # a busy test machine: keep the updates coming
     try:
         with browser_page() as page:
             page.goto(run.url())

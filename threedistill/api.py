@@ -165,9 +165,11 @@ def run_plan(plan: list["Stage"], *, viewer: Viewer = False, callbacks: Sequence
     and train it to the end: what `td.run`, `threedistill run`, `edit` and `animate` share.
     `discard` is called when the run fails before its first step (to remove what the caller prepared)."""
     from .engine.run import Run as EngineRun
+    from .engine.validate import validate_plan
 
     console = console or Console(stderr=True)
-    try:
+    try:  # the plan, then the watchers (the viewer prints its address): bad input is one line
+        validate_plan(plan, start.name if start is not None else None)
         watchers = session_callbacks(plan, viewer, console)
     except BaseException:
         if discard is not None:
@@ -175,7 +177,7 @@ def run_plan(plan: list["Stage"], *, viewer: Viewer = False, callbacks: Sequence
         raise
     try:
         try:
-            engine_run = EngineRun.start(plan, console, start, run_dir, callbacks=[*callbacks, *watchers])
+            engine_run = EngineRun.start(plan, console, start, run_dir, callbacks=[*callbacks, *watchers], validated=True)
         except BaseException:
             if discard is not None:
                 discard()
@@ -194,13 +196,14 @@ def resume(run_dir: Union[str, Path], checkpoint: Union[str, Path, None] = None,
     """Continue a run from its last checkpoint (or `checkpoint`, a step-NNNNNN.pt) to the end."""
     from .engine.load import read_run
     from .engine.run import Run as EngineRun
+    from .engine.validate import validate_plan
 
     console = console or Console(stderr=True)
-    plan = read_run(run_dir, Path(checkpoint) if checkpoint else None)[0]
+    plan, state, index = read_run(run_dir, Path(checkpoint) if checkpoint else None)
+    validate_plan(plan, None, first=index)
     watchers = session_callbacks(plan, viewer, console)
     try:
-        engine_run = EngineRun.resume(Path(run_dir), console, Path(checkpoint) if checkpoint else None,
-                                      callbacks=[*callbacks, *watchers])
+        engine_run = EngineRun.from_checkpoint(Path(run_dir), plan, state, index, console, callbacks=[*callbacks, *watchers])
         trainer = engine_run.trainer
         console.print(f"resuming {run_dir} at step {trainer.step}/{trainer.cfg.steps}")
         return train(engine_run, console)

@@ -44,7 +44,7 @@ def _finished(result: "Run") -> int:
 
 
 def viewer_flags(argv: list[str]) -> tuple["Viewer", list[str]]:
-    """Split the session's viewer flags (--viewer, --viewer.host/port/update-every/mesh-resolution) off a
+    """Split the session's viewer flags (--viewer, --viewer.host/port/update-every/mesh-resolution/budget) off a
     command's flags; any --viewer.* flag turns the viewer on."""
     from .viewer.options import ViewerOptions
 
@@ -55,6 +55,7 @@ def viewer_flags(argv: list[str]) -> tuple["Viewer", list[str]]:
     p.add_argument("--viewer.port", dest="port", type=int, default=None)
     p.add_argument("--viewer.update-every", dest="update_every", type=int, default=None)
     p.add_argument("--viewer.mesh-resolution", dest="mesh_resolution", type=int, default=None)
+    p.add_argument("--viewer.budget", dest="budget", type=float, default=None)
     args, rest = p.parse_known_args(argv)
     given = {k: v for k, v in vars(args).items() if k != "viewer" and v is not None}
     if not (args.viewer or given):
@@ -65,7 +66,8 @@ def viewer_flags(argv: list[str]) -> tuple["Viewer", list[str]]:
 
 
 VIEWER_HELP = ("--viewer serves a live web viewer of the run (pip extra [viewer]); --viewer.host (default 127.0.0.1), "
-               "--viewer.port (8080), --viewer.update-every (10 steps), --viewer.mesh-resolution (48).")
+               "--viewer.port (8080), --viewer.update-every (10 steps), --viewer.mesh-resolution (48), --viewer.budget (0.03: the "
+               "largest share of the loop's time the viewer's updates may take).")
 
 
 def cmd_run(argv: list[str]) -> int:

@@ -40,11 +40,12 @@ class Run:
 
     @classmethod
     def start(cls, plan: list[Stage], console: Optional[Console] = None, start: Optional[PreviousAsset] = None,
-              run_dir: Optional[Path] = None, callbacks: Sequence[LoopCallback] = ()) -> "Run":
-        """Validate `plan`, make a new run folder under the first stage's `out` (unless `run_dir` is
-        given), build the first stage and save config.yaml; a failure before training leaves no
-        empty folder behind."""
-        validate_plan(plan, start.name if start is not None else None)
+              run_dir: Optional[Path] = None, callbacks: Sequence[LoopCallback] = (), validated: bool = False) -> "Run":
+        """Validate `plan` (unless the caller just did: `validated`), make a new run folder under the
+        first stage's `out` (unless `run_dir` is given), build the first stage and save config.yaml;
+        a failure before training leaves no empty folder behind."""
+        if not validated:
+            validate_plan(plan, start.name if start is not None else None)
         first = plan[0]
         if run_dir is None:
             representations = "-".join(dict.fromkeys(stage.names.representation for stage in plan))
@@ -61,9 +62,14 @@ class Run:
     def resume(cls, run_dir: Path, console: Optional[Console] = None, checkpoint: Optional[Path] = None,
                callbacks: Sequence[LoopCallback] = ()) -> "Run":
         """Rebuild a run from its config.yaml and last.pt (or the given checkpoint)."""
-        run_dir = Path(run_dir)
         plan, state, index = read_run(run_dir, checkpoint)
         validate_plan(plan, None, first=index)
+        return cls.from_checkpoint(Path(run_dir), plan, state, index, console, callbacks)
+
+    @classmethod
+    def from_checkpoint(cls, run_dir: Path, plan: list[Stage], state: dict[str, Any], index: int,
+                        console: Optional[Console] = None, callbacks: Sequence[LoopCallback] = ()) -> "Run":
+        """The run of a checkpoint already read (`read_run`) and validated, at the step it holds."""
         run = cls(plan, run_dir, console, stage_index=index, callbacks=callbacks)
         run.trainer.load_state(state)
         run.folder.log(f"resumed {run.trainer.stage_title()}at step {run.trainer.step}")

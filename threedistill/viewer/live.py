@@ -9,7 +9,7 @@ training cameras as frustums; its Pause / Resume / Save checkpoint / Stop button
 Costs: when off, nothing (no callback is registered). When on, the loop thread does the work,
 between steps, so it always sees a consistent asset: the status line is refreshed at most 10
 times a second, and the asset, views and frustums every `update_every` steps, skipped while the
-time spent on them exceeds `BUDGET` of the loop's time so far (tools/bench_viewer.py measures it).
+time spent on them exceeds `options.budget` (3 %) of the loop's time so far (tools/bench_viewer.py measures it).
 Buttons only set flags on viser's threads; the loop thread acts on them at the next step.
 """
 
@@ -37,8 +37,6 @@ if TYPE_CHECKING:
     from ..engine.loop import StageTrainer
     from ..representations.base import Representation
 
-BUDGET = 0.03
-"""Largest share of the loop's wall time the asset and image updates may take."""
 STATUS_PERIOD = 0.1
 """Seconds between refreshes of the status line."""
 MAX_FRUSTUMS = 8
@@ -96,7 +94,7 @@ class LiveViewer(LoopCallback):
 
     # ------------------------------------------------------------------ the loop's hooks
     def on_stage_start(self, trainer: "StageTrainer") -> None:
-        self._loop_started = time.perf_counter() - self._spent / BUDGET  # keeps the budget across stages
+        self._loop_started = time.perf_counter() - self._spent / self.options.budget  # keeps the budget across stages
         self.time_slider.visible = trainer.representation.is_dynamic
         self._show_status(trainer, {}, "training")
         self._timed(self._send_asset, trainer)
@@ -107,7 +105,7 @@ class LiveViewer(LoopCallback):
         if now - self._last_status >= STATUS_PERIOD or trainer.step == trainer.cfg.steps:
             self._show_status(trainer, logs, "training")
         due = trainer.step % self.options.update_every == 0
-        if due and self._spent <= BUDGET * (now - self._loop_started):
+        if due and self._spent <= self.options.budget * (now - self._loop_started):
             self._timed(self._send_step, trainer)
         if self.paused and not trainer.stop_requested:
             self._show_status(trainer, logs, "paused")
@@ -116,7 +114,7 @@ class LiveViewer(LoopCallback):
                 self._wake.clear()
                 self._run_commands(trainer)
             self._show_status(trainer, logs, "stopping" if trainer.stop_requested else "training")
-            self._loop_started = time.perf_counter() - self._spent / BUDGET  # a pause is not loop time
+            self._loop_started = time.perf_counter() - self._spent / self.options.budget  # a pause is not loop time
 
     def on_stage_end(self, trainer: "StageTrainer", summary: dict[str, Any]) -> None:
         scores = ", ".join(f"{k} {summary[k]:.3f}" for k in ("mask_iou", "psnr") if k in summary)
