@@ -69,15 +69,17 @@ class Recorder(td.LoopCallback):
 def test_callbacks_watch_stop_and_resume(tmp_path: Path) -> None:
     """A callback sees every step; one that asks to stop ends the run as Ctrl-C does (a checkpoint,
     `interrupted`); td.resume finishes it with the parameters an uninterrupted run reaches."""
+    kwargs = tiny_run_kwargs()
+    kwargs["log"] = {**kwargs["log"], "export_formats": ["splat"]}  # type: ignore[dict-item]
     stopper = Recorder(stop_at=3)
-    run = td.run(prompt="a red cube", out=tmp_path / "a", callbacks=[stopper], **tiny_run_kwargs())
+    run = td.run(prompt="a red cube", out=tmp_path / "a", callbacks=[stopper], **kwargs)
     assert run.interrupted and not run.finished and stopper.steps == [1, 2, 3]
     assert stopper.calls == ["stage_start"], "the caller's callbacks are not closed by the run"
     watcher = Recorder()
     resumed = td.resume(run.run_dir, callbacks=[watcher])
     assert resumed.finished and watcher.steps == [4, 5, 6]
     assert watcher.calls == ["stage_start", "stage_end", "run_end"]
-    whole = td.run(prompt="a red cube", out=tmp_path / "b", **tiny_run_kwargs())
+    whole = td.run(prompt="a red cube", out=tmp_path / "b", **kwargs)
     a, b = td.load(resumed.run_dir).loaded.representation, td.load(whole.run_dir).loaded.representation
     for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
         torch.testing.assert_close(x, y, msg=name, rtol=1e-4, atol=1e-5)

@@ -4,11 +4,12 @@ with TensorBoard's own reader; and the one-line error naming the extra when a de
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
-from support import TINY_FLAGS, assert_one_line_error
+import pytest
+
+from support import TINY_FLAGS
 
 
 def test_tensorboard_scalars_previews_and_turntable(finished_run: Path) -> None:
@@ -26,18 +27,18 @@ def test_tensorboard_scalars_previews_and_turntable(finished_run: Path) -> None:
     assert turntable[0].encoded_image_string == (finished_run / "export" / "turntable.gif").read_bytes()
 
 
-def _cli_without(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """The CLI in a Python where `module` cannot be imported (as if its extra were not installed)."""
-    code = f"import sys; sys.modules[{module!r}] = None; from threedistill.cli import main; sys.exit(main(sys.argv[1:]))"
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+def test_missing_extras_are_one_line_naming_the_extra(tmp_path: Path, finished_run: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    """As if the extras were not installed (their modules cannot be imported): one line naming the
+    extra, exit 2, and no run folder."""
+    from threedistill.cli import main
 
-
-def test_missing_extras_are_one_line_naming_the_extra(tmp_path: Path, finished_run: Path) -> None:
-    proc = _cli_without("tensorboard", "run", *TINY_FLAGS, "--log.tensorboard", "--out", str(tmp_path / "out"), cwd=tmp_path)
-    assert_one_line_error(proc, "--log.tensorboard", "pip install 'threedistill[tensorboard]'")
-    assert not (tmp_path / "out").exists(), "no run folder: the error comes before any work"
-    proc = _cli_without("viser", "view", str(finished_run), cwd=tmp_path)
-    assert_one_line_error(proc, "the viewer", "pip install 'threedistill[viewer]'")
-    proc = _cli_without("viser", "run", *TINY_FLAGS, "--viewer", "--out", str(tmp_path / "out"), cwd=tmp_path)
-    assert_one_line_error(proc, "the viewer", "pip install 'threedistill[viewer]'")
-    assert not (tmp_path / "out").exists()
+    monkeypatch.setitem(sys.modules, "tensorboard", None)
+    monkeypatch.setitem(sys.modules, "viser", None)
+    for argv, needle in ((["run", *TINY_FLAGS, "--log.tensorboard"], "--log.tensorboard needs the optional package 'tensorboard'"),
+                         (["run", *TINY_FLAGS, "--viewer"], "the viewer needs the optional package 'viser'"),
+                         (["view", str(finished_run)], "the viewer needs the optional package 'viser'")):
+        assert main([*argv, "--out", str(tmp_path / "out")] if argv[0] == "run" else argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and needle in err and "pip install 'threedistill[" in err, err
+    assert not (tmp_path / "out").exists(), "the errors come before any work"
