@@ -436,9 +436,11 @@ class CliProcess:
         raise AssertionError("the viewer did not start:\n" + "".join(self.lines))
 
     def finish(self, timeout: float = 120.0) -> tuple[int, str, str]:
-        """Wait for the exit: (code, stdout, stderr)."""
-        out, _ = self.proc.communicate(timeout=timeout)
-        self._reader.join(timeout=5)
+        """Wait for the exit: (code, stdout, stderr). (Not communicate(): it would read stderr too, taking
+        lines from the thread that drains it.)"""
+        self.proc.wait(timeout=timeout)  # stdout holds a line or two: no pipe fills up meanwhile
+        out = self.proc.stdout.read() if self.proc.stdout is not None else ""
+        self._reader.join(timeout=60)  # the rest of stderr (a busy machine can starve this thread)
         return self.proc.returncode, out, "".join(self.lines)
 
     def interrupt(self) -> None:
