@@ -56,3 +56,15 @@ def test_live_viewer_follows_a_staged_run_from_splats_to_a_mesh(tmp_path: Path) 
         viewer.close()
     assert run.finished
     assert seen[0] == {0: "splats"} and seen[-1] == {0: "mesh"}, "the Gaussians stage, then the mesh stage"
+
+
+def test_live_viewer_draws_a_nerf_as_its_extracted_mesh(tmp_path: Path) -> None:
+    from support import tiny_kind_flags
+
+    viewer = LiveViewer(td.ViewerOptions(port=0, update_every=2, mesh_resolution=16, budget=1.0), Console(quiet=True))
+    try:
+        run = td.run_plan(parse_run_plan([*tiny_kind_flags("nerf"), "--out", str(tmp_path)]), callbacks=[viewer],
+                          console=Console(quiet=True))
+        assert run.finished and viewer.asset.kinds == {0: "mesh"}
+    finally:
+        viewer.close()

@@ -162,3 +162,21 @@ def test_live_viewer_follows_pauses_resumes_saves_and_stops_the_run(tmp_path: Pa
     assert code == 130, err
     assert "threedistill resume" in " ".join(err.split()) and (log.parent / "checkpoints" / "last.pt").exists()
     assert "checkpoint saved from the viewer" in (log.parent / "log.txt").read_text()
+
+
+def test_frustum_poses_and_particles_side_by_side() -> None:
+    """A camera's frustum is drawn with its own rotation (c2w -> wxyz) and position; particles stand in a row."""
+    import torch
+
+    from threedistill.core.cameras import orbit_cameras
+    from threedistill.render.splats_torch import quat_to_rotmat
+    from threedistill.viewer.scene import PARTICLE_SPACING, c2w_pose, member_offset
+
+    n = 7
+    cams = orbit_cameras(torch.linspace(-30, 80, n), torch.linspace(-180, 170, n), torch.full((n,), 2.8), torch.full((n,), 40.0), 8, 8)
+    for c2w in cams.c2w.numpy():
+        wxyz, position = c2w_pose(c2w)
+        np.testing.assert_allclose(quat_to_rotmat(torch.tensor(wxyz)).numpy(), c2w[:3, :3], atol=1e-5)
+        np.testing.assert_allclose(position, c2w[:3, 3], atol=1e-6)
+    row = [member_offset(i, 3) for i in range(3)]
+    assert row == [(0.0, -PARTICLE_SPACING, 0.0), (0.0, 0.0, 0.0), (0.0, PARTICLE_SPACING, 0.0)]
