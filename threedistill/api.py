@@ -168,15 +168,11 @@ def run_plan(plan: list["Stage"], *, viewer: Viewer = False, callbacks: Sequence
     from .engine.validate import validate_plan
 
     console = console or Console(stderr=True)
-    try:  # the plan, then the watchers (the viewer prints its address): bad input is one line
-        validate_plan(plan, start.name if start is not None else None)
-        watchers = session_callbacks(plan, viewer, console)
-    except BaseException:
-        if discard is not None:
-            discard()
-        raise
+    watchers: list[LoopCallback] = []
     try:
-        try:
+        try:  # the plan, then the watchers (the viewer prints its address): bad input stays one line
+            validate_plan(plan, start.name if start is not None else None)
+            watchers = session_callbacks(plan, viewer, console)
             engine_run = EngineRun.start(plan, console, start, run_dir, callbacks=[*callbacks, *watchers], validated=True)
         except BaseException:
             if discard is not None:
