@@ -84,7 +84,8 @@ def test_run_then_export(tmp_path: Path) -> None:
     run = Path(proc.stdout.strip().splitlines()[-1])
     assert (run / "metrics.json").exists()
     (run / "export" / "splats.ply").unlink()
-    proc = run_cli("export", str(run), "--format", "splat")
+    proc = run_cli("export", str(run), "--format", "splat", "glb", "--mesh-resolution", "32")  # a list, as the README writes it
     assert proc.returncode == 0, proc.stderr
-    assert (run / "export" / "splats.ply").exists()
+    assert (run / "export" / "splats.ply").exists() and (run / "export" / "mesh.glb").exists()
+    assert [Path(line).name for line in proc.stdout.split()] == ["splats.ply", "mesh.glb"]
     assert not (run / "checkpoints" / "step-000007.pt").exists(), "export does not train"

@@ -3,7 +3,7 @@
 Its component sections are typed by the contracts' config base classes (`PriorConfig`,
 `ObjectiveConfig`, `RepresentationConfig`); a run's instance holds the chosen components'
 own `Config` subclasses, whose registered names (`--prior toyworld`) are the YAML `name` keys.
-YAML presets (configs/*.yaml) and saved run configs use the same layout:
+YAML presets (threedistill/configs/*.yaml) and saved run configs use the same layout:
 
     prompt: a red mug
     guidance: {name: sds, cfg_scale: 1.0}
@@ -40,7 +40,8 @@ from .representations.base import REPRESENTATIONS, RepresentationConfig
 from .representations.deformation import DeformationConfig
 from .representations.gaussians import GaussiansConfig
 
-CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
+"""The shipped presets (package data: found from a wheel as from a checkout)."""
 COMPONENTS = ("prior", "guidance", "representation")
 
 
@@ -83,6 +84,9 @@ class LogConfig:
     turntable_resolution: int = 256
     eval_views: int = 16
     """Held-out cameras for toyworld metrics."""
+    tensorboard: bool = False
+    """Also log to RUN_DIR/tensorboard: the metrics.jsonl scalars, preview grids and the turntable
+    video (pip extra [tensorboard]; `tensorboard --logdir outputs`)."""
     export_formats: tuple[str, ...] = ("splat", "video", "glb", "ply")
     """Written into export/ when a run finishes: splat, video, glb, obj, ply (obj adds a UV atlas and
     a baked texture: ~40 s on a 2-core CPU; `threedistill export RUN --format obj` makes it later)."""
@@ -139,7 +143,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def resolve_config_path(name_or_path: str) -> Path:
-    """A preset name (configs/NAME.yaml) or a path to a YAML file."""
+    """A preset name (threedistill/configs/NAME.yaml) or a path to a YAML file."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.exists():
