@@ -36,11 +36,9 @@ class GaussiansConfig(RepresentationConfig):
     init_points: Optional[str] = None
     """A .ply point cloud (x,y,z and optional red,green,blue) for init='points'."""
     init_scale: float = 0.04
-    init_opacity_logit: float = -4.0
-    """Initial opacity logit (sigmoid(-4) = 0.018: a faint cloud). A learned prior reads an opaque
-    starting ball as a ball and keeps it (toyworld-sd turns it into a round blob, never a duck);
-    from a faint cloud the shape comes from the prompt. toyworld's exact prior is indifferent
-    (the main job: 0.964 / 26.8 dB from -4, 0.960 / 27.0 from -1)."""
+    init_opacity_logit: float = -1.0
+    """Initial opacity logit. toyworld-sd starts fainter (-4, config.py's PRIOR_DEFAULTS): a learned
+    prior reads an opaque starting ball as a ball and keeps it."""
     sh_degree: int = 0
     """0..3; toyworld is Lambertian under a fixed light, so 0 suffices there."""
     lr_means: float = 5e-3
