@@ -11,17 +11,16 @@ import torch
 from threedistill.core.cameras import Cameras, orbit_cameras
 from threedistill.core.errors import UserError
 from threedistill.render.splats import render_splats, resolve_splat_backend
+from threedistill.render.splats_tiles import _RasterizeTiles, bin_gaussians, tile_chunks
 from threedistill.render.splats_torch import (
     EPS2D,
-    _RasterizeTiles,
-    bin_gaussians,
+    blend_weights,
     composite,
     gaussian_alpha,
     gaussian_sigma,
     project_gaussians,
     render_splats_dense,
     render_splats_torch,
-    tile_chunks,
 )
 
 INPUTS = ("means", "quats", "scales", "opacities", "colors")
@@ -102,13 +101,45 @@ def test_tile_backward_passes_gradcheck():
     gen = torch.Generator().manual_seed(7)
     T, K, side = 2, 5, 4
     local = torch.arange(side, dtype=torch.float64) + 0.5 - side / 2
-    px, py = local.repeat(side), local.repeat_interleave(side)
     means = torch.rand(T, K, 2, generator=gen, dtype=torch.float64) * 2 - 1
     conics = torch.tensor([0.4, 0.1, 0.5], dtype=torch.float64).expand(T, K, 3)
     opac = torch.rand(T, K, 1, generator=gen, dtype=torch.float64) * 0.5 + 0.3
     feats = torch.rand(T, K, 4, generator=gen, dtype=torch.float64)
     params = torch.cat([means, conics, opac, feats], dim=-1).requires_grad_()
-    assert torch.autograd.gradcheck(lambda p: _RasterizeTiles.apply(p, px, py), (params,))
+    for keep in (True, False):  # terms kept from the forward pass, or recomputed
+        assert torch.autograd.gradcheck(lambda p: _RasterizeTiles.apply(p, local, keep), (params,))
+
+
+def test_tile_pass_with_clamped_opacity_early_stop_and_padding():
+    """Opaque Gaussians stacked over a tile: the first reaches the 0.999 clamp, every pixel stops
+    before the last ones (their slots carry no gradient), and a padding row (opacity 0) closes one
+    list. Values and gradients equal the plain formulas; gradcheck passes either way the
+    backward pass gets its terms."""
+    side, K = 4, 8
+    local = torch.arange(side, dtype=torch.float64) + 0.5 - side / 2
+    px, py = local.repeat(side), local.repeat_interleave(side)
+    gen = torch.Generator().manual_seed(2)
+    means = torch.rand(2, K, 2, generator=gen, dtype=torch.float64) * 0.6 - 0.3
+    means[:, 0] = 0.5  # on a pixel centre: alpha reaches the clamp there
+    conics = torch.tensor([0.05, 0.01, 0.06], dtype=torch.float64).expand(2, K, 3)
+    opac = torch.tensor([0.9995, 0.97, 0.96, 0.95, 0.94, 0.93, 0.6, 0.7], dtype=torch.float64).repeat(2, 1)[..., None].clone()
+    feats = torch.rand(2, K, 4, generator=gen, dtype=torch.float64)
+    opac[1, -1] = 0.0  # a padding slot
+    params = torch.cat([means, conics, opac, feats], dim=-1).requires_grad_()
+    acc, trans = _RasterizeTiles.apply(params, local, True)
+    alpha = gaussian_alpha(gaussian_sigma(px, py, params[..., 0:2], params[..., 2:5]), params[..., 5])
+    ref_acc, ref_trans = composite(alpha, params[..., 6:])
+    torch.testing.assert_close(acc, ref_acc)
+    torch.testing.assert_close(trans, ref_trans)
+    weights, _ = blend_weights(alpha)
+    assert (alpha[0, 0] >= 0.999).any() and (alpha[0, -2:] > 0).all() and (weights[0, -2:] == 0).all()
+    probe = torch.rand(acc.shape, generator=gen, dtype=torch.float64)
+    g = torch.autograd.grad((acc * probe).sum() + trans.sum(), params)[0]
+    g_ref = torch.autograd.grad((ref_acc * probe).sum() + ref_trans.sum(), params)[0]
+    torch.testing.assert_close(g, g_ref)
+    assert (g[0, -2:] == 0).all()  # after every pixel stopped
+    for keep in (True, False):
+        assert torch.autograd.gradcheck(lambda p: _RasterizeTiles.apply(p, local, keep), (params,))
 
 
 def test_isotropic_gaussian_projects_to_centre_with_analytic_std():
