@@ -11,7 +11,7 @@ import torch
 from threedistill.core.cameras import Cameras, orbit_cameras
 from threedistill.core.errors import UserError
 from threedistill.render.splats import render_splats, resolve_splat_backend
-from threedistill.render.splats_tiles import _RasterizeTiles, bin_gaussians, tile_chunks
+from threedistill.render.splats_tiles import _phi, bin_gaussians, chunk_backward, chunk_forward, min_sigma_over_rect, tile_chunks
 from threedistill.render.splats_torch import (
     EPS2D,
     blend_weights,
@@ -24,6 +24,23 @@ from threedistill.render.splats_torch import (
 )
 
 INPUTS = ("means", "quats", "scales", "opacities", "colors")
+
+
+class ChunkPass(torch.autograd.Function):
+    """One chunk through the renderer's forward and backward functions (keep: terms from the
+    forward pass, else recomputed), for gradcheck."""
+
+    @staticmethod
+    def forward(ctx, params, local, keep):
+        ctx.phi = _phi(local)
+        acc, trans, ctx.terms = chunk_forward(params, ctx.phi, keep)
+        ctx.save_for_backward(params)
+        return acc, trans
+
+    @staticmethod
+    def backward(ctx, g_acc, g_trans):
+        (params,) = ctx.saved_tensors
+        return chunk_backward(params, ctx.phi, ctx.terms, g_acc, g_trans), None, None
 
 
 def make_scene(n: int, seed: int, spread: float = 0.4, max_scale: float = 0.08, per_view_colors: bool = True, views: int = 2):
@@ -107,7 +124,7 @@ def test_tile_backward_passes_gradcheck():
     feats = torch.rand(T, K, 4, generator=gen, dtype=torch.float64)
     params = torch.cat([means, conics, opac, feats], dim=-1).requires_grad_()
     for keep in (True, False):  # terms kept from the forward pass, or recomputed
-        assert torch.autograd.gradcheck(lambda p: _RasterizeTiles.apply(p, local, keep), (params,))
+        assert torch.autograd.gradcheck(lambda p: ChunkPass.apply(p, local, keep), (params,))
 
 
 def test_tile_pass_with_clamped_opacity_early_stop_and_padding():
@@ -126,7 +143,7 @@ def test_tile_pass_with_clamped_opacity_early_stop_and_padding():
     feats = torch.rand(2, K, 4, generator=gen, dtype=torch.float64)
     opac[1, -1] = 0.0  # a padding slot
     params = torch.cat([means, conics, opac, feats], dim=-1).requires_grad_()
-    acc, trans = _RasterizeTiles.apply(params, local, True)
+    acc, trans = ChunkPass.apply(params, local, True)
     alpha = gaussian_alpha(gaussian_sigma(px, py, params[..., 0:2], params[..., 2:5]), params[..., 5])
     ref_acc, ref_trans = composite(alpha, params[..., 6:])
     torch.testing.assert_close(acc, ref_acc)
@@ -139,7 +156,7 @@ def test_tile_pass_with_clamped_opacity_early_stop_and_padding():
     torch.testing.assert_close(g, g_ref)
     assert (g[0, -2:] == 0).all()  # after every pixel stopped
     for keep in (True, False):
-        assert torch.autograd.gradcheck(lambda p: _RasterizeTiles.apply(p, local, keep), (params,))
+        assert torch.autograd.gradcheck(lambda p: ChunkPass.apply(p, local, keep), (params,))
 
 
 def test_isotropic_gaussian_projects_to_centre_with_analytic_std():
@@ -284,3 +301,46 @@ def test_torch_backend_matches_gsplat():
         assert torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.99, name
     m2d = torch.nn.functional.cosine_similarity(t.extras["means2d"].grad.flatten(), g.extras["means2d"].grad.flatten(), dim=0)
     assert m2d > 0.99
+
+
+def test_min_sigma_over_rect_is_the_minimum_and_culling_drops_only_invisible_pairs():
+    gen = torch.Generator().manual_seed(5)
+    n = 400
+    L = torch.randn(n, 2, 2, generator=gen, dtype=torch.float64)
+    cov = L @ L.transpose(1, 2) + 0.3 * torch.eye(2, dtype=torch.float64)
+    inv = torch.linalg.inv(cov)
+    conic = torch.stack([inv[:, 0, 0], inv[:, 0, 1], inv[:, 1, 1]], -1)
+    x0, y0 = torch.randn(n, generator=gen, dtype=torch.float64) * 6, torch.randn(n, generator=gen, dtype=torch.float64) * 6
+    w, h = torch.rand(n, generator=gen, dtype=torch.float64) * 7, torch.rand(n, generator=gen, dtype=torch.float64) * 7
+    got = min_sigma_over_rect(conic, x0, x0 + w, y0, y0 + h)
+    s = torch.linspace(0, 1, 201, dtype=torch.float64)
+    dx = x0[:, None, None] + w[:, None, None] * s[None, :, None]
+    dy = y0[:, None, None] + h[:, None, None] * s[None, None, :]
+    a, b, c = (conic[:, i, None, None] for i in range(3))
+    brute = (0.5 * a * dx * dx + b * dx * dy + 0.5 * c * dy * dy).flatten(1).amin(1)
+    assert (got <= brute + 1e-9).all()  # never above the minimum (culling stays exact)
+    torch.testing.assert_close(got, brute, atol=5e-3 * (1 + brute.abs().max().item()), rtol=1e-2)
+
+    scene = make_scene(300, 8)
+    cams = cameras(40, 32)
+    with torch.no_grad():
+        proj = project_gaussians(*[scene[k] for k in ("means", "quats", "scales", "opacities")], cams)
+        culled = bin_gaussians(proj, 40, 32, 8, scene["opacities"])
+        boxes = bin_gaussians(proj, 40, 32, 8)
+    assert 0 < culled.gauss_ids.numel() < boxes.gauss_ids.numel()
+    N = proj.depths.shape[1]
+    dropped = 0
+    for tile in range(boxes.counts.numel()):
+        keep = set(culled.gauss_ids[culled.offsets[tile]: culled.offsets[tile] + culled.counts[tile]].tolist())
+        ids = boxes.gauss_ids[boxes.offsets[tile]: boxes.offsets[tile] + boxes.counts[tile]].tolist()
+        assert [i for i in ids if i in keep] == culled.gauss_ids[culled.offsets[tile]: culled.offsets[tile] + culled.counts[tile]].tolist()
+        view, t = divmod(tile, culled.tiles_x * culled.tiles_y)
+        ty, tx = divmod(t, culled.tiles_x)
+        ys, xs = torch.meshgrid(torch.arange(8) + ty * 8 + 0.5, torch.arange(8) + tx * 8 + 0.5, indexing="ij")
+        for i in ids:
+            if i in keep:
+                continue
+            dropped += 1
+            sigma = gaussian_sigma(xs.flatten(), ys.flatten(), proj.means2d.reshape(-1, 2)[i][None], proj.conics.reshape(-1, 3)[i][None])
+            assert (gaussian_alpha(sigma, scene["opacities"].detach()[i % N][None]) == 0).all()
+    assert dropped > 0
