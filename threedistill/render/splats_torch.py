@@ -67,12 +67,16 @@ def project_gaussians(
     means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, cams: Cameras,
     near_plane: float = NEAR_PLANE, eps2d: float = EPS2D,
 ) -> Projected:
-    """EWA-project N Gaussians into every camera of `cams` (differentiable)."""
+    """EWA-project N Gaussians into every camera of `cams` (differentiable).
+
+    means [N,3] / quats [N,4] / scales [N,3] are shared by the B views, or [B,N,...] per view
+    (a 4D asset seen at each camera's time); opacities [N].
+    """
     W, H = cams.width, cams.height
     viewmats = cams.viewmats().to(means)
     K = cams.intrinsics().to(means)
     R, t = viewmats[:, None, :3, :3], viewmats[:, None, :3, 3]  # [B,1,3,3], [B,1,3]
-    means_c = (R @ means[None, :, :, None]).squeeze(-1) + t  # [B,N,3]
+    means_c = (R @ _per_view(means)[..., None]).squeeze(-1) + t  # [B,N,3]
     x, y, z = means_c.unbind(-1)
     in_front = z > near_plane
     z = torch.where(in_front, z, torch.ones_like(z))  # keeps culled entries finite
@@ -85,8 +89,8 @@ def project_gaussians(
     ty = z * torch.maximum(torch.minimum(y / z, lim_y_pos), -lim_y_neg)
     zeros = torch.zeros_like(z)
     J = torch.stack([fx / z, zeros, -fx * tx / z**2, zeros, fy / z, -fy * ty / z**2], -1).unflatten(-1, (2, 3))
-    M = quat_to_rotmat(quats) * scales[:, None, :]  # [N,3,3], covariance = M M^T
-    JM = J @ (R @ M[None])  # [B,N,2,3]
+    M = quat_to_rotmat(_per_view(quats)) * _per_view(scales)[..., None, :]  # [1 or B,N,3,3], covariance = M M^T
+    JM = J @ (R @ M)  # [B,N,2,3]
     cov2d = JM @ JM.transpose(-1, -2) + eps2d * torch.eye(2, dtype=means.dtype, device=means.device)
     c00, c01, c11 = cov2d[..., 0, 0], cov2d[..., 0, 1], cov2d[..., 1, 1]
     det = c00 * c11 - c01 * c01
@@ -96,6 +100,11 @@ def project_gaussians(
     radii = _radii(means2d.detach(), c00.detach(), c11.detach(), opacities.detach(), W, H)
     radii = torch.where((in_front & (det > 0))[..., None], radii, torch.zeros_like(radii))
     return Projected(means2d=means2d, conics=conics, depths=means_c[..., 2], radii=radii)
+
+
+def _per_view(x: Tensor) -> Tensor:
+    """[N,C] -> [1,N,C]; per-view [B,N,C] unchanged."""
+    return x[None] if x.dim() == 2 else x
 
 
 def _radii(means2d: Tensor, c00: Tensor, c11: Tensor, opacities: Tensor, W: int, H: int) -> Tensor:
