@@ -253,6 +253,7 @@ class Deformed(Representation):
     def gaussian_params_at_times(self, times: Tensor) -> dict[str, Tensor]:
         """Deformed means / log_scales / quats [T,N,...] at each of `times` [T], in one field pass."""
         base = self.base
+        assert isinstance(base, Gaussians)
         T, N = times.numel(), base.num_points
         points = base.means.repeat(T, 1)
         d = {k: v.view(T, N, -1) for k, v in self.field(points, times.to(points).repeat_interleave(N)).items()}

@@ -120,8 +120,8 @@ class GaussianField:
             pid = idx[a:b].index_select(0, local)
             g = self._table.index_select(0, gid)  # [pairs, 13]
             dx, dy, dz = (points.index_select(0, pid) - g[:, :3]).unbind(-1)
-            c = g[:, 3:9].unbind(-1)
-            q = c[0] * dx * dx + c[1] * dy * dy + c[2] * dz * dz + c[3] * dx * dy + c[4] * dx * dz + c[5] * dy * dz
+            k = g[:, 3:9].unbind(-1)
+            q = k[0] * dx * dx + k[1] * dy * dy + k[2] * dz * dz + k[3] * dx * dy + k[4] * dx * dz + k[5] * dy * dz
             # 0.5 q above _EXPONENT_CAP gives alpha < 1/255 (cut to 0 below) and would underflow
             # exp into denormal floats, whose arithmetic is far slower
             alpha = torch.exp(g[:, 9] - (0.5 * q).clamp_max_(_EXPONENT_CAP)).clamp_max_(0.999)
