@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from support import TINY_FLAGS, tiny_config, trainer_for
+from support import TINY_FLAGS, run_cli, tiny_config, trainer_for
 from threedistill.engine.loop import StageTrainer
 from threedistill.eval.metrics import psnr
 from threedistill.export.splat_ply import read_splat_ply
@@ -120,7 +120,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path: Path) -> None:
     # finish the run quickly from where it stopped
     cfg = (run / "config.yaml").read_text().replace("steps: 100000", f"steps: {state['step'] + 2}")
     (run / "config.yaml").write_text(cfg)
-    done = subprocess.run([sys.executable, "-m", "threedistill.cli", "resume", str(run)], capture_output=True, text=True, timeout=300)
+    done = run_cli("resume", str(run))  # in this process (the interrupt above needed a real one)
     assert done.returncode == 0, done.stderr
     assert json.loads((run / "metrics.json").read_text())["steps"] == state["step"] + 2
 
