@@ -52,6 +52,10 @@ JOBS: dict[str, tuple[list[str], dict[str, float], list[str]]] = {
 }
 WARMUP = {"main": ["--steps", "2"], "nerf": ["--steps", "2"], "4d": ["--steps", "2"], "edit": ["--steps", "2", "--reconstruct-steps", "2"]}
 PHASES = ("startup", "render", "prior", "objective", "backward", "optimiser", "logging", "finish", "other")
+"""render: the representation's forward renders; prior: predict_eps/encode/decode inside the
+objective; objective: the rest of it; backward: loss.backward (mostly the renderer's); optimiser:
+Adam; logging: metrics rows, previews, checkpoints; finish: scoring and exports; startup: the
+rest (imports, the plan, building the prior and its references)."""
 
 
 # ---------------------------------------------------------------------- child: one instrumented command
@@ -159,8 +163,12 @@ def child(args: argparse.Namespace) -> None:
         truth = self.ground_truth()
         if truth is None or state["hit"] is not None:
             return
-        with torch.no_grad():
-            scores = score_asset(self.representation, truth, self.cfg.prompt, self.cfg.log.eval_views, self.background, self.frames)
+        state["depth"] += 1  # its renders are not a phase of the run
+        try:
+            with torch.no_grad():
+                scores = score_asset(self.representation, truth, self.cfg.prompt, self.cfg.log.eval_views, self.background, self.frames)
+        finally:
+            state["depth"] -= 1
         last = self.index == len(self.context.plan) - 1
         loop_s = state["loop_before"] + self.elapsed
         state["evals"].append({"stage": self.index, "step": self.step, "loop_s": round(loop_s, 2),
@@ -172,9 +180,11 @@ def child(args: argparse.Namespace) -> None:
 
     def finish(self: Any) -> Any:
         t0 = time.perf_counter()
+        state["depth"] += 1  # scoring's and the exports' renders count as finish
         try:
             return original_finish(self)
         finally:
+            state["depth"] -= 1
             phases["finish"] += time.perf_counter() - t0
             state["loop_before"] += self.elapsed
 
