@@ -12,7 +12,9 @@ machine noise hits both alike, and reports:
 - time to quality: loop seconds until the held-out scores first reach the job's thresholds
   (mask IoU >= 0.95 and PSNR >= 27 for the static runs; what the old code reaches at the end for
   the 4D run and the edit, whose final scores are lower), checked every `--eval-every` steps
-  on toyworld's held-out cameras (the checks are not counted);
+  on toyworld's held-out cameras (the checks are not counted), and until they reach them for
+  good (every later check and the final scores meet them: PSNR hovers around 27 dB on the
+  mug, so a run can touch the thresholds early and end below them);
 - the final mask IoU and PSNR, the share of wall time in each phase (render forward, prior,
   objective, backward, optimiser, logging, exports and scoring, start-up, other) and the peak
   resident memory (and peak CUDA memory on a GPU);
@@ -161,7 +163,7 @@ def child(args: argparse.Namespace) -> None:
 
     def check_quality(self: Any) -> None:
         truth = self.ground_truth()
-        if truth is None or state["hit"] is not None:
+        if truth is None:
             return
         state["depth"] += 1  # its renders are not a phase of the run
         try:
@@ -171,9 +173,10 @@ def child(args: argparse.Namespace) -> None:
             state["depth"] -= 1
         last = self.index == len(self.context.plan) - 1
         loop_s = state["loop_before"] + self.elapsed
-        state["evals"].append({"stage": self.index, "step": self.step, "loop_s": round(loop_s, 2),
+        met = last and all(scores[k] >= v for k, v in thresholds.items())
+        state["evals"].append({"stage": self.index, "step": self.step, "loop_s": round(loop_s, 2), "met": met,
                                "mask_iou": round(scores["mask_iou"], 4), "psnr": round(scores["psnr"], 2)})
-        if last and all(scores[k] >= v for k, v in thresholds.items()):
+        if met and state["hit"] is None:
             state["hit"] = loop_s
 
     original_finish = loop.StageTrainer.finish
@@ -199,8 +202,15 @@ def child(args: argparse.Namespace) -> None:
     phases["startup"] += (time.perf_counter() - t_cmd) - sum(v for k, v in phases.items() if k != "startup")
     run_dirs = sorted(Path(args.out).glob("*/*/metrics.json"), key=lambda p: p.stat().st_mtime)
     metrics = json.loads(run_dirs[-1].read_text()) if run_dirs else {}
+    stable = None  # the first check from which every later check (and the final scores) meets the thresholds
+    final_met = bool(metrics) and all(metrics.get(k, -1.0) >= v for k, v in thresholds.items())
+    for e in reversed(state["evals"]):
+        if not (e["met"] and final_met):
+            break
+        stable = e["loop_s"]
     result = {
         "code": code, "wall_s": wall, "loop_s": metrics.get("seconds"), "time_to_quality_s": state["hit"],
+        "time_to_stable_quality_s": stable,
         "mask_iou": metrics.get("mask_iou"), "psnr": metrics.get("psnr"), "phases": phases,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
@@ -259,18 +269,20 @@ def report(results: dict[str, dict[str, list[dict[str, Any]]]], ref: str, args: 
              f"Machine: {platform.machine()}, {os.cpu_count()} logical cores, torch {torch.__version__}, "
              f"{results[next(iter(results))]['new'][0]['threads']} threads; 1-min load at the end {os.getloadavg()[0]:.2f}; "
              f"{time.strftime('%Y-%m-%d')}.", "",
-             "| job | code | loop s | wall s | time to quality s | mask IoU | PSNR | peak RSS MB |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| job | code | loop s | wall s | time to quality s | ... and to stay there s | mask IoU | PSNR | peak RSS MB |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for job, by in results.items():
         for version in ("old", "new"):
             rs = by[version]
             lines.append(f"| {job} | {version} | {fmt(median([r['loop_s'] for r in rs]))} | {fmt(median([r['wall_s'] for r in rs]))} | "
-                         f"{fmt(median([r['time_to_quality_s'] for r in rs]))} | {fmt(median([r['mask_iou'] for r in rs]), 3)} | "
+                         f"{fmt(median([r['time_to_quality_s'] for r in rs]))} | {fmt(median([r['time_to_stable_quality_s'] for r in rs]))} | "
+                         f"{fmt(median([r['mask_iou'] for r in rs]), 3)} | "
                          f"{fmt(median([r['psnr'] for r in rs]), 2)} | {fmt(median([r['peak_rss_mb'] for r in rs]), 0)} |")
         o, n = by["old"], by["new"]
         lines.append(f"| {job} | old / new | {ratio(median([r['loop_s'] for r in o]), median([r['loop_s'] for r in n]))} | "
                      f"{ratio(median([r['wall_s'] for r in o]), median([r['wall_s'] for r in n]))} | "
-                     f"{ratio(median([r['time_to_quality_s'] for r in o]), median([r['time_to_quality_s'] for r in n]))} | | | |")
+                     f"{ratio(median([r['time_to_quality_s'] for r in o]), median([r['time_to_quality_s'] for r in n]))} | "
+                     f"{ratio(median([r['time_to_stable_quality_s'] for r in o]), median([r['time_to_stable_quality_s'] for r in n]))} | | | |")
     lines += ["", "Share of wall time by phase (%, medians):", "",
               "| job | code | " + " | ".join(PHASES) + " |", "|---|---|" + "---|" * len(PHASES)]
     for job, by in results.items():
@@ -338,7 +350,8 @@ def main(argv: Optional[list[str]] = None) -> None:
                 r = run_child(sources[version], job, argv_job, work, args)
                 results[job][version].append(r)
                 print(f"{job:5s} {version}: loop {fmt(r['loop_s'])} s, wall {r['wall_s']:.1f} s, to quality "
-                      f"{fmt(r['time_to_quality_s'])} s, mask IoU {fmt(r['mask_iou'], 3)}, PSNR {fmt(r['psnr'], 2)}", flush=True)
+                      f"{fmt(r['time_to_quality_s'])} s (for good {fmt(r['time_to_stable_quality_s'])} s), "
+                      f"mask IoU {fmt(r['mask_iou'], 3)}, PSNR {fmt(r['psnr'], 2)}", flush=True)
     text = report(results, ref, args)
     if args.short:
         text = "(--short: a few steps per job, not a measurement)\n\n" + text
