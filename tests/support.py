@@ -99,20 +99,39 @@ def trainer_for(names: ComponentNames, cfg: RunConfig, run_dir: Optional[Path] =
 
 # ---------------------------------------------------------------------- the command line
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    """`threedistill ARGS` in this process, as a subprocess would report it: the exit code, stdout
+    and stderr, and an exception escaping `main` rendered as its traceback on stderr (exit 1).
+    Saves a Python start and the imports per call; `run_cli_process` runs the real console script."""
+    import contextlib
+    import io
+    import traceback
+
+    from threedistill.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    previous = Path.cwd()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as exc:  # argparse / tyro exits
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            except Exception:  # what the interpreter would print
+                traceback.print_exc()
+                code = 1
+    finally:
+        os.chdir(previous)
+    return subprocess.CompletedProcess(["threedistill", *args], code, out.getvalue(), err.getvalue())
+
+
+def run_cli_process(*args: str, cwd: Path | None = None, env: Optional[dict[str, str]] = None) -> subprocess.CompletedProcess:
+    """`python -m threedistill.cli ARGS` in a fresh process (what a user's shell runs)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "threedistill.cli", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300
     )
-
-
-def run_main(capsys, *args: str) -> subprocess.CompletedProcess:
-    """`threedistill ARGS` in this process (the CLI's `main`), with its exit code and captured output."""
-    from threedistill.cli import main
-
-    capsys.readouterr()
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    return subprocess.CompletedProcess(["threedistill", *args], code, out, err)
 
 
 def error_lines(proc: subprocess.CompletedProcess) -> list[str]:

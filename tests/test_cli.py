@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from support import assert_one_line_error, run_cli
+from support import assert_one_line_error, run_cli, run_cli_process
 
 
 @pytest.mark.parametrize(
@@ -29,6 +29,13 @@ def test_bad_input_is_one_line(args: list[str], needles: list[str], tmp_path: Pa
     assert_one_line_error(proc, *needles)
     # a failed run leaves no run folder behind
     assert not any(p.is_dir() and p.name.startswith("sds-") for p in tmp_path.rglob("*"))
+
+
+def test_bad_input_through_the_real_console_script_is_one_line(tmp_path: Path) -> None:
+    """The in-process runner above shares the interpreter; this one starts Python the user's way,
+    so import-time warnings or a broken entry point would show up on stderr."""
+    proc = run_cli_process("run", "--prior", "toyworld", "--prompt", "a corgi", "--out", str(tmp_path))
+    assert_one_line_error(proc, "unknown toyworld prompt 'a corgi'")
 
 
 def test_cuda_without_a_gpu_is_one_line(tmp_path: Path) -> None:

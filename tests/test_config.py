@@ -89,3 +89,16 @@ def test_cli_overrides_preset(tmp_path: Path) -> None:
     preset.write_text("steps: 11\nprompt: a ball\n")
     _, cfg = parse_run_args(["--config", str(preset), "--steps", "4"])
     assert cfg.steps == 4 and cfg.prompt == "a ball"
+
+
+def test_default_run_length_depends_on_the_kind_of_run() -> None:
+    """Static 3D Gaussians on toyworld default to 500 steps (they reach their quality there); 4D
+    runs, other priors, other representations and explicit --steps keep their lengths."""
+    from threedistill.config import parse_run_args
+
+    assert parse_run_args(["--prior", "toyworld"])[1].steps == 500
+    assert parse_run_args(["--prior", "toyworld", "--config", "toyworld-sds"])[1].steps == 500
+    assert parse_run_args(["--prior", "toyworld", "--steps", "700"])[1].steps == 700
+    assert parse_run_args(["--prior", "toyworld", "--dynamic", "--prompt", "a bouncing ball"])[1].steps == 1000
+    assert parse_run_args(["--prior", "sd"])[1].steps == 1000
+    assert parse_run_args(["--prior", "toyworld", "--representation", "mesh"])[1].steps == 1000

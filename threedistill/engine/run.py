@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from rich.console import Console
 
+from ..core.runtime import tune_allocator
 from ..representations.convert import PreviousAsset
 from ..core.errors import DiskFull, RunStopped
 from .build import resolve_device
@@ -34,6 +35,7 @@ class Run:
 
     def __init__(self, plan: list[Stage], run_dir: Path, console: Optional[Console] = None,
                  start: Optional[PreviousAsset] = None, stage_index: int = 0, callbacks: Sequence[LoopCallback] = ()) -> None:
+        tune_allocator()  # tensors freed every step are reused, not page-faulted in again
         self.plan = plan
         self.run_dir = Path(run_dir)
         self.folder = RunFolder(self.run_dir)

@@ -210,14 +210,16 @@ class Gaussians(Representation):
     def render_with(self, cams: Cameras, background: Tensor, means: Optional[Tensor] = None,
                     log_scales: Optional[Tensor] = None, quats: Optional[Tensor] = None) -> RenderOutput:
         """`render` with means [N,3] / log_scales [N,3] / quats [N,4] replaced where given (e.g.
-        deformed by a 4D field, representations/deformation.py); SH view directions use the given means."""
+        deformed by a 4D field, representations/deformation.py), or per view ([B,N,...], torch
+        backend: every camera at its own time); SH view directions use the given means."""
         means = self.means if means is None else means
         log_scales = self.log_scales if log_scales is None else log_scales
         quats = self.quats if quats is None else quats
         if self.sh_degree == 0:
             colors = sh_to_rgb(self.sh_dc, None, 0)
         else:
-            colors = sh_to_rgb(self.sh, torch.nn.functional.normalize(means[None] - cams.positions[:, None], dim=-1), self.sh_degree)
+            per_view = means if means.dim() == 3 else means[None]
+            colors = sh_to_rgb(self.sh, torch.nn.functional.normalize(per_view - cams.positions[:, None], dim=-1), self.sh_degree)
         return render_splats(means, quats, log_scales.exp(), torch.sigmoid(self.opacity_logits), colors, cams, background, backend=self.backend)
 
     # ------------------------------------------------------------------ densification
