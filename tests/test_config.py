@@ -102,3 +102,20 @@ def test_default_run_length_depends_on_the_kind_of_run() -> None:
     assert parse_run_args(["--prior", "toyworld", "--dynamic", "--prompt", "a bouncing ball"])[1].steps == 1000
     assert parse_run_args(["--prior", "sd"])[1].steps == 1000
     assert parse_run_args(["--prior", "toyworld", "--representation", "mesh"])[1].steps == 1000
+
+
+def test_toyworld_sd_gaussians_start_faint_unless_told_otherwise(tmp_path: Path) -> None:
+    """On toyworld-sd Gaussians start at opacity logit -4 (config.py SITUATIONAL_DEFAULTS); other
+    priors keep the representation's -1; a flag or a config file's value wins."""
+    from threedistill.config import parse_run_args
+
+    def opacity(*argv: str) -> float:
+        return parse_run_args(["--prompt", "a yellow duck", *argv])[1].representation.init_opacity_logit  # type: ignore[attr-defined]
+
+    assert opacity("--prior", "toyworld-sd") == -4.0
+    assert opacity("--prior", "toyworld") == -1.0 and opacity("--prior", "sd") == -1.0
+    assert opacity("--prior", "toyworld-sd", "--representation.init-opacity-logit", "-2") == -2.0
+    preset = tmp_path / "p.yaml"
+    preset.write_text("prior: toyworld-sd\nrepresentation: {name: gaussians, init_opacity_logit: -3.0}\n")
+    assert opacity("--config", str(preset)) == -3.0
+    assert parse_run_args(["--prior", "toyworld-sd", "--prompt", "a yellow duck"])[1].steps == 1000

@@ -308,18 +308,45 @@ class ParsedRun(NamedTuple):
     source: str
 
 
-TOYWORLD_STATIC_STEPS = {"gaussians": 500}
-"""Default length of a single-stage static run on toyworld, by representation (`steps` when the
-flags and the config file leave it out; everything else defaults to RunConfig.steps, 1000).
-Measured (docs/benchmarks.md): the README's mug reached mask IoU 0.965 / 27.2 dB in 500 steps
-and 0.960 / 27.0 dB in 1000: the second half of a 1000-step run only costs time."""
+@dataclass(frozen=True)
+class SituationalDefault:
+    """A default for one prior and representation where the components' own defaults are wrong
+    (single-stage static runs only); a config file or flag that sets the key wins."""
+
+    prior: str
+    representation: str
+    key: str
+    """A dotted key of the run config: `steps`, `representation.init_opacity_logit`."""
+    value: Any
+    why: str
 
 
-def default_steps(names: ComponentNames, data: dict[str, Any], staged: bool) -> Optional[int]:
-    """The run length a config without `steps` gets (None: RunConfig's default)."""
-    if staged or data.get("dynamic") or names.prior != "toyworld":
-        return None
-    return TOYWORLD_STATIC_STEPS.get(names.representation)
+SITUATIONAL_DEFAULTS = (
+    SituationalDefault("toyworld", "gaussians", "steps", 500,
+                       "the README's mug reached mask IoU 0.965 / 27.2 dB in 500 steps and 0.960 / 27.0 dB in 1000: "
+                       "the second half of a 1000-step run only costs time (docs/benchmarks.md)"),
+    SituationalDefault("toyworld-sd", "gaussians", "representation.init_opacity_logit", -4.0,
+                       "a learned prior reads an opaque starting ball as a ball and keeps it: from logit -1 the duck "
+                       "stayed a round blob (mask IoU 0.55), from a faint cloud SDS builds it (0.87; docs/benchmarks.md)"),
+)
+"""Measured exceptions to the component defaults, in one place (README: Defaults that depend on the prior)."""
+
+
+def apply_situational_defaults(names: ComponentNames, data: dict[str, Any], staged: bool) -> None:
+    """Fill `data` (a config file's mapping) with the SITUATIONAL_DEFAULTS that apply and that it leaves out."""
+    if staged or data.get("dynamic"):
+        return
+    for default in SITUATIONAL_DEFAULTS:
+        if (default.prior, default.representation) != (names.prior, names.representation):
+            continue
+        *sections, field_name = default.key.split(".")
+        section = data
+        for name in sections:
+            nested = section.get(name)
+            if not isinstance(nested, dict):
+                nested = section[name] = {}
+            section = nested
+        section.setdefault(field_name, default.value)
 
 
 def parse_base_args(argv: list[str], prog: str = "threedistill run") -> ParsedRun:
@@ -335,9 +362,7 @@ def parse_base_args(argv: list[str], prog: str = "threedistill run") -> ParsedRu
     if not isinstance(stages, list):
         raise UserError(f"config {source}: `stages` must be a list of stage mappings, got {type(stages).__name__}")
     names = split_component_names(data, overrides)
-    steps = default_steps(names, data, bool(stages))
-    if "steps" not in data and steps is not None:
-        data["steps"] = steps
+    apply_situational_defaults(names, data, bool(stages))
     defaults = config_from_dict(data, names, source)
     description = (
         "Optimise a 3D representation so its renders score well under a frozen 2D diffusion prior.\n"

@@ -37,7 +37,7 @@ class GaussiansConfig(RepresentationConfig):
     """A .ply point cloud (x,y,z and optional red,green,blue) for init='points'."""
     init_scale: float = 0.04
     init_opacity_logit: float = -1.0
-    """Initial opacity logit. toyworld-sd starts fainter (-4, config.py's PRIOR_DEFAULTS): a learned
+    """Initial opacity logit. toyworld-sd starts fainter (-4, config.py's SITUATIONAL_DEFAULTS): a learned
     prior reads an opaque starting ball as a ball and keeps it."""
     sh_degree: int = 0
     """0..3; toyworld is Lambertian under a fixed light, so 0 suffices there."""
