@@ -126,7 +126,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for kind in kinds:  # build and cache each prompt's references (and the null set) outside the timings
             run_once("csd", PROMPTS[kind], 0, 1, Path(tmp), extra, args.prior)
-        jobs = [(o, o, k, []) for o in args.objectives.split(",") if o for k in kinds]
+        jobs = [(o, o, k, []) for k in kinds for o in args.objectives.split(",") if o]  # a prompt's rows together
         if args.particles > 1 and "multi-modal" in kinds:
             jobs.append((f"vsd, {args.particles} particles", "vsd", "multi-modal", ["--guidance.particles", str(args.particles)]))
         for label, objective, kind, flags in jobs:
@@ -138,19 +138,29 @@ def main() -> int:
                       f"back {summary.get('back_psnr', math.nan):.2f} mode {summary.get('mode', summary.get('modes_reached'))} "
                       f"{summary['seconds']:.1f} s", flush=True)
             rows.append({"label": label, "kind": kind, "prompt": PROMPTS[kind], "runs": runs})
+            if args.write:  # after every row, so a stopped benchmark keeps what it measured
+                write_section(args.write, args.prior, table(rows, args.steps, args.seeds, args.particles, args.prior)
+                              + f"\n\n{len(rows)} of {len(jobs)} rows measured. " + machine_line())
     text = table(rows, args.steps, args.seeds, args.particles, args.prior) + "\n\n" + machine_line()
-    start, end = (START, END) if args.prior == "toyworld" else (START.replace(":start", f":{args.prior}:start"),
-                                                                 END.replace(":end", f":{args.prior}:end"))
     print(text)
     if args.write:
-        doc = args.write.read_text() if args.write.exists() else ""
-        section = f"{start}\n{text}\n{end}"
-        if start in doc and end in doc:
-            doc = doc[: doc.index(start)] + section + doc[doc.index(end) + len(end):]
-        else:
-            doc = doc.rstrip() + "\n\n" + section + "\n"
-        args.write.write_text(doc)
+        write_section(args.write, args.prior, text)
     return 0
+
+
+def write_section(path: Path, prior: str, text: str) -> None:
+    """Replace the prior's bench_guidance section of the Markdown file (appended when it has none)."""
+    start, end = (START, END) if prior == "toyworld" else (START.replace(":start", f":{prior}:start"),
+                                                           END.replace(":end", f":{prior}:end"))
+    doc = path.read_text() if path.exists() else ""
+    section = f"{start}\n{text}\n{end}"
+    if start in doc and end in doc:
+        doc = doc[: doc.index(start)] + section + doc[doc.index(end) + len(end):]
+    else:
+        doc = doc.rstrip() + "\n\n" + section + "\n"
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(doc)
+    tmp.replace(path)
 
 
 if __name__ == "__main__":
