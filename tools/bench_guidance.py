@@ -126,7 +126,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for kind in kinds:  # build and cache each prompt's references (and the null set) outside the timings
             run_once("csd", PROMPTS[kind], 0, 1, Path(tmp), extra, args.prior)
-        jobs = [(o, o, k, []) for k in kinds for o in args.objectives.split(",") if o]  # a prompt's rows together
+        jobs: list[tuple[str, str, str, list[str]]] = [(o, o, k, []) for k in kinds for o in args.objectives.split(",") if o]  # a prompt's rows together
         if args.particles > 1 and "multi-modal" in kinds:
             jobs.append((f"vsd, {args.particles} particles", "vsd", "multi-modal", ["--guidance.particles", str(args.particles)]))
         for label, objective, kind, flags in jobs:
