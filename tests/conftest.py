@@ -73,3 +73,11 @@ def tiny_t2v(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from support import build_tiny_t2v
 
     return build_tiny_t2v(tmp_path_factory.mktemp("tiny-t2v") / "t2v")
+
+
+@pytest.fixture(scope="session")
+def tiny_mvdream(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny MVDream folder in the public diffusers-format layout, built once per session."""
+    from support import build_tiny_mvdream
+
+    return build_tiny_mvdream(tmp_path_factory.mktemp("tiny-mvdream") / "mvdream")

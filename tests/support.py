@@ -172,6 +172,7 @@ class KnownEpsPrior:
 
     num_train_timesteps = 1000
     resolution = 8
+    view_group = 1
     device = torch.device("cpu")
     model_id = None
 
@@ -327,4 +328,40 @@ def build_tiny_t2v(path: Path | str) -> Path:
     """Write a tiny, deterministic text-to-video diffusers pipeline to `path`."""
     path = Path(path)
     build_tiny_t2v_pipeline(path).save_pretrained(str(path))
+    return path
+
+
+# ---------------------------------------------------------------------- tiny priors beyond Stable Diffusion
+def _write_model_index(path: Path, index: dict) -> None:
+    import json
+
+    import diffusers
+
+    (path / "model_index.json").write_text(json.dumps({**index, "_diffusers_version": diffusers.__version__}, indent=2))
+
+
+TINY_MVDREAM_UNET = dict(image_size=8, in_channels=4, model_channels=32, out_channels=4, num_res_blocks=1,
+                         attention_resolutions=[1, 2], channel_mult=[1, 2], num_head_channels=16, context_dim=HIDDEN,
+                         camera_dim=16, transformer_depth=1, use_checkpoint=False, legacy=False)
+"""A tiny MVDream UNet config in the public checkpoint's config layout (extra keys as the public config.json has them)."""
+
+
+def build_tiny_mvdream(path: Path | str) -> Path:
+    """Write a tiny MVDream folder in the public diffusers-format layout (ashawkey/mvdream-sd2.1-diffusers):
+    model_index.json naming MVDreamPipeline and its component folders, the UNet a MultiViewUNetModel."""
+    from threedistill.priors.diffusers.mv_unet import MultiViewUNetModel
+
+    path = Path(path)
+    tok = _tokenizer(path.parent / f"_tok_{path.name}")
+    torch.manual_seed(5)
+    unet = MultiViewUNetModel.from_config(TINY_MVDREAM_UNET).eval()
+    parts = dict(unet=unet, vae=_vae(1), text_encoder=_text_encoder(len(tok), False, 2), tokenizer=tok, scheduler=_scheduler("sd1"))
+    for name, part in parts.items():
+        part.save_pretrained(str(path / name))
+    _write_model_index(path, {
+        "_class_name": "MVDreamPipeline", "feature_extractor": [None, None], "image_encoder": [None, None],
+        "requires_safety_checker": False, "scheduler": ["diffusers", "DDIMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["mv_unet", "MultiViewUNetModel"], "vae": ["diffusers", "AutoencoderKL"],
+    })
     return path

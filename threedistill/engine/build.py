@@ -42,7 +42,7 @@ def make_sampler(cfg: RunConfig, scene: Optional[Scene], device: torch.device) -
     """The stage's camera sampler: the scene's views when it has one, else the random orbit."""
     if scene is not None:
         return SceneViewSampler(scene, cfg.sampler.batch_size, device)
-    return OrbitSampler(cfg.sampler, device)
+    return OrbitSampler(cfg.sampler, device, group=cfg.prior.view_group())
 
 
 def clip_frames(cfg: RunConfig) -> int:

@@ -68,6 +68,12 @@ def _check_stage(stage: Stage, stages: int, scenes: bool) -> None:
         _check_dynamic(cfg)
     elif prior.is_video:
         raise UserError(f"--prior {names.prior} scores video clips; add --dynamic (or use an image prior)")
+    group = cfg.prior.view_group()
+    if group > 1:
+        if cfg.sampler.batch_size % group:
+            raise UserError(f"--prior {names.prior} scores groups of {group} views; make --sampler.batch-size a multiple of {group}")
+        if cfg.sampler.scene:
+            raise UserError(f"--prior {names.prior} scores groups of {group} orbit views; it cannot score a scene's views")
     if needs.variational_model and not prior.provides_variational_model:
         raise UserError(f"--guidance {names.guidance} needs a variational model, which --prior {names.prior} does not provide; "
                         "use an objective such as sds, or --prior toyworld / sd")

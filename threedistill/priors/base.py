@@ -24,7 +24,7 @@ class GuidanceDefaults:
     """Guidance settings that depend on the prior (overridable per run)."""
 
     cfg_scale: float
-    min_step: int
+    min_step: "float | list[tuple[float, float]]"
     max_step: "float | list[tuple[float, float]]"
     view_dependent_prompts: bool = False
     cfg_scale_low: Optional[float] = None
@@ -41,6 +41,8 @@ class DiffusionPrior(Protocol):
     resolution: int  # pixel resolution renders are resized to before encoding
     defaults: GuidanceDefaults
     device: torch.device
+    view_group: int
+    """Views scored jointly (MVDream: 4 views of one object, one timestep per group); 1 for image priors."""
 
     @property
     def model_id(self) -> Optional[str]:
@@ -117,6 +119,11 @@ class PriorConfig:
         """Frames per clip of a video prior (None: an image prior)."""
         return None
 
+    def view_group(self) -> int:
+        """Views the prior scores jointly, drawn by the sampler as one group (same elevation, evenly
+        spaced azimuths; MVDream: 4); 1 for priors that score each view alone."""
+        return 1
+
     def check(self) -> None:
         """Raise a UserError for a bad setting or a model file that is not on disk, without loading
         anything (called when the run plan is validated, before any work)."""
@@ -141,6 +148,7 @@ class Prior:
     resolution: int
     defaults: GuidanceDefaults
     device: torch.device
+    view_group: int = 1
 
     def __init__(self, config: PriorConfig, sampler_config: OrbitSamplerConfig, device: torch.device | str = "cpu") -> None:
         self.config = config

@@ -170,13 +170,17 @@ class StableDiffusionPrior(Prior):
         self.num_train_timesteps = int(scheduler.config.num_train_timesteps)
         self.alphas_cumprod = scheduler.alphas_cumprod.detach().float().to(self.device)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
-        self.latent_size = int(unet.config.sample_size)
+        self.latent_size = self._latent_size(unet)
         self.resolution = self.latent_size * self.vae_scale_factor
         self.scaling_factor = float(getattr(vae.config, "scaling_factor", 0.18215))
         self.defaults = GuidanceDefaults(cfg_scale=config.cfg_scale, min_step=config.min_step, max_step=config.max_step,
                                          view_dependent_prompts=True, cfg_scale_low=config.cfg_scale_low)
         self._model_id = model_id or self._fingerprint()
         self._apply_performance_options()
+
+    def _latent_size(self, unet: Any) -> int:
+        """The latent side the UNet was trained at."""
+        return int(unet.config.sample_size)
 
     def _freeze(self, module: Any, dtype: torch.dtype) -> Any:
         with quiet_libraries("diffusers"):  # casting fp16 weights to fp32 on the CPU is intended
