@@ -81,3 +81,21 @@ def tiny_mvdream(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from support import build_tiny_mvdream
 
     return build_tiny_mvdream(tmp_path_factory.mktemp("tiny-mvdream") / "mvdream")
+
+
+@pytest.fixture(scope="session")
+def tiny_zero123(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Zero123 folder in ashawkey's public diffusers-format layout, built once per session."""
+    from support import build_tiny_zero123
+
+    return build_tiny_zero123(tmp_path_factory.mktemp("tiny-zero123") / "zero123")
+
+
+@pytest.fixture(scope="session")
+def duck_front(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """toyworld's front view of "a yellow duck" as an RGBA PNG (64 px): an image-to-3D input."""
+    from threedistill.cli import main
+
+    path = tmp_path_factory.mktemp("duck") / "duck.png"
+    assert main(["toyworld", "render", "a yellow duck", str(path), "--resolution", "64"]) == 0
+    return path

@@ -365,3 +365,35 @@ def build_tiny_mvdream(path: Path | str) -> Path:
         "unet": ["mv_unet", "MultiViewUNetModel"], "vae": ["diffusers", "AutoencoderKL"],
     })
     return path
+
+
+def build_tiny_zero123(path: Path | str, layout: Literal["ashawkey", "kxic"] = "ashawkey") -> Path:
+    """Write a tiny Zero123 folder in a public diffusers-format layout: ashawkey/zero123-xl-diffusers
+    (`clip_camera_projection`, Zero123Pipeline) or kxic/zero123-xl-diffusers (`cc_projection`)."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from threedistill.priors.diffusers.zero123 import CCProjection, CLIPCameraProjection
+
+    path = Path(path)
+    torch.manual_seed(6)
+    encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=HIDDEN, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8,
+        projection_dim=HIDDEN)).eval()
+    unet = UNet2DConditionModel.from_config({**_unet("sd1", 0).config, "in_channels": 8}).eval()
+    name, projection = (("clip_camera_projection", CLIPCameraProjection(HIDDEN, 4)) if layout == "ashawkey"
+                        else ("cc_projection", CCProjection(HIDDEN + 4, HIDDEN)))
+    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    parts = dict(vae=_vae(1), image_encoder=encoder, unet=unet, scheduler=_scheduler("sd1"), feature_extractor=processor)
+    parts[name] = projection
+    for part_name, part in parts.items():
+        part.save_pretrained(str(path / part_name))
+    module = "pipeline_zero123" if layout == "ashawkey" else "pipeline_zero1to3"
+    _write_model_index(path, {
+        "_class_name": "Zero123Pipeline" if layout == "ashawkey" else "Zero1to3StableDiffusionPipeline",
+        "vae": ["diffusers", "AutoencoderKL"], "image_encoder": ["transformers", "CLIPVisionModelWithProjection"],
+        "unet": ["diffusers", "UNet2DConditionModel"], "scheduler": ["diffusers", "DDIMScheduler"],
+        "feature_extractor": ["transformers", "CLIPImageProcessor"], name: [module, type(projection).__name__],
+        "requires_safety_checker": False, "safety_checker": [None, None],
+    })
+    return path

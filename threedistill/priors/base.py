@@ -17,6 +17,7 @@ from torch import Tensor
 
 from ..core.cameras import Cameras, OrbitSamplerConfig
 from ..core.registry import Registry
+from ..core.types import ReferenceImage
 
 
 @dataclass
@@ -142,6 +143,10 @@ class Prior:
     """It knows its data exactly (toyworld): runs on it are scored against ground truth (eval/scoring.py)."""
     provides_variational_model: ClassVar[bool] = False
     """`variational_model(config)` works (VSD, ESD)."""
+    reads_image: ClassVar[bool] = False
+    """It can be conditioned on the reference image of an image-to-3D run (`condition_on_image`)."""
+    needs_image: ClassVar[bool] = False
+    """It is conditioned on an image and cannot run without one (zero123)."""
 
     num_train_timesteps: int
     alphas_cumprod: Tensor
@@ -173,6 +178,11 @@ class Prior:
 
     def variational_model(self, config: VariationalConfig) -> VariationalModel:
         raise NotImplementedError(f"{type(self).__name__} provides no variational model")
+
+    def condition_on_image(self, reference: ReferenceImage) -> str:
+        """Condition the prior on an image-to-3D run's image (priors whose class sets `reads_image`); returns the
+        text the run's prompt embeddings are then made of (toyworld: the object it identified; zero123: a marker)."""
+        raise NotImplementedError(f"{type(self).__name__} is not conditioned on images")
 
     @classmethod
     def sharing_key(cls, config: PriorConfig, sampler_config: OrbitSamplerConfig) -> str:
