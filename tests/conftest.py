@@ -99,3 +99,19 @@ def duck_front(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("duck") / "duck.png"
     assert main(["toyworld", "render", "a yellow duck", str(path), "--resolution", "64"]) == 0
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_if(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny DeepFloyd IF stage-I folder (IFPipeline layout), built once per session."""
+    from support import build_tiny_if
+
+    return build_tiny_if(tmp_path_factory.mktemp("tiny-if") / "if")
+
+
+@pytest.fixture(scope="session")
+def tiny_controlnet(tmp_path_factory: pytest.TempPathFactory, tiny_sd: dict[str, Path]) -> Path:
+    """A tiny ControlNetModel (3 condition channels) for the tiny SD 1.x pipeline, built once per session."""
+    from support import build_tiny_controlnet
+
+    return build_tiny_controlnet(tmp_path_factory.mktemp("tiny-controlnet") / "controlnet", tiny_sd["sd1"])

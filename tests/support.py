@@ -397,3 +397,55 @@ def build_tiny_zero123(path: Path | str, layout: Literal["ashawkey", "kxic"] = "
         "requires_safety_checker": False, "safety_checker": [None, None],
     })
     return path
+
+
+def _t5_tokenizer(folder: Path):
+    """A T5 (Unigram) tokenizer over single characters, written without sentencepiece (transformers 5)."""
+    from transformers import T5Tokenizer
+
+    pieces = [chr(c) for c in range(33, 127)]
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    vocab += [(p, -3.0) for p in pieces] + [("\u2581" + p, -2.5) for p in pieces]
+    tok = T5Tokenizer(vocab=vocab, extra_ids=0)
+    tok.save_pretrained(str(folder))
+    return T5Tokenizer.from_pretrained(str(folder))
+
+
+def build_tiny_if(path: Path | str) -> Path:
+    """Write a tiny DeepFloyd IF stage-I folder (IFPipeline layout: T5 encoder, 3-in / 6-out pixel UNet with
+    text projection and scale-shift resnets, DDPM with learned variance), without the safety checker."""
+    from diffusers import DDPMScheduler, IFPipeline, UNet2DConditionModel
+    from transformers import T5Config, T5EncoderModel
+
+    path = Path(path)
+    tok = _t5_tokenizer(path.parent / f"_t5_{path.name}")
+    torch.manual_seed(7)
+    encoder = T5EncoderModel(T5Config(vocab_size=len(tok), d_model=HIDDEN, d_kv=8, d_ff=37, num_layers=2, num_heads=4)).eval()
+    unet = UNet2DConditionModel(
+        sample_size=32, in_channels=3, out_channels=6, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
+        up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"), mid_block_type="UNetMidBlock2DSimpleCrossAttn",
+        cross_attention_dim=32, encoder_hid_dim=HIDDEN, encoder_hid_dim_type="text_proj", addition_embed_type="text",
+        addition_embed_type_num_heads=4, attention_head_dim=8, resnet_time_scale_shift="scale_shift", norm_num_groups=32,
+        act_fn="gelu",
+    ).eval()
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", variance_type="learned_range",
+                              prediction_type="epsilon", thresholding=True, dynamic_thresholding_ratio=0.95, sample_max_value=1.5)
+    IFPipeline(tokenizer=tok, text_encoder=encoder, unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
+               watermarker=None, requires_safety_checker=False).save_pretrained(str(path))
+    return path
+
+
+def build_tiny_controlnet(path: Path | str, sd_folder: Path, conditioning_channels: int = 3) -> Path:
+    """Write a tiny diffusers ControlNetModel made from the tiny SD 1.x pipeline's UNet (`from_unet`)."""
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    torch.manual_seed(8)
+    unet = UNet2DConditionModel.from_pretrained(str(sd_folder), subfolder="unet")
+    net = ControlNetModel.from_unet(unet, conditioning_channels=conditioning_channels, conditioning_embedding_out_channels=(8, 16, 16, 16))
+    with torch.no_grad():  # diffusers zero-initialises the output convolutions: give them weights so the residuals matter
+        for p in net.parameters():
+            if not p.abs().sum():
+                p.normal_(0.0, 0.05)
+    net.save_pretrained(str(path))
+    return Path(path)

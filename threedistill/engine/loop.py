@@ -196,6 +196,8 @@ class StageTrainer:
         weights = active_loss_weights(self.representation, step, cfg.steps)
         self.representation.before_step(step, frozenset(weights))
         out = self.backdrop.composite(self.representation.render(cams, self.background), cams)
+        if self.prior is not None:
+            self.prior.observe_render(out, cams)
         images, emb = self._objective_inputs(out.rgb, cams)
         g = self.objective(images, cams, emb, step, out)
         loss, logs = g.loss, dict(g.logs)

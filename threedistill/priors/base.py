@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ..core.cameras import Cameras, OrbitSamplerConfig
 from ..core.registry import Registry
-from ..core.types import ReferenceImage
+from ..core.types import ReferenceImage, RenderOutput
 
 
 @dataclass
@@ -178,6 +178,10 @@ class Prior:
 
     def variational_model(self, config: VariationalConfig) -> VariationalModel:
         raise NotImplementedError(f"{type(self).__name__} provides no variational model")
+
+    def observe_render(self, out: RenderOutput, cams: Cameras) -> None:
+        """Called by the loop with every step's renders before the objective scores them: a prior conditioned on
+        the renders themselves (SD with a ControlNet) makes its condition here; the others ignore it."""
 
     def condition_on_image(self, reference: ReferenceImage) -> str:
         """Condition the prior on an image-to-3D run's image (priors whose class sets `reads_image`); returns the

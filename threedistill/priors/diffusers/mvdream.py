@@ -57,7 +57,8 @@ class MVDreamConfig(StableDiffusionConfig):
         """The settings, and the model on disk (or downloads allowed); nothing is loaded."""
         if self.views < 1:
             raise UserError(f"--prior.views must be >= 1, got {self.views}")
-        for flag, value in (("rgb-as-latents", self.rgb_as_latents), ("attention-slicing", self.attention_slicing)):
+        for flag, value in (("rgb-as-latents", self.rgb_as_latents), ("attention-slicing", self.attention_slicing),
+                            ("controlnet", self.controlnet)):
             if value:
                 raise UserError(f"--prior.{flag} is not supported by --prior mvdream; drop it")
         locate_model(self.model, self.allow_download, MVDREAM_MODEL)
