@@ -23,6 +23,12 @@ QUICK = ["--device", "cpu", "--log.no-progress", "--log.turntable-frames", "2", 
          "--log.export-formats", "splat", "--log.log-every", "1", "--sampler.batch-size", "2"]
 
 
+def _without(flags: list[str], *names: str) -> list[str]:
+    """`flags` less each named flag and the value after it."""
+    drop = {i + k for i, flag in enumerate(flags) if flag in names for k in (0, 1)}
+    return [flag for i, flag in enumerate(flags) if i not in drop]
+
+
 def _reference(path: Path) -> ReferenceImage:
     rgb, alpha = read_reference(path)
     return ReferenceImage(rgb[None], alpha[None], reference_camera(ReferenceConfig(), 64, 64))
@@ -136,3 +142,21 @@ def test_zero123_offline_and_corrupt_are_one_line(tiny_zero123: Path, duck_front
     target.write_bytes(b"junk")
     proc = run_main(capsys, "run", "--image", str(duck_front), "--prior", "zero123", "--prior.model", str(broken), *QUICK)
     assert_one_line_error(proc, f"Zero123 model '{broken}'")
+
+
+def test_image_presets(tiny_zero123: Path, tiny_sd: dict, duck_front: Path, tmp_path: Path, capsys) -> None:
+    """magic123 (zero123 + SD text prior, NeRF then mesh) on the tiny models; dreamgaussian-image
+    (Gaussians then mesh texture) on toyworld, scored."""
+    mesh = ["--log.export-formats", "glb", "--mesh.resolution", "24", "--mesh.calibration-views", "3", "--mesh.calibration-resolution", "24"]
+    quick = _without(QUICK, "--log.export-formats", "--representation.num-points") + mesh
+    nerf = ["--representation.levels", "4", "--representation.log2-table-size", "12", "--representation.max-resolution", "32",
+            "--representation.hidden-dim", "16"]
+    proc = run_main(capsys, "run", "--config", "magic123", "--image", str(duck_front), "--prompt", "a rubber duck", "--prior.model",
+                    str(tiny_zero123), "--reference.text-model", str(tiny_sd["sd1"]), "--steps", "4", "--out", str(tmp_path), *quick, *nerf)
+    assert proc.returncode == 0, proc.stderr
+    proc = run_main(capsys, "run", "--config", "dreamgaussian-image", "--image", str(duck_front), "--prior", "toyworld",
+                    "--prior.num-references", "32", "--prior.resolution", "32", "--sampler.width", "32", "--sampler.height", "32",
+                    "--log.eval-views", "4", "--steps", "60", "--out", str(tmp_path), *quick, "--representation.num-points", "300")
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads((Path(proc.stdout.strip().splitlines()[-1]) / "metrics.json").read_text())
+    assert [s["stage"] for s in metrics["stages"]] == ["gaussians", "texture"] and metrics["prompt"] == "a yellow duck"

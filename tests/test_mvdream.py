@@ -155,3 +155,22 @@ def test_offline_and_corrupt_models_are_one_line(tiny_mvdream: Path, tmp_path: P
     (other / "unet" / "config.json").write_text(json.dumps({**config, "camera_dim": None}))
     proc = run_main(capsys, "run", "--prior", "mvdream", "--prior.model", str(other), "--out", str(tmp_path), *QUICK)
     assert_one_line_error(proc, f"'{other}'", "unexpected keys")
+
+
+def test_mvdream_preset(tiny_mvdream: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The recipe's two stages (64 px, then 256 px; annealed t bounds) on the tiny model, and with every
+    objective that makes sense on 4-view groups."""
+    nerf = ["--representation.levels", "4", "--representation.log2-table-size", "12", "--representation.max-resolution", "32",
+            "--representation.hidden-dim", "16", "--sampler.width", "32", "--sampler.height", "32", "--mesh.resolution", "24"]
+    proc = run_main(capsys, "run", "--config", "mvdream", "--prior.model", str(tiny_mvdream), "--steps", "4", "--out", str(tmp_path),
+                    *QUICK[:11], "--log.export-formats", "glb", *nerf)
+    assert proc.returncode == 0, proc.stderr
+    run = Path(proc.stdout.strip().splitlines()[-1])
+    assert [s["stage"] for s in json.loads((run / "metrics.json").read_text())["stages"]] == ["low", "high"]
+
+
+@pytest.mark.parametrize("objective", ["ism", "csd"])
+def test_other_objectives_on_view_groups(objective: str, tiny_mvdream: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    proc = run_main(capsys, "run", "--prior", "mvdream", "--prior.model", str(tiny_mvdream), "--guidance", objective,
+                    "--steps", "2", "--out", str(tmp_path), *QUICK)
+    assert proc.returncode == 0, proc.stderr
