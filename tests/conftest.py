@@ -115,3 +115,38 @@ def tiny_controlnet(tmp_path_factory: pytest.TempPathFactory, tiny_sd: dict[str,
     from support import build_tiny_controlnet
 
     return build_tiny_controlnet(tmp_path_factory.mktemp("tiny-controlnet") / "controlnet", tiny_sd["sd1"])
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory: pytest.TempPathFactory, reference_cache: str) -> Path:
+    """One finished tiny toyworld Gaussians run made through the Python API, shared by the tests that
+    only read a run (API, viewer, exports opened by real clients, TensorBoard): it exports splats,
+    the turntable and the meshes, and logs to TensorBoard."""
+    from support import tiny_run_kwargs
+
+    import threedistill as td
+
+    run = td.run(prompt="a red mug", out=tmp_path_factory.mktemp("finished-run"), **tiny_run_kwargs(), **{"log.tensorboard": True})
+    assert run.finished and not run.interrupted
+    return run.run_dir
+
+
+@pytest.fixture(scope="session")
+def made_run(tmp_path_factory: pytest.TempPathFactory, reference_cache: str):
+    """`made_run(kind)`: a finished tiny run of a NeRF ("nerf"), a mesh ("mesh") or a 4D Gaussians
+    asset ("4d") that exports mesh.glb, made once per session on first use."""
+    from support import tiny_kind_flags
+
+    import threedistill as td
+    from threedistill.engine.plan import parse_run_plan
+
+    made: dict[str, Path] = {}
+
+    def make(kind: str) -> Path:
+        if kind not in made:
+            flags = [*tiny_kind_flags(kind), "--out", str(tmp_path_factory.mktemp(f"run-{kind}"))]
+            run = td.run_plan(parse_run_plan(flags))
+            assert run.finished
+            made[kind] = run.run_dir
+        return made[kind]
+    return make

@@ -48,6 +48,30 @@ TINY_FLAGS = [
 ]
 
 
+def tiny_kind_flags(kind: str) -> list[str]:
+    """The flags of a tiny NeRF, mesh or 4D (bouncing ball, 3 frames) run exporting mesh.glb (TINY_FLAGS, adapted)."""
+    common = ["--log.export-formats", "glb", "--mesh.resolution", "32"]
+    if kind == "4d":
+        return [*TINY_FLAGS, "--dynamic", "--prompt", "a bouncing ball", "--prior.frames", "3", "--prior.resolution", "16",
+                "--prior.num-references", "12", "--prior.uncond-references-per-object", "2", *common]
+    base = [f for i, f in enumerate(TINY_FLAGS) if "num-points" not in f and "num-points" not in TINY_FLAGS[i - 1]]
+    if kind == "nerf":
+        return [*base, "--representation", "nerf", *[f"--representation.{k.replace('_', '-')}={v}" for k, v in SMALL_NERF.items()], *common]
+    if kind == "mesh":
+        return [*base, "--representation", "mesh", "--representation.init-subdivisions", "2", *common]
+    raise ValueError(kind)
+
+
+def tiny_run_kwargs() -> dict[str, object]:
+    """TINY_FLAGS as `td.run` keywords (sections as mappings, dotted keys), with every export format
+    but obj (its texture bake is slow) and the metrics logged every step."""
+    return dict(prior="toyworld", steps=6, device="cpu", progress=False,
+                sampler={"width": 32, "height": 32, "batch_size": 2}, representation={"num_points": 300},
+                log={"turntable_frames": 4, "turntable_resolution": 32, "eval_views": 4, "preview_every": 3,
+                     "checkpoint_every": 3, "log_every": 1, "export_formats": ["splat", "video", "glb", "ply"]},
+                **{"prior.num_references": 16, "prior.resolution": 32, "mesh.resolution": 48})
+
+
 SMALL_NERF = dict(levels=4, log2_table_size=12, base_resolution=8, max_resolution=32, hidden_dim=16,
                   samples_per_ray=32, occ_resolution=16)
 """A small NeRF: levels 8 and 11 dense, 16 and 32 hashed."""
@@ -75,20 +99,39 @@ def trainer_for(names: ComponentNames, cfg: RunConfig, run_dir: Optional[Path] =
 
 # ---------------------------------------------------------------------- the command line
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    """`threedistill ARGS` in this process, as a subprocess would report it: the exit code, stdout
+    and stderr, and an exception escaping `main` rendered as its traceback on stderr (exit 1).
+    Saves a Python start and the imports per call; `run_cli_process` runs the real console script."""
+    import contextlib
+    import io
+    import traceback
+
+    from threedistill.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    previous = Path.cwd()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as exc:  # argparse / tyro exits
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            except Exception:  # what the interpreter would print
+                traceback.print_exc()
+                code = 1
+    finally:
+        os.chdir(previous)
+    return subprocess.CompletedProcess(["threedistill", *args], code, out.getvalue(), err.getvalue())
+
+
+def run_cli_process(*args: str, cwd: Path | None = None, env: Optional[dict[str, str]] = None) -> subprocess.CompletedProcess:
+    """`python -m threedistill.cli ARGS` in a fresh process (what a user's shell runs)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "threedistill.cli", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300
     )
-
-
-def run_main(capsys, *args: str) -> subprocess.CompletedProcess:
-    """`threedistill ARGS` in this process (the CLI's `main`), with its exit code and captured output."""
-    from threedistill.cli import main
-
-    capsys.readouterr()
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    return subprocess.CompletedProcess(["threedistill", *args], code, out, err)
 
 
 def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
@@ -449,3 +492,177 @@ def build_tiny_controlnet(path: Path | str, sd_folder: Path, conditioning_channe
                 p.normal_(0.0, 0.05)
     net.save_pretrained(str(path))
     return Path(path)
+
+
+# ---------------------------------------------------------------------- mesh files as other tools write them
+def write_glb(path: Path, primitives: list[dict], textures: tuple = ()) -> Path:
+    """A binary glTF 2.0 file written by hand, as exporters write them: one node per primitive
+    (`translation`/`scale`/`rotation` optional), POSITION, indices, optional COLOR_0 (`color0`,
+    float VEC3/VEC4, or normalised uint16 VEC4 with `color0_uint16` as Blender writes it) and
+    TEXCOORD_0 (`uv`, glTF's v-down convention), a material with `factor` (baseColorFactor) and/or
+    `texture` (an index into `textures`, RGB uint8 arrays stored as PNG)."""
+    import json
+    import struct
+
+    import imageio.v3 as iio
+    import numpy as np
+
+    blob = bytearray()
+    views: list[dict] = []
+    accessors: list[dict] = []
+
+    def view(data: bytes, target: Optional[int] = None) -> int:
+        blob.extend(b"\0" * (-len(blob) % 4))
+        views.append({"buffer": 0, "byteOffset": len(blob), "byteLength": len(data), **({"target": target} if target else {})})
+        blob.extend(data)
+        return len(views) - 1
+
+    def accessor(array: "np.ndarray", kind: str, component: int, target: int, bounds: bool = False, normalized: bool = False) -> int:
+        entry = {"bufferView": view(np.ascontiguousarray(array).tobytes(), target), "componentType": component,
+                 "count": int(array.shape[0]), "type": kind, **({"normalized": True} if normalized else {})}
+        if bounds:
+            entry.update(min=array.min(0).tolist(), max=array.max(0).tolist())
+        accessors.append(entry)
+        return len(accessors) - 1
+
+    images = [{"bufferView": view(iio.imwrite("<bytes>", t, extension=".png")), "mimeType": "image/png"} for t in textures]
+    meshes, nodes, materials = [], [], []
+    for p in primitives:
+        attributes = {"POSITION": accessor(np.asarray(p["vertices"], np.float32), "VEC3", 5126, 34962, bounds=True)}
+        if p.get("color0") is not None:
+            colour = np.asarray(p["color0"], np.float32)
+            kind = "VEC4" if colour.shape[1] == 4 else "VEC3"
+            if p.get("color0_uint16"):
+                attributes["COLOR_0"] = accessor(np.round(colour * 65535).astype(np.uint16), kind, 5123, 34962, normalized=True)
+            else:
+                attributes["COLOR_0"] = accessor(colour, kind, 5126, 34962)
+        if p.get("uv") is not None:
+            attributes["TEXCOORD_0"] = accessor(np.asarray(p["uv"], np.float32), "VEC2", 5126, 34962)
+        primitive = {"attributes": attributes,
+                     "indices": accessor(np.asarray(p["faces"], np.uint32).reshape(-1), "SCALAR", 5125, 34963)}
+        if p.get("material") is not None:
+            m = p["material"]
+            pbr = {**({"baseColorFactor": [float(x) for x in m["factor"]]} if "factor" in m else {}),
+                   **({"baseColorTexture": {"index": m["texture"]}} if "texture" in m else {})}
+            materials.append({"pbrMetallicRoughness": pbr})
+            primitive["material"] = len(materials) - 1
+        meshes.append({"primitives": [primitive]})
+        nodes.append({"mesh": len(meshes) - 1, **{k: [float(x) for x in p[k]] for k in ("translation", "scale", "rotation") if k in p}})
+    gltf: dict = {"asset": {"version": "2.0", "generator": "threedistill tests"}, "scene": 0,
+                  "scenes": [{"nodes": list(range(len(nodes)))}], "nodes": nodes, "meshes": meshes, "accessors": accessors,
+                  "bufferViews": views, "buffers": [{"byteLength": len(blob) + (-len(blob) % 4)}]}
+    if materials:
+        gltf["materials"] = materials
+    if images:
+        gltf.update(images=images, samplers=[{"magFilter": 9728, "minFilter": 9728}],
+                    textures=[{"source": i, "sampler": 0} for i in range(len(images))])
+    text = json.dumps(gltf).encode()
+    text += b" " * (-len(text) % 4)
+    blob.extend(b"\0" * (-len(blob) % 4))
+    size = 12 + 8 + len(text) + 8 + len(blob)
+    path.write_bytes(struct.pack("<III", 0x46546C67, 2, size) + struct.pack("<II", len(text), 0x4E4F534A) + text
+                     + struct.pack("<II", len(blob), 0x004E4942) + bytes(blob))
+    return path
+
+
+def two_colour_texture(size: int = 16) -> "np.ndarray":
+    """An RGB texture, red on its left half and blue on its right half (uint8 [size, size, 3])."""
+    import numpy as np
+
+    texture = np.zeros((size, size, 3), np.uint8)
+    texture[:, : size // 2] = (255, 0, 0)
+    texture[:, size // 2:] = (0, 0, 255)
+    return texture
+
+
+# ---------------------------------------------------------------------- real clients: a browser, node
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--use-angle=swiftshader", "--enable-unsafe-swiftshader"]
+"""Headless Debian chromium with WebGL on SwiftShader (no GPU), nothing fetched from the network."""
+NODE_PROJECT = Path(__file__).resolve().parent / "clients"
+"""tests/clients: package.json + package-lock.json of the npm clients (`npm ci` there; .ci/run does it)."""
+
+
+def require_client(available: bool, what: str) -> None:
+    """Skip a test whose external client is not installed, except where THREEDISTILL_REQUIRE_CLIENTS=1
+    (.ci/run sets it, so CI fails instead of skipping)."""
+    import pytest
+
+    if available:
+        return
+    if os.environ.get("THREEDISTILL_REQUIRE_CLIENTS") == "1":
+        pytest.fail(f"{what} is not installed (THREEDISTILL_REQUIRE_CLIENTS=1); run .ci/run's set-up")
+    pytest.skip(f"{what} is not installed")
+
+
+def browser_page(width: int = 1000, height: int = 700):
+    """A context manager yielding a playwright page in headless chromium (CHROMIUM_FLAGS, a fresh
+    profile); skipped (or failed, see require_client) without chromium and playwright."""
+    import contextlib
+    import importlib.util
+    import tempfile
+
+    require_client(CHROMIUM.exists() and importlib.util.find_spec("playwright") is not None, "chromium + playwright")
+
+    @contextlib.contextmanager
+    def page():
+        from playwright.sync_api import sync_playwright
+
+        with tempfile.TemporaryDirectory() as profile, sync_playwright() as p:
+            browser = p.chromium.launch_persistent_context(profile, executable_path=str(CHROMIUM), headless=True,
+                                                           args=CHROMIUM_FLAGS, viewport={"width": width, "height": height})
+            try:
+                yield browser.pages[0] if browser.pages else browser.new_page()
+            finally:
+                browser.close()
+    return page()
+
+
+class CliProcess:
+    """A `threedistill` command running in the background; stderr is drained on a thread (so the
+    process never blocks on a full pipe) and searched for the viewer's URL."""
+
+    def __init__(self, *args: str, cwd: Optional[Path] = None) -> None:
+        import threading
+
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen([sys.executable, "-m", "threedistill.cli", *args], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, cwd=cwd, env=env)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stderr or []), daemon=True)
+        self._reader.start()
+
+    def url(self, timeout: float = 120.0) -> str:
+        import re
+        import time
+
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            for line in list(self.lines):
+                found = re.search(r"viewer: (http://127\.0\.0\.1:\d+)", line)
+                if found:
+                    return found.group(1)
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise AssertionError("the viewer did not start:\n" + "".join(self.lines))
+
+    def finish(self, timeout: float = 120.0) -> tuple[int, str, str]:
+        """Wait for the exit: (code, stdout, stderr). (Not communicate(): it would read stderr too, taking
+        lines from the thread that drains it.)"""
+        self.proc.wait(timeout=timeout)  # stdout holds a line or two: no pipe fills up meanwhile
+        out = self.proc.stdout.read() if self.proc.stdout is not None else ""
+        self._reader.join(timeout=60)  # the rest of stderr (a busy machine can starve this thread)
+        return self.proc.returncode, out, "".join(self.lines)
+
+    def interrupt(self) -> None:
+        import signal
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)

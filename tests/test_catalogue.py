@@ -115,3 +115,26 @@ def test_scene_read_errors(tmp_path):
     (tmp_path / "transforms.json").write_text('{"frames": [{"file_path": "images/a.png"}]}')
     with pytest.raises(UserError, match="missing"):
         load_scene(tmp_path)
+
+
+def test_procedural_shapes_are_seeded_asymmetric_multicoloured_and_have_thin_parts():
+    from threedistill.priors.toyworld.procedural import parse_shape_prompt, procedural_shape
+
+    assert parse_shape_prompt("a red shape 7") == ("red", 7)
+    assert parse_shape_prompt("a procedural shape 12") == (None, 12)
+    assert parse_shape_prompt("a mug") is None and parse_shape_prompt("a fluffy shape 3") is None
+    for k in range(4):
+        mesh = resolve_prompt(f"shape {k}")[0]
+        again = procedural_shape(k)
+        np.testing.assert_array_equal(mesh.vertices, again.vertices)  # the same number, the same shape
+        assert np.linalg.norm(mesh.vertices, axis=1).max() == pytest.approx(RADIUS, abs=1e-5)
+        assert len(np.unique(mesh.face_colors, axis=0)) >= 2
+        # asymmetric: the centre of surface area is off the bounding-box centre, unlike a mirrored object
+        tri = trimesh.Trimesh(mesh.vertices, mesh.faces, process=False)
+        assert np.linalg.norm(tri.center_mass - tri.bounds.mean(0)) > 0.02
+        # a thin part: some connected component is under 0.1 thick in its narrowest direction
+        thin = [c for c in tri.split(only_watertight=False) if np.sort(c.extents)[0] < 0.1 or c.bounding_box_oriented.primitive.extents.min() < 0.1]
+        assert thin, k
+    red = resolve_prompt("a red shape 1")[0]
+    assert np.allclose(red.face_colors[red.main_faces], COLOURS["red"])
+    assert not np.array_equal(procedural_shape(0).vertices, procedural_shape(1).vertices)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from support import assert_one_line_error, run_cli
+from support import assert_one_line_error, run_cli, run_cli_process
 
 
 @pytest.mark.parametrize(
@@ -29,6 +29,13 @@ def test_bad_input_is_one_line(args: list[str], needles: list[str], tmp_path: Pa
     assert_one_line_error(proc, *needles)
     # a failed run leaves no run folder behind
     assert not any(p.is_dir() and p.name.startswith("sds-") for p in tmp_path.rglob("*"))
+
+
+def test_bad_input_through_the_real_console_script_is_one_line(tmp_path: Path) -> None:
+    """The in-process runner above shares the interpreter; this one starts Python the user's way,
+    so import-time warnings or a broken entry point would show up on stderr."""
+    proc = run_cli_process("run", "--prior", "toyworld", "--prompt", "a corgi", "--out", str(tmp_path))
+    assert_one_line_error(proc, "unknown toyworld prompt 'a corgi'")
 
 
 def test_cuda_without_a_gpu_is_one_line(tmp_path: Path) -> None:
@@ -84,7 +91,8 @@ def test_run_then_export(tmp_path: Path) -> None:
     run = Path(proc.stdout.strip().splitlines()[-1])
     assert (run / "metrics.json").exists()
     (run / "export" / "splats.ply").unlink()
-    proc = run_cli("export", str(run), "--format", "splat")
+    proc = run_cli("export", str(run), "--format", "splat", "glb", "--mesh-resolution", "32")  # a list, as the README writes it
     assert proc.returncode == 0, proc.stderr
-    assert (run / "export" / "splats.ply").exists()
+    assert (run / "export" / "splats.ply").exists() and (run / "export" / "mesh.glb").exists()
+    assert [Path(line).name for line in proc.stdout.split()] == ["splats.ply", "mesh.glb"]
     assert not (run / "checkpoints" / "step-000007.pt").exists(), "export does not train"

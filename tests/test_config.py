@@ -89,3 +89,33 @@ def test_cli_overrides_preset(tmp_path: Path) -> None:
     preset.write_text("steps: 11\nprompt: a ball\n")
     _, cfg = parse_run_args(["--config", str(preset), "--steps", "4"])
     assert cfg.steps == 4 and cfg.prompt == "a ball"
+
+
+def test_default_run_length_depends_on_the_kind_of_run() -> None:
+    """Static 3D Gaussians on toyworld default to 500 steps (they reach their quality there); 4D
+    runs, other priors, other representations and explicit --steps keep their lengths."""
+    from threedistill.config import parse_run_args
+
+    assert parse_run_args(["--prior", "toyworld"])[1].steps == 500
+    assert parse_run_args(["--prior", "toyworld", "--config", "toyworld-sds"])[1].steps == 500
+    assert parse_run_args(["--prior", "toyworld", "--steps", "700"])[1].steps == 700
+    assert parse_run_args(["--prior", "toyworld", "--dynamic", "--prompt", "a bouncing ball"])[1].steps == 1000
+    assert parse_run_args(["--prior", "sd"])[1].steps == 1000
+    assert parse_run_args(["--prior", "toyworld", "--representation", "mesh"])[1].steps == 1000
+
+
+def test_toyworld_sd_gaussians_start_faint_unless_told_otherwise(tmp_path: Path) -> None:
+    """On toyworld-sd Gaussians start at opacity logit -4 (config.py SITUATIONAL_DEFAULTS); other
+    priors keep the representation's -1; a flag or a config file's value wins."""
+    from threedistill.config import parse_run_args
+
+    def opacity(*argv: str) -> float:
+        return parse_run_args(["--prompt", "a yellow duck", *argv])[1].representation.init_opacity_logit  # type: ignore[attr-defined]
+
+    assert opacity("--prior", "toyworld-sd") == -4.0
+    assert opacity("--prior", "toyworld") == -1.0 and opacity("--prior", "sd") == -1.0
+    assert opacity("--prior", "toyworld-sd", "--representation.init-opacity-logit", "-2") == -2.0
+    preset = tmp_path / "p.yaml"
+    preset.write_text("prior: toyworld-sd\nrepresentation: {name: gaussians, init_opacity_logit: -3.0}\n")
+    assert opacity("--config", str(preset)) == -3.0
+    assert parse_run_args(["--prior", "toyworld-sd", "--prompt", "a yellow duck"])[1].steps == 1000

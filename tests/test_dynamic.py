@@ -47,7 +47,7 @@ def test_motion_amplification_scales_deviations_from_the_clip_mean() -> None:
 def test_dynamic_flag_picks_the_video_prior_and_round_trips() -> None:
     names, cfg = parse_run_args([*TINY_FLAGS, "--dynamic", "--prompt", "a bouncing ball"])
     assert names.prior == "toyworld-video" and cfg.dynamic
-    plan = parse_run_plan(["--config", "configs/4d-gaussians.yaml", "--prior", "toyworld"])
+    plan = parse_run_plan(["--config", "threedistill/configs/4d-gaussians.yaml", "--prior", "toyworld"])
     assert [(s.names.prior, s.cfg.dynamic) for s in plan] == [("toyworld", False), ("toyworld-video", True)]
 
 

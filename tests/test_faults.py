@@ -14,7 +14,7 @@ from typing import Any, Callable
 import pytest
 import torch
 
-from support import TINY_FLAGS, error_lines, fill_disk_for, run_killed_while_writing, run_main
+from support import TINY_FLAGS, error_lines, fill_disk_for, run_killed_while_writing, run_cli
 from threedistill.engine.checkpoint import load_checkpoint
 
 FLAGS = [*TINY_FLAGS, "--log.export-formats", "splat"]
@@ -116,7 +116,7 @@ def test_a_stop_signal_at_any_point_keeps_a_checkpoint_and_resume_ends_as_an_uni
     extra = ["--config", str(tmp_path / "staged.yaml")] if staged else []
     with monkeypatch.context() as patch:
         _point(patch, point, signum)
-        proc = run_main(capsys, "run", *FLAGS, *extra, "--out", str(tmp_path / "out"))
+        proc = run_cli("run", *FLAGS, *extra, "--out", str(tmp_path / "out"))
     assert proc.returncode == 128 + signum, proc.stderr
     assert "Traceback" not in proc.stderr and signal.Signals(signum).name in proc.stderr
     if step is None:  # stopped before the run had anything: no folder left behind
@@ -125,7 +125,7 @@ def test_a_stop_signal_at_any_point_keeps_a_checkpoint_and_resume_ends_as_an_uni
     run = _run_dir(tmp_path / "out")
     assert f"threedistill resume {run}" in proc.stderr
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == step
-    assert run_main(capsys, "resume", str(run)).returncode == 0
+    assert run_cli("resume", str(run)).returncode == 0
     _same(_final(run), reference["staged" if staged else "single"])
     assert (run / "export" / "splats.ply").is_file() and not list(run.rglob(".*.tmp*"))
 
@@ -139,7 +139,7 @@ def test_sigkill_during_a_checkpoint_write_keeps_the_previous_last_pt(reference:
     run = _run_dir(tmp_path)
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 3  # intact and loadable
     assert len(list((run / "checkpoints").glob(".last.*.tmp.pt"))) == 1  # the cut-off write
-    assert run_main(capsys, "resume", str(run)).returncode == 0
+    assert run_cli("resume", str(run)).returncode == 0
     _same(_final(run), reference["single"])
     assert not list(run.rglob(".*.tmp*")), "resume removes the dead writer's temporary file"
 
@@ -149,7 +149,7 @@ def test_sigkill_during_an_export_keeps_the_previous_exports(tmp_path: Path, cap
 
     from threedistill.export.splat_ply import read_splat_ply
 
-    assert run_main(capsys, "run", *FLAGS, "--log.export-formats", "splat", "glb", "ply", "--mesh.resolution", "32",
+    assert run_cli("run", *FLAGS, "--log.export-formats", "splat", "glb", "ply", "--mesh.resolution", "32",
                     "--out", str(tmp_path)).returncode == 0
     run = _run_dir(tmp_path)
     before = _hashes(run / "export")
@@ -160,7 +160,7 @@ def test_sigkill_during_an_export_keeps_the_previous_exports(tmp_path: Path, cap
     assert trimesh.load(run / "export" / "mesh.glb", force="mesh").faces.shape[0] > 0
     assert trimesh.load(run / "export" / "mesh.ply").faces.shape[0] > 0
     assert read_splat_ply(run / "export" / "splats.ply")["means"].shape[0] > 0
-    assert run_main(capsys, "export", str(run), "--format", "glb", "--mesh-resolution", "32").returncode == 0
+    assert run_cli("export", str(run), "--format", "glb", "--mesh-resolution", "32").returncode == 0
     assert not list(run.rglob(".*.tmp*")), "the next export removes the dead writer's temporary file"
 
 
@@ -168,7 +168,7 @@ def test_sigkill_during_an_export_keeps_the_previous_exports(tmp_path: Path, cap
 def test_a_full_disk_while_writing_a_checkpoint_is_one_line_and_keeps_the_last_one(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     failed = fill_disk_for(monkeypatch, {"last.pt"}, after=2)  # step 0 and 3 are written, step 6 is not
-    proc = run_main(capsys, "run", *FLAGS, "--out", str(tmp_path))
+    proc = run_cli("run", *FLAGS, "--out", str(tmp_path))
     assert proc.returncode == 3, proc.stderr
     (line,) = error_lines(proc)
     run = _run_dir(tmp_path)
@@ -180,12 +180,12 @@ def test_a_full_disk_while_writing_a_checkpoint_is_one_line_and_keeps_the_last_o
 @pytest.mark.parametrize("target", ["mesh.glb", "turntable.mp4"])
 def test_a_full_disk_while_exporting_is_one_line_and_keeps_earlier_exports(
         target: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
-    assert run_main(capsys, "run", *FLAGS, "--log.export-formats", "glb", "video", "--mesh.resolution", "32",
+    assert run_cli("run", *FLAGS, "--log.export-formats", "glb", "video", "--mesh.resolution", "32",
                     "--out", str(tmp_path)).returncode == 0
     run = _run_dir(tmp_path)
     before = _hashes(run / "export")
     fill_disk_for(monkeypatch, {target})
-    proc = run_main(capsys, "export", str(run), "--format", "glb", "--format", "video", "--mesh-resolution", "32")
+    proc = run_cli("export", str(run), "--format", "glb", "--format", "video", "--mesh-resolution", "32")
     assert proc.returncode == 3
     (line,) = error_lines(proc)
     assert f"{run / 'export' / target}'" in line and "No space left on device" in line and "threedistill export" in line
@@ -197,11 +197,11 @@ def test_a_full_disk_while_writing_the_reference_cache_is_a_warning_and_the_run_
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     cache = tmp_path / "cache"
     monkeypatch.setenv("THREEDISTILL_CACHE", str(cache))
-    assert run_main(capsys, "run", *FLAGS, "--prompt", "a red cube", "--out", str(tmp_path / "a")).returncode == 0
+    assert run_cli("run", *FLAGS, "--prompt", "a red cube", "--out", str(tmp_path / "a")).returncode == 0
     earlier = _hashes(cache)
     assert earlier
     fill_disk_for(monkeypatch, lambda target: cache in target.parents)
-    proc = run_main(capsys, "run", *FLAGS, "--prompt", "a blue cone", "--out", str(tmp_path / "b"))
+    proc = run_cli("run", *FLAGS, "--prompt", "a blue cone", "--out", str(tmp_path / "b"))
     assert proc.returncode == 0, proc.stderr
     warnings = [ln for ln in proc.stderr.splitlines() if ln.startswith("warning:")]
     assert len(warnings) == 1 and str(cache / "toyworld") in warnings[0] and "No space left on device" in warnings[0], warnings
@@ -260,7 +260,7 @@ def test_out_of_memory_is_one_line_with_the_knobs_and_a_checkpoint_of_the_last_g
 
     with monkeypatch.context() as patch:
         patch.setattr(Gaussians, "render", render)
-        proc = run_main(capsys, "run", *FLAGS, "--out", str(tmp_path))
+        proc = run_cli("run", *FLAGS, "--out", str(tmp_path))
     assert proc.returncode == 3
     (line,) = error_lines(proc)
     run = _run_dir(tmp_path)
@@ -268,7 +268,7 @@ def test_out_of_memory_is_one_line_with_the_knobs_and_a_checkpoint_of_the_last_g
                    f"{run}/config.yaml", f"threedistill resume {run}"):
         assert needle in line, line
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 4
-    assert run_main(capsys, "resume", str(run)).returncode == 0
+    assert run_cli("resume", str(run)).returncode == 0
     _same(_final(run), reference["single"])  # the failed step was rolled back exactly
 
 
@@ -286,7 +286,7 @@ def test_a_nan_storm_stops_with_the_checkpoint_from_before_it_and_names_the_caus
         return result
 
     monkeypatch.setattr(SDSGuidance, "__call__", diverged)
-    proc = run_main(capsys, "run", *FLAGS, "--steps", "20", "--log.max-nonfinite-steps", "5", "--out", str(tmp_path))
+    proc = run_cli("run", *FLAGS, "--steps", "20", "--log.max-nonfinite-steps", "5", "--out", str(tmp_path))
     assert proc.returncode == 3
     (line,) = error_lines(proc)
     for needle in ("5 steps in a row (4-8)", "checkpoint of step 3", "learning rate", "guidance.cfg_scale", "threedistill resume"):
@@ -296,7 +296,7 @@ def test_a_nan_storm_stops_with_the_checkpoint_from_before_it_and_names_the_caus
     assert state["step"] == 3 and state["skipped_steps"] == 0
     assert all(torch.isfinite(t).all() for t in state["representation"].values())
     monkeypatch.setattr(SDSGuidance, "__call__", real)
-    assert run_main(capsys, "resume", str(run)).returncode == 0  # resumes from before the storm
+    assert run_cli("resume", str(run)).returncode == 0  # resumes from before the storm
 
 
 def test_non_finite_gradients_are_skipped_and_never_reach_the_parameters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -311,7 +311,7 @@ def test_non_finite_gradients_are_skipped_and_never_reach_the_parameters(tmp_pat
         return real(self)
 
     monkeypatch.setattr(StageTrainer, "_gradients_finite", poisoned)
-    assert run_main(capsys, "run", *FLAGS, "--out", str(tmp_path)).returncode == 0  # 2 < the default limit (20)
+    assert run_cli("run", *FLAGS, "--out", str(tmp_path)).returncode == 0  # 2 < the default limit (20)
     run = _run_dir(tmp_path)
     state = load_checkpoint(run / "checkpoints" / "last.pt")
     assert state["skipped_steps"] == 2 and all(torch.isfinite(t).all() for t in state["representation"].values())
@@ -326,10 +326,10 @@ def test_two_runs_started_in_the_same_second_share_nothing(tmp_path: Path, monke
     from threedistill.engine import run_dir
 
     monkeypatch.setattr(run_dir.time, "strftime", lambda fmt, *a: "20260101-000000" if "%H" in fmt and "-" in fmt else time.strftime(fmt, *a))
-    assert run_main(capsys, "run", *FLAGS, "--out", str(tmp_path)).returncode == 0
+    assert run_cli("run", *FLAGS, "--out", str(tmp_path)).returncode == 0
     (first,) = tmp_path.glob("*/*")
     files = _hashes(first)
-    assert run_main(capsys, "run", *FLAGS, "--out", str(tmp_path)).returncode == 0
+    assert run_cli("run", *FLAGS, "--out", str(tmp_path)).returncode == 0
     folders = sorted(tmp_path.glob("*/*"))
     assert [f.name for f in folders] == ["sds-gaussians-20260101-000000", "sds-gaussians-20260101-000000-1"]
     assert _hashes(first) == files  # the second run wrote nothing into the first one's folder

@@ -1,6 +1,6 @@
 """Every objective reaches the issue's mask IoU on a symmetric toyworld object with its defaults.
 
-Shortened to 300 steps (the defaults run 1000) to keep the suite's time in check. Thresholds
+Shortened to 300 steps (the defaults run 500) to keep the suite's time in check. Thresholds
 are the issue's: 0.8 for sds, vsd, esd, ism and tsm (ism and tsm at their default toyworld
 data noise, 4), 0.7 for csd and csm (at their default toyworld temperature, 100).
 docs/benchmarks.md has the full table over 3 prompts x 3 seeds.

@@ -60,7 +60,7 @@ def test_classifier_objectives_soften_toyworld_unless_told_otherwise(tmp_path: P
 def test_particles_render_their_own_views_and_report_modes(tmp_path: Path) -> None:
     trainer = _trainer(tmp_path, "--guidance", "vsd", "--guidance.particles", "3", "--prompt", "a ball")
     assert trainer.train(until=3)
-    assert trainer._last_render.shape[0] == 3 * trainer.cfg.sampler.batch_size
+    assert trainer.last_render.shape[0] == 3 * trainer.cfg.sampler.batch_size
     trainer.save_checkpoint()
     resumed = Run.resume(trainer.run_dir).trainer
     assert len(resumed.representation) == 3 and resumed.step == 3

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from support import assert_one_line_error, build_tiny_controlnet, run_main
+from support import assert_one_line_error, build_tiny_controlnet, run_cli
 from threedistill.core.cameras import orbit_cameras
 from threedistill.priors.diffusers.controlnet import render_condition
 from threedistill.priors.diffusers.deepfloyd import DeepFloydIFConfig, DeepFloydIFPrior
@@ -39,26 +39,26 @@ def test_if_prior_is_pixel_space(tiny_if: Path) -> None:
     assert eps.shape == x0.shape and torch.isfinite(eps).all()
 
 
-def test_if_runs_five_steps(tiny_if: Path, tmp_path: Path, capsys) -> None:
-    proc = run_main(capsys, "run", "--prior", "deepfloyd-if", "--prior.model", str(tiny_if), "--out", str(tmp_path), *QUICK)
+def test_if_runs_five_steps(tiny_if: Path, tmp_path: Path) -> None:
+    proc = run_cli("run", "--prior", "deepfloyd-if", "--prior.model", str(tiny_if), "--out", str(tmp_path), *QUICK)
     assert proc.returncode == 0, proc.stderr
     assert all(r["grad_norm"] > 0 for r in _rows(proc))
 
 
-def test_if_offline_and_corrupt_are_one_line(tiny_if: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_if_offline_and_corrupt_are_one_line(tiny_if: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import huggingface_hub.constants as hf_constants
 
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    proc = run_main(capsys, "run", "--prior", "deepfloyd-if", *QUICK)
+    proc = run_cli("run", "--prior", "deepfloyd-if", *QUICK)
     assert_one_line_error(proc, "DeepFloyd IF model 'DeepFloyd/IF-I-XL-v1.0'", "licence", "huggingface-cli login")
     broken = tmp_path / "broken"
     shutil.copytree(tiny_if, broken)
     shutil.rmtree(broken / "text_encoder")
-    proc = run_main(capsys, "run", "--prior", "deepfloyd-if", "--prior.model", str(broken), *QUICK)
+    proc = run_cli("run", "--prior", "deepfloyd-if", "--prior.model", str(broken), *QUICK)
     assert_one_line_error(proc, f"DeepFloyd IF model '{broken}'", "'text_encoder' folder is missing")
     shutil.copytree(tiny_if / "text_encoder", broken / "text_encoder")
     (broken / "unet" / "config.json").write_text("{not json")
-    proc = run_main(capsys, "run", "--prior", "deepfloyd-if", "--prior.model", str(broken), *QUICK)
+    proc = run_cli("run", "--prior", "deepfloyd-if", "--prior.model", str(broken), *QUICK)
     assert_one_line_error(proc, f"'{broken}'")
 
 
@@ -89,23 +89,23 @@ def test_controlnet_conditions_the_prior(tiny_sd: dict, tiny_controlnet: Path) -
     assert not torch.allclose(conditioned[0], conditioned[1])  # each view reads its own render (cond and uncond rows repeat it)
 
 
-def test_controlnet_runs_five_steps(tiny_sd: dict, tiny_controlnet: Path, tmp_path: Path, capsys) -> None:
+def test_controlnet_runs_five_steps(tiny_sd: dict, tiny_controlnet: Path, tmp_path: Path) -> None:
     flags = ["run", "--prior", "sd", "--prior.model", str(tiny_sd["sd1"]), "--out", str(tmp_path), *QUICK]
     for condition in (["normal"], ["depth"]):
-        proc = run_main(capsys, *flags, "--prior.controlnet", str(tiny_controlnet), "--prior.controlnet-condition", *condition)
+        proc = run_cli(*flags, "--prior.controlnet", str(tiny_controlnet), "--prior.controlnet-condition", *condition)
         assert proc.returncode == 0, proc.stderr
 
 
-def test_controlnet_errors_are_one_line(tiny_sd: dict, tiny_controlnet: Path, tmp_path: Path, capsys) -> None:
+def test_controlnet_errors_are_one_line(tiny_sd: dict, tiny_controlnet: Path, tmp_path: Path) -> None:
     flags = ["run", "--prior", "sd", "--prior.model", str(tiny_sd["sd1"]), "--out", str(tmp_path), *QUICK]
-    proc = run_main(capsys, *flags, "--prior.controlnet", str(tmp_path / "missing"))
+    proc = run_cli(*flags, "--prior.controlnet", str(tmp_path / "missing"))
     assert_one_line_error(proc, "ControlNet path", "does not exist")
-    proc = run_main(capsys, *flags, "--prior.controlnet", str(tiny_controlnet), "--prior.controlnet-condition", "depth", "alpha")
+    proc = run_cli(*flags, "--prior.controlnet", str(tiny_controlnet), "--prior.controlnet-condition", "depth", "alpha")
     assert_one_line_error(proc, f"ControlNet '{tiny_controlnet}' reads 3 condition channels", "makes 2")
-    proc = run_main(capsys, *flags, "--prior.controlnet", str(tiny_controlnet), "--prior.controlnet-condition", "colour")
+    proc = run_cli(*flags, "--prior.controlnet", str(tiny_controlnet), "--prior.controlnet-condition", "colour")
     assert_one_line_error(proc, "unknown --prior.controlnet-condition colour")
     broken = tmp_path / "broken-controlnet"
     shutil.copytree(tiny_controlnet, broken)
     weights = next(broken.glob("*.safetensors"))
     weights.write_bytes(weights.read_bytes()[:500])
-    assert_one_line_error(run_main(capsys, *flags, "--prior.controlnet", str(broken)), f"ControlNet '{broken}'", "truncated")
+    assert_one_line_error(run_cli(*flags, "--prior.controlnet", str(broken)), f"ControlNet '{broken}'", "truncated")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from support import assert_one_line_error, build_tiny_zero123, run_main
+from support import assert_one_line_error, build_tiny_zero123, run_cli
 from threedistill.core.types import ReferenceImage
 from threedistill.priors.diffusers.zero123 import Zero123Config, Zero123Prior
 from threedistill.priors.toyworld.identify import identify_catalogue_object
@@ -39,21 +39,21 @@ def _rows(proc) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_rgb_without_alpha_is_one_line_saying_how_to_make_one(duck_front: Path, tmp_path: Path, capsys) -> None:
+def test_rgb_without_alpha_is_one_line_saying_how_to_make_one(duck_front: Path, tmp_path: Path) -> None:
     rgb = tmp_path / "photo.png"
     iio.imwrite(rgb, iio.imread(duck_front)[..., :3])
-    proc = run_main(capsys, "run", "--image", str(rgb), "--prior", "toyworld", "--out", str(tmp_path), *QUICK)
+    proc = run_cli("run", "--image", str(rgb), "--prior", "toyworld", "--out", str(tmp_path), *QUICK)
     assert_one_line_error(proc, "photo.png' has no alpha channel", "RGBA PNG", "rembg")
     assert not (tmp_path / "photo").exists()
     empty = tmp_path / "empty.png"
     iio.imwrite(empty, np.zeros((8, 8, 4), np.uint8))
-    assert_one_line_error(run_main(capsys, "run", "--image", str(empty), "--prior", "toyworld", *QUICK), "fully transparent")
+    assert_one_line_error(run_cli("run", "--image", str(empty), "--prior", "toyworld", *QUICK), "fully transparent")
 
 
-def test_priors_that_need_an_image_or_a_prompt(tiny_zero123: Path, tiny_sd: dict, duck_front: Path, capsys) -> None:
-    proc = run_main(capsys, "run", "--prior", "zero123", "--prior.model", str(tiny_zero123), *QUICK)
+def test_priors_that_need_an_image_or_a_prompt(tiny_zero123: Path, tiny_sd: dict, duck_front: Path) -> None:
+    proc = run_cli("run", "--prior", "zero123", "--prior.model", str(tiny_zero123), *QUICK)
     assert_one_line_error(proc, "--prior zero123 is conditioned on an image", "--image PATH")
-    proc = run_main(capsys, "run", "--image", str(duck_front), "--prior", "sd", "--prior.model", str(tiny_sd["sd1"]), *QUICK)
+    proc = run_cli("run", "--image", str(duck_front), "--prior", "sd", "--prior.model", str(tiny_sd["sd1"]), *QUICK)
     assert_one_line_error(proc, "--prior sd guides the unseen views by text", "--prompt TEXT")
 
 
@@ -68,8 +68,8 @@ def test_toyworld_identifies_the_object_in_the_image(duck_front: Path, tmp_path:
     assert identify_catalogue_object(reference, torch.device("cpu")) == "a red mug"
 
 
-def test_toyworld_image_run(duck_front: Path, tmp_path: Path, capsys) -> None:
-    proc = run_main(capsys, "run", "--image", str(duck_front), "--prior", "toyworld", "--prior.num-references", "32",
+def test_toyworld_image_run(duck_front: Path, tmp_path: Path) -> None:
+    proc = run_cli("run", "--image", str(duck_front), "--prior", "toyworld", "--prior.num-references", "32",
                     "--prior.resolution", "32", "--sampler.width", "32", "--sampler.height", "32", "--log.eval-views", "4",
                     "--steps", "3", "--out", str(tmp_path), *QUICK)
     assert proc.returncode == 0, proc.stderr
@@ -82,9 +82,9 @@ def test_toyworld_image_run(duck_front: Path, tmp_path: Path, capsys) -> None:
 
 
 @pytest.mark.parametrize("layout", ["ashawkey", "kxic"])
-def test_zero123_runs_five_steps(layout: str, tiny_zero123: Path, duck_front: Path, tmp_path: Path, capsys) -> None:
+def test_zero123_runs_five_steps(layout: str, tiny_zero123: Path, duck_front: Path, tmp_path: Path) -> None:
     model = tiny_zero123 if layout == "ashawkey" else build_tiny_zero123(tmp_path / "kxic", "kxic")
-    proc = run_main(capsys, "run", "--image", str(duck_front), "--prior", "zero123", "--prior.model", str(model),
+    proc = run_cli("run", "--image", str(duck_front), "--prior", "zero123", "--prior.model", str(model),
                     "--steps", "5", "--out", str(tmp_path), *QUICK)
     assert proc.returncode == 0, proc.stderr
     rows = _rows(proc)
@@ -113,48 +113,48 @@ def test_zero123_conditioning(tiny_zero123: Path, duck_front: Path, tmp_path: Pa
     assert not torch.allclose(eps[0], eps_mug[0]) and torch.allclose(eps[1], eps_mug[1])  # only the conditional row reads the image
 
 
-def test_magic123_text_prior(tiny_zero123: Path, tiny_sd: dict, duck_front: Path, tmp_path: Path, capsys) -> None:
+def test_magic123_text_prior(tiny_zero123: Path, tiny_sd: dict, duck_front: Path, tmp_path: Path) -> None:
     flags = ["--image", str(duck_front), "--prior", "zero123", "--prior.model", str(tiny_zero123),
              "--reference.text-prior", "sd", "--reference.text-model", str(tiny_sd["sd1"]), "--steps", "2", "--out", str(tmp_path), *QUICK]
-    assert_one_line_error(run_main(capsys, "run", *flags), "--reference.text-prior sd distils the prompt", "--prompt TEXT")
-    proc = run_main(capsys, "run", *flags, "--prompt", "a rubber duck")
+    assert_one_line_error(run_cli("run", *flags), "--reference.text-prior sd distils the prompt", "--prompt TEXT")
+    proc = run_cli("run", *flags, "--prompt", "a rubber duck")
     assert proc.returncode == 0, proc.stderr
     assert all(r["text_loss"] > 0 for r in _rows(proc))
 
 
-def test_zero123_offline_and_corrupt_are_one_line(tiny_zero123: Path, duck_front: Path, tmp_path: Path, capsys,
+def test_zero123_offline_and_corrupt_are_one_line(tiny_zero123: Path, duck_front: Path, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     import shutil
 
     import huggingface_hub.constants as hf_constants
 
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    proc = run_main(capsys, "run", "--image", str(duck_front), "--prior", "zero123", *QUICK)
+    proc = run_cli("run", "--image", str(duck_front), "--prior", "zero123", *QUICK)
     assert_one_line_error(proc, "Zero123 model 'ashawkey/zero123-xl-diffusers'", "huggingface-cli download")
     broken = tmp_path / "broken"
     shutil.copytree(tiny_zero123, broken)
     shutil.rmtree(broken / "image_encoder")
-    proc = run_main(capsys, "run", "--image", str(duck_front), "--prior", "zero123", "--prior.model", str(broken), *QUICK)
+    proc = run_cli("run", "--image", str(duck_front), "--prior", "zero123", "--prior.model", str(broken), *QUICK)
     assert_one_line_error(proc, f"Zero123 model '{broken}'", "'image_encoder' folder is missing")
     for f in (tiny_zero123 / "unet").glob("*.safetensors"):
         target = broken / "unet" / f.name
     shutil.copytree(tiny_zero123 / "image_encoder", broken / "image_encoder")
     target.write_bytes(b"junk")
-    proc = run_main(capsys, "run", "--image", str(duck_front), "--prior", "zero123", "--prior.model", str(broken), *QUICK)
+    proc = run_cli("run", "--image", str(duck_front), "--prior", "zero123", "--prior.model", str(broken), *QUICK)
     assert_one_line_error(proc, f"Zero123 model '{broken}'")
 
 
-def test_image_presets(tiny_zero123: Path, tiny_sd: dict, duck_front: Path, tmp_path: Path, capsys) -> None:
+def test_image_presets(tiny_zero123: Path, tiny_sd: dict, duck_front: Path, tmp_path: Path) -> None:
     """magic123 (zero123 + SD text prior, NeRF then mesh) on the tiny models; dreamgaussian-image
     (Gaussians then mesh texture) on toyworld, scored."""
     mesh = ["--log.export-formats", "glb", "--mesh.resolution", "24", "--mesh.calibration-views", "3", "--mesh.calibration-resolution", "24"]
     quick = _without(QUICK, "--log.export-formats", "--representation.num-points") + mesh
     nerf = ["--representation.levels", "4", "--representation.log2-table-size", "12", "--representation.max-resolution", "32",
             "--representation.hidden-dim", "16"]
-    proc = run_main(capsys, "run", "--config", "magic123", "--image", str(duck_front), "--prompt", "a rubber duck", "--prior.model",
+    proc = run_cli("run", "--config", "magic123", "--image", str(duck_front), "--prompt", "a rubber duck", "--prior.model",
                     str(tiny_zero123), "--reference.text-model", str(tiny_sd["sd1"]), "--steps", "4", "--out", str(tmp_path), *quick, *nerf)
     assert proc.returncode == 0, proc.stderr
-    proc = run_main(capsys, "run", "--config", "dreamgaussian-image", "--image", str(duck_front), "--prior", "toyworld",
+    proc = run_cli("run", "--config", "dreamgaussian-image", "--image", str(duck_front), "--prior", "toyworld",
                     "--prior.num-references", "32", "--prior.resolution", "32", "--sampler.width", "32", "--sampler.height", "32",
                     "--log.eval-views", "4", "--steps", "60", "--out", str(tmp_path), *quick, "--representation.num-points", "300")
     assert proc.returncode == 0, proc.stderr

@@ -238,8 +238,8 @@ def test_chamfer_self_shift_and_closest_mode() -> None:
         assert chamfer_distance(sphere, moved) == pytest.approx(shift / 2, rel=0.15, abs=2e-3)
     cube = trimesh.creation.box((1.0, 1.0, 1.0))
     far = sphere.copy().apply_translation((0.3, 0.0, 0.0))
-    best = chamfer_to_modes(sphere, [cube, far, sphere])
-    assert best["chamfer_mode"] == 2 and best["chamfer"] < 3e-3
+    best = chamfer_to_modes(sphere, [cube, far, sphere], n_points=4000)  # fewer samples: the floor above is 5e-3 here
+    assert best["chamfer_mode"] == 2 and best["chamfer"] < 6e-3
     points = sample_surface(sphere, 1000, seed=3)
     np.testing.assert_allclose(np.linalg.norm(points, axis=1), 0.5, atol=0.01)
     np.testing.assert_array_equal(points, sample_surface(sphere, 1000, seed=3))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from support import KnownEpsPrior, assert_one_line_error, run_main
+from support import KnownEpsPrior, assert_one_line_error, run_cli
 from threedistill.core.cameras import OrbitSampler, OrbitSamplerConfig
 from threedistill.core.types import TextEmbeddings
 from threedistill.guidance.recon import ReconConfig, ReconGuidance, rescale_std
@@ -119,8 +119,8 @@ def test_recon_gradient_is_x0_minus_its_reconstruction() -> None:
 
 
 @pytest.mark.parametrize("objective", ["recon", "sds"])
-def test_run_five_steps(objective: str, tiny_mvdream: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    proc = run_main(capsys, "run", "--prior", "mvdream", "--prior.model", str(tiny_mvdream), "--guidance", objective,
+def test_run_five_steps(objective: str, tiny_mvdream: Path, tmp_path: Path) -> None:
+    proc = run_cli("run", "--prior", "mvdream", "--prior.model", str(tiny_mvdream), "--guidance", objective,
                     "--steps", "5", "--out", str(tmp_path), *QUICK)
     assert proc.returncode == 0, proc.stderr
     run = Path(proc.stdout.strip().splitlines()[-1])
@@ -130,39 +130,39 @@ def test_run_five_steps(objective: str, tiny_mvdream: Path, tmp_path: Path, caps
     assert len(rows) == 5 and all(r["loss"] == r["loss"] and r["grad_norm"] > 0 for r in rows)
 
 
-def test_batch_must_hold_whole_groups(tiny_mvdream: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    proc = run_main(capsys, "run", "--prior", "mvdream", "--prior.model", str(tiny_mvdream), "--sampler.batch-size", "3",
+def test_batch_must_hold_whole_groups(tiny_mvdream: Path, tmp_path: Path) -> None:
+    proc = run_cli("run", "--prior", "mvdream", "--prior.model", str(tiny_mvdream), "--sampler.batch-size", "3",
                     "--out", str(tmp_path), *QUICK)
     assert_one_line_error(proc, "groups of 4 views", "--sampler.batch-size")
 
 
-def test_offline_and_corrupt_models_are_one_line(tiny_mvdream: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+def test_offline_and_corrupt_models_are_one_line(tiny_mvdream: Path, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     import huggingface_hub.constants as hf_constants
 
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    proc = run_main(capsys, "run", "--prior", "mvdream", "--out", str(tmp_path), *QUICK)
+    proc = run_cli("run", "--prior", "mvdream", "--out", str(tmp_path), *QUICK)
     assert_one_line_error(proc, "MVDream model 'ashawkey/mvdream-sd2.1-diffusers'", "huggingface-cli download")
     truncated = tmp_path / "truncated"
     shutil.copytree(tiny_mvdream, truncated)
     weights = truncated / "unet" / "diffusion_pytorch_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
-    proc = run_main(capsys, "run", "--prior", "mvdream", "--prior.model", str(truncated), "--out", str(tmp_path), *QUICK)
+    proc = run_cli("run", "--prior", "mvdream", "--prior.model", str(truncated), "--out", str(tmp_path), *QUICK)
     assert_one_line_error(proc, f"MVDream model '{truncated}'", "truncated")
     other = tmp_path / "other-config"
     shutil.copytree(tiny_mvdream, other)
     config = json.loads((other / "unet" / "config.json").read_text())
     (other / "unet" / "config.json").write_text(json.dumps({**config, "camera_dim": None}))
-    proc = run_main(capsys, "run", "--prior", "mvdream", "--prior.model", str(other), "--out", str(tmp_path), *QUICK)
+    proc = run_cli("run", "--prior", "mvdream", "--prior.model", str(other), "--out", str(tmp_path), *QUICK)
     assert_one_line_error(proc, f"'{other}'", "unexpected keys")
 
 
-def test_mvdream_preset(tiny_mvdream: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_mvdream_preset(tiny_mvdream: Path, tmp_path: Path) -> None:
     """The recipe's two stages (64 px, then 256 px; annealed t bounds) on the tiny model, and with every
     objective that makes sense on 4-view groups."""
     nerf = ["--representation.levels", "4", "--representation.log2-table-size", "12", "--representation.max-resolution", "32",
             "--representation.hidden-dim", "16", "--sampler.width", "32", "--sampler.height", "32", "--mesh.resolution", "24"]
-    proc = run_main(capsys, "run", "--config", "mvdream", "--prior.model", str(tiny_mvdream), "--steps", "4", "--out", str(tmp_path),
+    proc = run_cli("run", "--config", "mvdream", "--prior.model", str(tiny_mvdream), "--steps", "4", "--out", str(tmp_path),
                     *QUICK[:11], "--log.export-formats", "glb", *nerf)
     assert proc.returncode == 0, proc.stderr
     run = Path(proc.stdout.strip().splitlines()[-1])
@@ -170,7 +170,7 @@ def test_mvdream_preset(tiny_mvdream: Path, tmp_path: Path, capsys: pytest.Captu
 
 
 @pytest.mark.parametrize("objective", ["ism", "csd"])
-def test_other_objectives_on_view_groups(objective: str, tiny_mvdream: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    proc = run_main(capsys, "run", "--prior", "mvdream", "--prior.model", str(tiny_mvdream), "--guidance", objective,
+def test_other_objectives_on_view_groups(objective: str, tiny_mvdream: Path, tmp_path: Path) -> None:
+    proc = run_cli("run", "--prior", "mvdream", "--prior.model", str(tiny_mvdream), "--guidance", objective,
                     "--steps", "2", "--out", str(tmp_path), *QUICK)
     assert proc.returncode == 0, proc.stderr

@@ -246,3 +246,15 @@ def test_regulariser_weights_follow_their_schedules() -> None:
     assert float(regularisation(nerf, out, 100, 100)) == pytest.approx(100.0 * float(sparsity_loss(alpha)))
     with pytest.raises(UserError, match="lambda-opaque"):
         NeRF(NeRFConfig(**SMALL, lambda_opaque=[(0.0,)]), torch.Generator())
+
+
+def test_query_heads_in_one_product_equal_density_and_albedo() -> None:
+    """`query` runs both heads as one product; it equals the separate density and albedo heads."""
+    nerf = NeRF(NeRFConfig(**SMALL), torch.Generator().manual_seed(0), backend="torch")
+    with torch.no_grad():
+        for head in (nerf.density_head, nerf.albedo_head):
+            head.weight.normal_(generator=torch.Generator().manual_seed(1))
+    points = torch.rand(500, 3, generator=torch.Generator().manual_seed(2)) * 1.6 - 0.8
+    sigma, rgb = nerf.query(points)
+    torch.testing.assert_close(sigma, nerf.density(points), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(rgb, nerf.albedo(points), atol=1e-6, rtol=1e-6)

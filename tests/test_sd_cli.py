@@ -1,25 +1,16 @@
 """`threedistill run --prior sd` end to end on tiny SD-shaped models, and the offline error."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from support import KINDS
-
-
-def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "threedistill.cli", *args], capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})}
-    )
+from support import KINDS, run_cli, run_cli_process
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_run_on_a_tiny_model(kind: str, tiny_sd: dict[str, Path], tmp_path: Path) -> None:
-    proc = _cli(
+    proc = run_cli(
         "run", "--prompt", "a corgi", "--prior", "sd", "--prior.model", str(tiny_sd[kind]), "--steps", "5",
         "--device", "cpu", "--out", str(tmp_path), "--log.no-progress", "--log.turntable-frames", "4",
         "--log.turntable-resolution", "32", "--sampler.batch-size", "2", "--representation.num-points", "500",
@@ -33,7 +24,7 @@ def test_run_on_a_tiny_model(kind: str, tiny_sd: dict[str, Path], tmp_path: Path
 
 
 def test_offline_hub_model_is_one_line(tmp_path: Path) -> None:
-    proc = _cli(
+    proc = run_cli_process(  # a fresh process: the hub reads HF_HUB_OFFLINE when it is imported
         "run", "--prompt", "a corgi", "--prior", "sd", "--prior.model", "stabilityai/stable-diffusion-2-1-base",
         "--out", str(tmp_path),
         env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")},

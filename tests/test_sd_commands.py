@@ -64,7 +64,7 @@ def test_run_each_preset(preset: str, steps: int, sd1: Path, tmp_path: Path, cap
 
 
 def test_the_4d_preset_with_an_image_and_a_video_model(sd1: Path, tiny_t2v: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    preset = yaml.safe_load(Path("configs/4d-gaussians.yaml").read_text())
+    preset = yaml.safe_load(Path("threedistill/configs/4d-gaussians.yaml").read_text())
     preset["stages"][1]["prior"] = {"model": str(tiny_t2v), "frames": 3, "resolution": 32}  # the video stage's model
     path = tmp_path / "4d.yaml"
     path.write_text(yaml.safe_dump(preset))
@@ -129,4 +129,6 @@ def test_edit_image(sd1: Path, mug_scene: Path, tmp_path: Path, capsys: pytest.C
     image = mug_scene / "images" / "frame_00000.png"
     assert main(["edit-image", str(image), "--source", "a red mug", "--target", "a blue mug", *_sd(sd1), "--steps", "2",
                  "--device", "cpu", "--out", str(tmp_path)]) == 0, capsys.readouterr().err
-    assert (_run_dir(capsys) / "edited.png").exists()
+    from threedistill.export.images import read_image
+
+    assert read_image(_run_dir(capsys) / "edited.png").shape == read_image(image).shape, "the input's size"

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import torch
 
-from support import TINY_FLAGS, error_lines, run_main
+from support import TINY_FLAGS, error_lines, run_cli
 
 PACKAGE = Path(__file__).resolve().parent.parent / "threedistill"
 TOOLS = Path(__file__).resolve().parent.parent / "tools"
@@ -88,11 +88,11 @@ def test_a_cache_file_that_would_run_code_is_rebuilt_and_the_code_never_runs(tmp
     cache = tmp_path / "cache"
     monkeypatch.setenv("THREEDISTILL_CACHE", str(cache))
     out = tmp_path / "out"
-    assert run_main(capsys, "run", *TINY_FLAGS, "--steps", "1", "--out", str(out)).returncode == 0
+    assert run_cli("run", *TINY_FLAGS, "--steps", "1", "--out", str(out)).returncode == 0
     marker = tmp_path / "the-command-ran"
     for path in (cache / "toyworld").glob("*.pt"):
         torch.save({"format": "threedistill-tensor-cache-1", "tensors": _RunsACommand(marker)}, path)
-    proc = run_main(capsys, "run", *TINY_FLAGS, "--steps", "1", "--out", str(out))
+    proc = run_cli("run", *TINY_FLAGS, "--steps", "1", "--out", str(out))
     assert proc.returncode == 0 and "corrupt" in proc.stderr
     assert not marker.exists()
 
@@ -107,7 +107,7 @@ def test_model_weights_that_would_run_code_are_refused_and_the_code_never_runs(t
         weights.unlink()
     marker = tmp_path / "the-command-ran"
     torch.save({**unet.state_dict(), "payload": _RunsACommand(marker)}, model / "unet" / "diffusion_pytorch_model.bin")
-    proc = run_main(capsys, "run", "--prior", "sd", "--prior.model", str(model), "--prompt", "a corgi", "--steps", "1",
+    proc = run_cli("run", "--prior", "sd", "--prior.model", str(model), "--prompt", "a corgi", "--steps", "1",
                     "--device", "cpu", "--log.no-progress", "--out", str(tmp_path / "out"))
     assert proc.returncode == 2
     assert len(proc.stderr.splitlines()) == 1, proc.stderr
@@ -152,7 +152,7 @@ def hub_cache(tiny_sd: dict[str, Path], tmp_path: Path, monkeypatch: pytest.Monk
 
 def test_a_hub_model_runs_with_the_network_cut_off(hub_cache: str, no_network: list[str], tmp_path: Path,
                                                    capsys: pytest.CaptureFixture) -> None:
-    proc = run_main(capsys, "run", "--prior", "sd", "--prior.model", hub_cache, "--prompt", "a corgi", "--steps", "2",
+    proc = run_cli("run", "--prior", "sd", "--prior.model", hub_cache, "--prompt", "a corgi", "--steps", "2",
                     "--device", "cpu", "--log.no-progress", "--representation.num-points", "200", "--sampler.batch-size", "1",
                     "--log.export-formats", "splat", "--out", str(tmp_path / "out"))
     assert proc.returncode == 0, proc.stderr
@@ -181,13 +181,13 @@ def test_only_allow_download_reaches_the_network(no_network: list[str], tmp_path
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub"))
     args = ["run", "--prior", "sd", "--prior.model", "nobody/no-such-model", "--prompt", "a corgi", "--steps", "1", "--device", "cpu",
             "--log.no-progress", "--out", str(tmp_path / "out")]
-    offline = run_main(capsys, *args)
+    offline = run_cli(*args)
     assert offline.returncode == 2 and "--prior.allow-download" in error_lines(offline)[0]
     assert no_network == []  # refused from the local cache alone
     import huggingface_hub.utils._http as hub_http
 
     monkeypatch.setattr(hub_http, "time", type("NoWait", (), {"sleep": staticmethod(lambda s: None), "time": hub_http.time.time}))
-    online = run_main(capsys, *args, "--prior.allow-download")  # the Hub client retries: without waiting here
+    online = run_cli(*args, "--prior.allow-download")  # the Hub client retries: without waiting here
     assert online.returncode == 2 and "could not download" in error_lines(online)[0]
     assert no_network, "with --prior.allow-download the model was requested from the Hub"
     assert not any((tmp_path / "out").rglob("*"))
@@ -212,7 +212,7 @@ def test_an_edited_image_folder_stays_inside_out(tmp_path: Path, capsys: pytest.
     image = tmp_path / "in.png"
     iio.imwrite(image, np.full((8, 8, 3), 200, np.uint8))
     out = tmp_path / "edits"
-    proc = run_main(capsys, "edit-image", str(image), "--source", "a red cube", "--target", "../../a blue cube", "--prior", "toyworld",
+    proc = run_cli("edit-image", str(image), "--source", "a red cube", "--target", "../../a blue cube", "--prior", "toyworld",
                     "--steps", "1", "--prior.num-references", "8", "--prior.resolution", "16", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     (folder,) = out.glob("*/*")
@@ -222,7 +222,7 @@ def test_an_edited_image_folder_stays_inside_out(tmp_path: Path, capsys: pytest.
 def test_a_stage_name_that_is_a_path_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     config = tmp_path / "staged.yaml"
     config.write_text("stages:\n  - {name: ../../../escaped, share: 0.5}\n  - {name: b, share: 0.5}\n")
-    proc = run_main(capsys, "run", *TINY_FLAGS, "--config", str(config), "--out", str(tmp_path / "out"))
+    proc = run_cli("run", *TINY_FLAGS, "--config", str(config), "--out", str(tmp_path / "out"))
     assert proc.returncode == 2 and "stage 1 is named '../../../escaped'" in error_lines(proc)[0]
     assert not (tmp_path / "out").exists() and not list(tmp_path.parent.glob("escaped*"))
 
@@ -232,6 +232,6 @@ def test_a_prompt_folder_that_links_outside_out_is_refused(tmp_path: Path, capsy
     out.mkdir()
     elsewhere.mkdir()
     (out / "a-red-mug").symlink_to(elsewhere)
-    proc = run_main(capsys, "run", *TINY_FLAGS, "--prompt", "a red mug", "--out", str(out))
+    proc = run_cli("run", *TINY_FLAGS, "--prompt", "a red mug", "--out", str(out))
     assert proc.returncode == 2 and "is a link" in error_lines(proc)[0]
     assert not any(elsewhere.iterdir())

@@ -11,20 +11,36 @@ import torch
 from threedistill.core.cameras import Cameras, orbit_cameras
 from threedistill.core.errors import UserError
 from threedistill.render.splats import render_splats, resolve_splat_backend
+from threedistill.render.splats_tiles import _phi, bin_gaussians, chunk_backward, chunk_forward, min_sigma_over_rect, tile_chunks
 from threedistill.render.splats_torch import (
     EPS2D,
-    _RasterizeTiles,
-    bin_gaussians,
+    blend_weights,
     composite,
     gaussian_alpha,
     gaussian_sigma,
     project_gaussians,
     render_splats_dense,
     render_splats_torch,
-    tile_chunks,
 )
 
 INPUTS = ("means", "quats", "scales", "opacities", "colors")
+
+
+class ChunkPass(torch.autograd.Function):
+    """One chunk through the renderer's forward and backward functions (keep: terms from the
+    forward pass, else recomputed), for gradcheck."""
+
+    @staticmethod
+    def forward(ctx, params, local, keep):
+        ctx.phi = _phi(local)
+        acc, trans, ctx.terms = chunk_forward(params, ctx.phi, keep)
+        ctx.save_for_backward(params)
+        return acc, trans
+
+    @staticmethod
+    def backward(ctx, g_acc, g_trans):
+        (params,) = ctx.saved_tensors
+        return chunk_backward(params, ctx.phi, ctx.terms, g_acc, g_trans), None, None
 
 
 def make_scene(n: int, seed: int, spread: float = 0.4, max_scale: float = 0.08, per_view_colors: bool = True, views: int = 2):
@@ -102,13 +118,45 @@ def test_tile_backward_passes_gradcheck():
     gen = torch.Generator().manual_seed(7)
     T, K, side = 2, 5, 4
     local = torch.arange(side, dtype=torch.float64) + 0.5 - side / 2
-    px, py = local.repeat(side), local.repeat_interleave(side)
     means = torch.rand(T, K, 2, generator=gen, dtype=torch.float64) * 2 - 1
     conics = torch.tensor([0.4, 0.1, 0.5], dtype=torch.float64).expand(T, K, 3)
     opac = torch.rand(T, K, 1, generator=gen, dtype=torch.float64) * 0.5 + 0.3
     feats = torch.rand(T, K, 4, generator=gen, dtype=torch.float64)
     params = torch.cat([means, conics, opac, feats], dim=-1).requires_grad_()
-    assert torch.autograd.gradcheck(lambda p: _RasterizeTiles.apply(p, px, py), (params,))
+    for keep in (True, False):  # terms kept from the forward pass, or recomputed
+        assert torch.autograd.gradcheck(lambda p: ChunkPass.apply(p, local, keep), (params,))
+
+
+def test_tile_pass_with_clamped_opacity_early_stop_and_padding():
+    """Opaque Gaussians stacked over a tile: the first reaches the 0.999 clamp, every pixel stops
+    before the last ones (their slots carry no gradient), and a padding row (opacity 0) closes one
+    list. Values and gradients equal the plain formulas; gradcheck passes either way the
+    backward pass gets its terms."""
+    side, K = 4, 8
+    local = torch.arange(side, dtype=torch.float64) + 0.5 - side / 2
+    px, py = local.repeat(side), local.repeat_interleave(side)
+    gen = torch.Generator().manual_seed(2)
+    means = torch.rand(2, K, 2, generator=gen, dtype=torch.float64) * 0.6 - 0.3
+    means[:, 0] = 0.5  # on a pixel centre: alpha reaches the clamp there
+    conics = torch.tensor([0.05, 0.01, 0.06], dtype=torch.float64).expand(2, K, 3)
+    opac = torch.tensor([0.9995, 0.97, 0.96, 0.95, 0.94, 0.93, 0.6, 0.7], dtype=torch.float64).repeat(2, 1)[..., None].clone()
+    feats = torch.rand(2, K, 4, generator=gen, dtype=torch.float64)
+    opac[1, -1] = 0.0  # a padding slot
+    params = torch.cat([means, conics, opac, feats], dim=-1).requires_grad_()
+    acc, trans = ChunkPass.apply(params, local, True)
+    alpha = gaussian_alpha(gaussian_sigma(px, py, params[..., 0:2], params[..., 2:5]), params[..., 5])
+    ref_acc, ref_trans = composite(alpha, params[..., 6:])
+    torch.testing.assert_close(acc, ref_acc)
+    torch.testing.assert_close(trans, ref_trans)
+    weights, _ = blend_weights(alpha)
+    assert (alpha[0, 0] >= 0.999).any() and (alpha[0, -2:] > 0).all() and (weights[0, -2:] == 0).all()
+    probe = torch.rand(acc.shape, generator=gen, dtype=torch.float64)
+    g = torch.autograd.grad((acc * probe).sum() + trans.sum(), params)[0]
+    g_ref = torch.autograd.grad((ref_acc * probe).sum() + ref_trans.sum(), params)[0]
+    torch.testing.assert_close(g, g_ref)
+    assert (g[0, -2:] == 0).all()  # after every pixel stopped
+    for keep in (True, False):
+        assert torch.autograd.gradcheck(lambda p: ChunkPass.apply(p, local, keep), (params,))
 
 
 def test_isotropic_gaussian_projects_to_centre_with_analytic_std():
@@ -253,3 +301,46 @@ def test_torch_backend_matches_gsplat():
         assert torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.99, name
     m2d = torch.nn.functional.cosine_similarity(t.extras["means2d"].grad.flatten(), g.extras["means2d"].grad.flatten(), dim=0)
     assert m2d > 0.99
+
+
+def test_min_sigma_over_rect_is_the_minimum_and_culling_drops_only_invisible_pairs():
+    gen = torch.Generator().manual_seed(5)
+    n = 400
+    L = torch.randn(n, 2, 2, generator=gen, dtype=torch.float64)
+    cov = L @ L.transpose(1, 2) + 0.3 * torch.eye(2, dtype=torch.float64)
+    inv = torch.linalg.inv(cov)
+    conic = torch.stack([inv[:, 0, 0], inv[:, 0, 1], inv[:, 1, 1]], -1)
+    x0, y0 = torch.randn(n, generator=gen, dtype=torch.float64) * 6, torch.randn(n, generator=gen, dtype=torch.float64) * 6
+    w, h = torch.rand(n, generator=gen, dtype=torch.float64) * 7, torch.rand(n, generator=gen, dtype=torch.float64) * 7
+    got = min_sigma_over_rect(conic, x0, x0 + w, y0, y0 + h)
+    s = torch.linspace(0, 1, 201, dtype=torch.float64)
+    dx = x0[:, None, None] + w[:, None, None] * s[None, :, None]
+    dy = y0[:, None, None] + h[:, None, None] * s[None, None, :]
+    a, b, c = (conic[:, i, None, None] for i in range(3))
+    brute = (0.5 * a * dx * dx + b * dx * dy + 0.5 * c * dy * dy).flatten(1).amin(1)
+    assert (got <= brute + 1e-9).all()  # never above the minimum (culling stays exact)
+    torch.testing.assert_close(got, brute, atol=5e-3 * (1 + brute.abs().max().item()), rtol=1e-2)
+
+    scene = make_scene(300, 8)
+    cams = cameras(40, 32)
+    with torch.no_grad():
+        proj = project_gaussians(*[scene[k] for k in ("means", "quats", "scales", "opacities")], cams)
+        culled = bin_gaussians(proj, 40, 32, 8, scene["opacities"])
+        boxes = bin_gaussians(proj, 40, 32, 8)
+    assert 0 < culled.gauss_ids.numel() < boxes.gauss_ids.numel()
+    N = proj.depths.shape[1]
+    dropped = 0
+    for tile in range(boxes.counts.numel()):
+        keep = set(culled.gauss_ids[culled.offsets[tile]: culled.offsets[tile] + culled.counts[tile]].tolist())
+        ids = boxes.gauss_ids[boxes.offsets[tile]: boxes.offsets[tile] + boxes.counts[tile]].tolist()
+        assert [i for i in ids if i in keep] == culled.gauss_ids[culled.offsets[tile]: culled.offsets[tile] + culled.counts[tile]].tolist()
+        view, t = divmod(tile, culled.tiles_x * culled.tiles_y)
+        ty, tx = divmod(t, culled.tiles_x)
+        ys, xs = torch.meshgrid(torch.arange(8) + ty * 8 + 0.5, torch.arange(8) + tx * 8 + 0.5, indexing="ij")
+        for i in ids:
+            if i in keep:
+                continue
+            dropped += 1
+            sigma = gaussian_sigma(xs.flatten(), ys.flatten(), proj.means2d.reshape(-1, 2)[i][None], proj.conics.reshape(-1, 3)[i][None])
+            assert (gaussian_alpha(sigma, scene["opacities"].detach()[i % N][None]) == 0).all()
+    assert dropped > 0

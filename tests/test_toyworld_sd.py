@@ -21,8 +21,8 @@ from threedistill.priors.toyworld.prior import render_ground_truth
 from threedistill.priors.toyworld_sd.prior import SHIPPED_MODEL, ToyworldSDConfig
 from threedistill.priors.toyworld_sd.training import TrainConfig, Trainer
 
-TINY_TRAINING = TrainConfig(objects=("mug", "duck"), colours=("red", "blue"), views=8, holdout_views=2, vae_steps=24,
-                            unet_steps=24, vae_batch=8, unet_batch=8, warmup=4, checkpoint_every=8,
+TINY_TRAINING = TrainConfig(objects=("mug", "duck"), colours=("red", "blue"), views=8, holdout_views=2, vae_steps=16,
+                            unet_steps=16, vae_batch=8, unet_batch=8, warmup=4, checkpoint_every=8,
                             vae_channels=(8, 16), unet_channels=(32, 32), text_hidden=32, text_layers=1, max_length=40)
 
 
@@ -41,14 +41,14 @@ def test_training_loss_falls_and_a_resume_continues_exactly(tmp_path: Path) -> N
         whole.train()
         for phase in ("vae", "unet"):
             losses = whole.losses[phase]
-            assert len(losses) == 24 and _mean(losses[-6:]) < 0.8 * _mean(losses[:6]), (phase, losses)
+            assert len(losses) == 16 and _mean(losses[-4:]) < 0.8 * _mean(losses[:4]), (phase, losses)
 
-        def stop_at_unet_step_13(phase: str, step: int, total: int, loss: float) -> None:
-            if phase == "unet" and step == 13:
+        def stop_at_unet_step_11(phase: str, step: int, total: int, loss: float) -> None:
+            if phase == "unet" and step == 11:
                 raise Interrupt
 
         with pytest.raises(Interrupt):
-            Trainer(TINY_TRAINING, tmp_path / "split").train(stop_at_unet_step_13)
+            Trainer(TINY_TRAINING, tmp_path / "split").train(stop_at_unet_step_11)
         resumed = Trainer(TINY_TRAINING, tmp_path / "split")
         resumed.train()  # from the state written at step 8
         for phase in ("vae", "unet"):

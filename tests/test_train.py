@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from support import TINY_FLAGS, tiny_config, trainer_for
+from support import TINY_FLAGS, run_cli, tiny_config, trainer_for
 from threedistill.engine.loop import StageTrainer
 from threedistill.eval.metrics import psnr
 from threedistill.export.splat_ply import read_splat_ply
@@ -25,7 +25,8 @@ def _trainer(tmp_path: Path, *extra: str) -> StageTrainer:
 
 
 def test_tiny_run_writes_the_run_folder(tmp_path: Path) -> None:
-    trainer = _trainer(tmp_path, "--prompt", "a red cube", "--log.export-formats", "splat", "video", "glb", "ply")
+    trainer = _trainer(tmp_path, "--prompt", "a red cube", "--log.export-formats", "splat", "video", "glb", "ply",
+                       "--mesh.resolution", "48", "--mesh.calibration-resolution", "32")  # every file, not the default detail
     start = [p.detach().clone() for p in trainer.representation.parameters()]
     assert trainer.train()
     summary = trainer.finish()
@@ -122,7 +123,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(signum: int, tmp_path: Pa
     # finish the run quickly from where it stopped
     cfg = (run / "config.yaml").read_text().replace("steps: 100000", f"steps: {state['step'] + 2}")
     (run / "config.yaml").write_text(cfg)
-    done = subprocess.run([sys.executable, "-m", "threedistill.cli", "resume", str(run)], capture_output=True, text=True, timeout=300)
+    done = run_cli("resume", str(run))  # in this process (the interrupt above needed a real one)
     assert done.returncode == 0, done.stderr
     assert json.loads((run / "metrics.json").read_text())["steps"] == state["step"] + 2
 

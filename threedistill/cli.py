@@ -1,15 +1,16 @@
-"""Command line: run, resume, export, edit, edit-image, animate, toyworld list / scene.
+"""Command line: run, resume, export, view, edit, edit-image, animate, toyworld list / scene.
 
-Each command parses its flags and hands them to the engine (engine/run.py, engine/load.py),
-which validates the whole run plan before any work. Exit codes (docs/reliability.md):
+Each command parses its flags and hands them to the Python API (api.py) or the engine
+(engine/run.py, engine/load.py), which validates the whole run plan before any work. Exit codes
+(docs/reliability.md):
 
 - 0: done;
 - 2: bad input, one line on stderr, no traceback, nothing made (core/errors.py `UserError`);
 - 3: a fault stopped the work (out of memory, a full disk, a diverged run), one line naming the
   cause and how to continue; checkpoints and earlier files are kept (`RunStopped`);
-- 128 + signal (130 for SIGINT / Ctrl-C, 143 for SIGTERM): interrupted; a run saved the
-  checkpoint of its last finished step and `threedistill resume RUN_DIR` continues it
-  (core/interrupts.py).
+- 128 + signal (130 for SIGINT / Ctrl-C and the viewer's Stop, 143 for SIGTERM): interrupted; a
+  run saved the checkpoint of its last finished step and `threedistill resume RUN_DIR` continues
+  it (core/interrupts.py).
 """
 
 from __future__ import annotations
@@ -22,12 +23,11 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from rich.console import Console
 
-from .core.errors import DiskFull, RunStopped, UserError, printable
+from .core.errors import DiskFull, RunStopped, UserError, printable, shown
 from .core.interrupts import exit_code_of, raising_on_signals, signal_name
 
 if TYPE_CHECKING:
-    from .engine.loop import StageTrainer
-    from .engine.run import Run
+    from .api import Run, Viewer
 
 EXIT_USER_ERROR = 2
 EXIT_RUN_STOPPED = 3
@@ -45,98 +45,99 @@ def _console() -> Console:
     return Console(stderr=True, soft_wrap=True)  # no wrapping: paths and commands stay on one line
 
 
-def _shown(value: Any) -> str:
-    """User-given text (a path, a prompt) as rich prints it literally, on one line."""
-    from rich.markup import escape
-
-    return escape(printable(str(value)))
-
-
-def _print_summary(console: Console, run_dir: Path, summary: dict[str, Any]) -> None:
-    scores = ", ".join(f"{k} {summary[k]:.3f}" for k in ("mask_iou", "psnr") if k in summary)
-    console.print(f"[green]done[/] in {summary['seconds']:.1f} s{'; ' + scores if scores else ''}")
-    console.print(f"run folder: {_shown(run_dir)}")
-    print(run_dir)
-
-
-def _train_to_end(run: "Run", console: Console) -> int:
-    """Train the current stage and every later one; print the summary."""
-    def stage_done(trainer: "StageTrainer", summary: dict[str, Any]) -> None:
-        scores = "".join(f", {k} {summary[k]:.3f}" for k in ("mask_iou", "psnr") if k in summary)
-        console.print(f"{trainer.stage_title()}done{scores}")
-
-    try:
-        summary = run.train_safely(stage_done)
-    except KeyboardInterrupt as exc:  # a signal outside a step (setup, scoring, exports) or a second one within
-        saved = "checkpoint saved" if run.interrupt_saved else "stopped at once; the last checkpoint on disk is kept"
-        console.print(f"[yellow]interrupted[/] ({signal_name(exit_code_of(exc) - 128)}) {run.trainer.stage_title()}at step "
-                      f"{run.trainer.step}/{run.trainer.cfg.steps}; {saved}. Continue with: threedistill resume {_shown(run.run_dir)}")
-        return exit_code_of(exc)
-    if summary is None:
-        trainer = run.trainer
-        signum = trainer.stops.signum or int(signal.SIGINT)
-        console.print(f"[yellow]interrupted[/] ({signal_name(signum)}) {trainer.stage_title()}at step {trainer.step}/{trainer.cfg.steps}; "
-                      f"checkpoint saved. Continue with: threedistill resume {_shown(run.run_dir)}")
-        return 128 + signum
-    _print_summary(console, run.run_dir, summary)
+def _finished(result: "Run") -> int:
+    """Exit code of a trained run; the run folder goes to stdout when it finished."""
+    if result.interrupted:
+        return 128 + (result.stop_signal or int(signal.SIGINT))
+    print(result.run_dir)
     return 0
 
 
-def _started(run: "Run", console: Console, note: str = "") -> int:
-    if note:
-        run.folder.log(note)
-    console.print(f"run folder: {_shown(run.run_dir)}")
-    return _train_to_end(run, console)
+def viewer_flags(argv: list[str]) -> tuple["Viewer", list[str]]:
+    """Split the session's viewer flags (--viewer, --viewer.host/port/update-every/mesh-resolution/budget) off a
+    command's flags; any --viewer.* flag turns the viewer on."""
+    from .viewer.options import ViewerOptions
+
+    defaults = ViewerOptions()
+    p = OneLineParser(prog="threedistill run", add_help=False, allow_abbrev=False)
+    p.add_argument("--viewer", action="store_true")
+    p.add_argument("--viewer.host", dest="host", default=None)
+    p.add_argument("--viewer.port", dest="port", type=int, default=None)
+    p.add_argument("--viewer.update-every", dest="update_every", type=int, default=None)
+    p.add_argument("--viewer.mesh-resolution", dest="mesh_resolution", type=int, default=None)
+    p.add_argument("--viewer.budget", dest="budget", type=float, default=None)
+    args, rest = p.parse_known_args(argv)
+    given = {k: v for k, v in vars(args).items() if k != "viewer" and v is not None}
+    if not (args.viewer or given):
+        return False, rest
+    options = ViewerOptions(**{**vars(defaults), **given})
+    options.check()
+    return options, rest
+
+
+VIEWER_HELP = ("--viewer serves a live web viewer of the run (pip extra [viewer]); --viewer.host (default 127.0.0.1), "
+               "--viewer.port (8080), --viewer.update-every (10 steps), --viewer.mesh-resolution (48), --viewer.budget (0.03: the "
+               "largest share of the loop's time the viewer's updates may take).")
 
 
 def cmd_run(argv: list[str]) -> int:
+    from .api import run_plan
     from .engine.plan import parse_run_plan
-    from .engine.run import Run
 
-    console = _console()
-    return _started(Run.start(parse_run_plan(argv), console), console)
+    if "-h" in argv or "--help" in argv:
+        print(VIEWER_HELP)
+    viewer, rest = viewer_flags(argv)
+    return _finished(run_plan(parse_run_plan(rest), viewer=viewer, console=_console()))
 
 
 def cmd_resume(argv: list[str]) -> int:
-    from .engine.run import Run
+    from .api import resume
 
-    p = OneLineParser(prog="threedistill resume", description="Continue a run from its last checkpoint.")
+    p = OneLineParser(prog="threedistill resume", description="Continue a run from its last checkpoint. " + VIEWER_HELP)
     p.add_argument("run_dir", type=Path)
     p.add_argument("--checkpoint", type=Path, default=None, help="a step-NNNNNN.pt to resume from instead of last.pt")
-    args = p.parse_args(argv)
-    console = _console()
-    run = Run.resume(args.run_dir, console, args.checkpoint)
-    console.print(f"resuming {_shown(args.run_dir)} at step {run.trainer.step}/{run.trainer.cfg.steps}")
-    return _train_to_end(run, console)
+    viewer, rest = viewer_flags(argv)
+    args = p.parse_args(rest)
+    return _finished(resume(args.run_dir, args.checkpoint, viewer=viewer, console=_console()))
 
 
 def cmd_export(argv: list[str]) -> int:
     """Export a run's asset from its checkpoint alone: no prior and no objective is built."""
-    import dataclasses
-
-    from .engine.load import load_run
-    from .engine.loop import export_asset
+    from .api import load
     from .export.asset import EXPORT_FORMATS
 
     p = OneLineParser(prog="threedistill export", description="Export a run's asset into RUN_DIR/export.")
     p.add_argument("run_dir", type=Path)
-    p.add_argument("--format", dest="formats", action="append", choices=list(EXPORT_FORMATS), help="repeatable; default: all the asset supports")
+    p.add_argument("--format", dest="formats", nargs="+", action="extend", choices=list(EXPORT_FORMATS),
+                   help="one or more formats (--format glb obj; repeating the flag adds more); default: all the asset supports")
     p.add_argument("--mesh-resolution", type=int, default=None, help="marching-cubes grid points per axis (default: the run's mesh.resolution, 128)")
     p.add_argument("--decimate-faces", type=int, default=None, help="decimate meshes to about N faces (0: keep all)")
     p.add_argument("--texture-size", type=int, default=None, help="side of the OBJ texture in pixels")
     p.add_argument("--level", type=float, default=None, help="surface density level (default: calibrated on the renders)")
     args = p.parse_args(argv)
-    run = load_run(args.run_dir)
-    run.folder.remove_stale_temporaries()
-    overrides = {name: value for name, value in (("resolution", args.mesh_resolution), ("decimate_faces", args.decimate_faces),
-                                                 ("texture_size", args.texture_size), ("level", args.level)) if value is not None}
-    exports = run.exports(dataclasses.replace(run.cfg.mesh, **overrides))
-    formats = args.formats or exports.supported(EXPORT_FORMATS)
+    formats = list(dict.fromkeys(args.formats)) if args.formats else None
     try:
-        for path in export_asset(exports, formats, run.folder, run.background):
+        for path in load(args.run_dir).export(formats, mesh_resolution=args.mesh_resolution, decimate_faces=args.decimate_faces,
+                                              texture_size=args.texture_size, level=args.level):
             print(path)
     except DiskFull as exc:
         raise RunStopped(f"{exc}, then run `threedistill export {args.run_dir}` again") from None
+    return 0
+
+
+def cmd_view(argv: list[str]) -> int:
+    """Serve a run folder, a splats.ply or a mesh file in the web viewer until Ctrl-C."""
+    from .viewer.options import ViewerOptions
+    from .viewer.static import serve_path
+
+    p = OneLineParser(prog="threedistill view", description="Show a run's asset (or a splats.ply / mesh file) in the "
+                      "browser: Gaussians as splats, NeRF and mesh runs as their mesh, particles side by side, 4D with a "
+                      "time slider, the training cameras as frustums. Needs the [viewer] extra. Ctrl-C stops it.")
+    p.add_argument("path", type=Path, help="a run folder, a 3DGS .ply or a mesh (.glb/.gltf/.obj/.ply/.stl)")
+    p.add_argument("--port", type=int, default=ViewerOptions.port)
+    p.add_argument("--host", default=ViewerOptions.host, help="address to bind (default loopback; others are warned about)")
+    args = p.parse_args(argv)
+    serve_path(args.path, ViewerOptions(host=args.host, port=args.port), _console())
     return 0
 
 
@@ -199,27 +200,27 @@ def cmd_edit_image(argv: list[str]) -> int:
         result = edit_image(prior, guidance, image, emb_src, emb_tgt, cfg.steps, args.lr,
                             on_step=lambda step, g: progress.update(task, advance=1, loss=g))
     seconds = time.perf_counter() - start
-    save_image(out_dir / "source.png", result.source[0])
-    edited = save_image(out_dir / "edited.png", result.edited[0])
-    save_image(out_dir / "comparison.png", image_grid(torch.cat([result.source, result.edited]), nrow=2))
+    save_image(out_dir / "source.png", image)
+    edited = save_image(out_dir / "edited.png", result.full[0])  # the input's size (guidance/image_edit.py)
+    save_image(out_dir / "comparison.png", image_grid(torch.stack([image, result.full[0]]), nrow=2))
     summary = {"image": str(args.image), "source": args.source, "target": args.target, "prior": names.prior,
                "steps": cfg.steps, "lr": args.lr, "seed": cfg.seed, "seconds": round(seconds, 2)}
     if truth is not None:
         summary.update(truth=str(args.truth), **{f"{key}_psnr": round(psnr_to(truth, result_image), 3)
-                                                 for key, result_image in (("source", result.source), ("edited", result.edited))})
+                                                 for key, result_image in (("source", image[None]), ("edited", result.full))})
     atomic_write_text(out_dir / "edit.json", json.dumps(summary, indent=2) + "\n")
-    console.print(f"[green]done[/] in {seconds:.1f} s; edited image: {_shown(edited)}")
+    console.print(f"[green]done[/] in {seconds:.1f} s; edited image: {shown(edited)}")
     print(out_dir)
     return 0
 
 
 def cmd_edit(argv: list[str]) -> int:
     """Edit a scene (posed images or a threedistill run) toward a target prompt."""
-
+    from .api import run_plan
     from .core.cameras import scene_cameras
     from .engine.load import load_run
     from .engine.plan import parse_run_plan
-    from .engine.run import Run, remove_run_folder
+    from .engine.run import remove_run_folder
     from .engine.run_dir import new_run_dir
     from .engine.validate import validate_plan
     from .export.scene import write_rendered_scene
@@ -230,7 +231,7 @@ def cmd_edit(argv: list[str]) -> int:
         description="Edit a captured scene toward a target prompt: reconstruct it from its posed images, then edit "
         "with DDS (or Instruct-NeRF2NeRF). A threedistill run folder is edited directly. Other flags are those of "
         "`threedistill run` (--prior NAME, --prior.*, --guidance.*, --representation.*, --sampler.*, --seed, --device); "
-        "--steps is the edit stage's length (default 400).",
+        "--steps is the edit stage's length (default 400). " + VIEWER_HELP,
     )
     p.add_argument("--scene", required=True, type=Path, help="a nerfstudio/Blender folder (transforms.json) or a run folder")
     p.add_argument("--source", default="", help="text describing the scene as it is (dds)")
@@ -240,6 +241,7 @@ def cmd_edit(argv: list[str]) -> int:
     p.add_argument("--representation", choices=["nerf", "gaussians"], default="nerf")
     p.add_argument("--out", default="outputs/edits", help="folder under which a new run folder is made")
     p.add_argument("--reconstruct-steps", type=int, default=500, help="steps fitting the posed images (skipped for run folders)")
+    viewer, argv = viewer_flags(argv)
     args, rest = p.parse_known_args(argv)
     if args.method == "dds" and not args.source.strip():
         raise UserError("--method dds needs --source TEXT describing the scene as it is")
@@ -266,19 +268,20 @@ def cmd_edit(argv: list[str]) -> int:
         return parse_run_plan(flags, "threedistill edit", stages=stages)
 
     if source_run is None:
-        return _started(Run.start(plan_for(args.scene), console), console)
+        return _finished(run_plan(plan_for(args.scene), viewer=viewer, console=console))
     start = source_run.as_previous()
     validate_plan(plan_for(args.scene / "source_scene"), start.name, scenes=False)  # everything but the scene it renders next
     run_dir = new_run_dir(args.out, args.target, args.method, representation)
     try:
-        console.print(f"rendering {_shown(args.scene)} as the source scene")
+        console.print(f"rendering {shown(args.scene)} as the source scene")
         scene = write_rendered_scene(run_dir / "source_scene", lambda c: source_run.representation.render(c, source_run.background),
                                      scene_cameras(48, 256))
-        run = Run.start(plan_for(scene), console, start=start, run_dir=run_dir)
+        plan = plan_for(scene)
     except BaseException:
         remove_run_folder(run_dir)
         raise
-    return _started(run, console)
+    return _finished(run_plan(plan, viewer=viewer, console=console, start=start, run_dir=run_dir,
+                              discard=lambda: remove_run_folder(run_dir)))
 
 
 def _with_default_steps(rest: list[str], steps: int) -> list[str]:
@@ -290,19 +293,20 @@ def _with_default_steps(rest: list[str], steps: int) -> list[str]:
 
 def cmd_animate(argv: list[str]) -> int:
     """Animate a finished static run: its asset becomes the first frame of a dynamic run."""
+    from .api import run_plan
     from .engine.load import load_run
     from .engine.plan import parse_run_plan
-    from .engine.run import Run
 
     p = OneLineParser(
         prog="threedistill animate",
         description="Animate a static run: a deformation field over its asset is distilled from a video prior. Other flags "
         "are those of `threedistill run` (--prior NAME (default: the run's, as video), --prior.*, --guidance.*, "
-        "--deformation.*, --motion.*, --steps, --seed, --device).",
+        "--deformation.*, --motion.*, --steps, --seed, --device). " + VIEWER_HELP,
     )
     p.add_argument("run_dir", type=Path)
     p.add_argument("--prompt", required=True, help="the motion to create, e.g. 'a bouncing ball'")
     p.add_argument("--out", default="outputs", help="folder under which the new run folder is made")
+    viewer, argv = viewer_flags(argv)
     args, rest = p.parse_known_args(argv)
     console = _console()
     source = load_run(args.run_dir)
@@ -312,7 +316,7 @@ def cmd_animate(argv: list[str]) -> int:
              "--dynamic", "--prompt", args.prompt, "--out", args.out, "--seed", str(source.cfg.seed), *rest]
     plan = parse_run_plan(flags, "threedistill animate")
     plan[0].cfg.representation = source.cfg.representation  # the asset's own settings (it keeps its shape)
-    return _started(Run.start(plan, console, start=source.as_previous()), console, f"animating {args.run_dir}")
+    return _finished(run_plan(plan, viewer=viewer, console=console, start=source.as_previous(), note=f"animating {args.run_dir}"))
 
 
 def cmd_toyworld(argv: list[str]) -> int:
@@ -390,6 +394,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "run": (cmd_run, "optimise a 3D asset for a prompt"),
     "resume": (cmd_resume, "continue a run from its last checkpoint"),
     "export": (cmd_export, "export a run's splats, meshes, videos or 4D sequences"),
+    "view": (cmd_view, "show a run, a splats.ply or a mesh in the web viewer"),
     "edit-image": (cmd_edit_image, "edit an image toward a target prompt with DDS"),
     "animate": (cmd_animate, "animate a static run with a video prior (4D)"),
     "edit": (cmd_edit, "edit a captured scene or a run toward a target prompt (dds, in2n)"),
@@ -398,7 +403,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
 
 
 def usage() -> str:
-    lines = ["usage: threedistill COMMAND [ARGS]", "", "commands:"]
+    lines = ["usage: threedistill COMMAND [ARGS]  (threedistill --version)", "", "commands:"]
     lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", "`threedistill COMMAND --help` shows a command's options."]
     return "\n".join(lines)
@@ -410,6 +415,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return 0 if argv else EXIT_USER_ERROR
+    if argv[0] in ("-V", "--version"):
+        from . import __version__
+
+        print(f"threedistill {__version__}")
+        return 0
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         print(f"error: unknown command '{command}'; valid commands: {', '.join(COMMANDS)}", file=sys.stderr)

@@ -245,6 +245,8 @@ def main(argv: Optional[list[str]] = None) -> None:
                         help="channels_last UNet on CUDA (default: the prior config's default)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (first call compiles; slow)")
     parser.add_argument("--fallback", action="store_true", help="use the in-script minimal prior even if the project's imports")
+    parser.add_argument("--objectives", default="sds", help="comma-separated objectives timed as whole steps with their peak "
+                        "memory, e.g. sds,vsd,ism (vsd trains its LoRA model in the step; ism inverts with DDIM)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device available")
@@ -444,7 +446,61 @@ def main(argv: Optional[list[str]] = None) -> None:
     print(f"| - encode + backward | {enc_ms + bwd_ms:.1f} | {(enc_ms + bwd_ms) / step_ms:.0%} |")
     print(f"\n(c) overhead ratio = step / (UNet x {unet_calls} call) = **{ratio:.2f}x**"
           f" (standalone UNet time (a); with the in-step UNet time instead: {step_ms / max(pred_ms, 1e-9):.2f}x)")
+    names = [n.strip() for n in args.objectives.split(",") if n.strip()]
+    if names != ["sds"]:
+        bench_objectives(names, prior, unet_module, images, cams, emb, timer, repeats, device, args.cfg_scale)
     tmp.cleanup()
+
+
+def bench_objectives(names: list[str], prior: Any, unet: Any, images: Tensor, cams: Any, emb: TextEmbeddings, timer: "Timer",
+                     repeats: int, device: torch.device, cfg_scale: float) -> None:
+    """(d) whole objective steps (call + backward + after_step): median ms, UNet forwards, peak memory."""
+    import threedistill.guidance  # noqa: F401  (registers the objectives)
+    from threedistill.core.objective import OBJECTIVES
+
+    cuda = device.type == "cuda"
+    calls = {"unet": 0}
+    handle = unet.register_forward_pre_hook(lambda *_: calls.__setitem__("unet", calls["unet"] + 1))
+    rows = []
+    for name in names:
+        if name not in OBJECTIVES:
+            rows.append(f"| {name} | unknown objective | | |")
+            continue
+        cls = OBJECTIVES[name]
+        fields = {f.name for f in dataclasses.fields(cls.Config)}
+        config = cls.Config(**({"cfg_scale": cfg_scale if name == "sds" else 7.5} if "cfg_scale" in fields else {}))
+        try:
+            objective = cls(config, prior, 1000, torch.Generator().manual_seed(0))
+        except Exception as exc:  # e.g. the in-script fallback prior has no LoRA model for vsd
+            rows.append(f"| {name} | not built: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} | | |")
+            continue
+
+        def step(i: int) -> None:
+            images.grad = None
+            out = objective(images, cams, emb, i)
+            out.loss.backward()
+            objective.after_step(i)
+
+        if cuda:
+            torch.cuda.synchronize(device)
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+        step(1)  # warm-up (VSD builds its LoRA optimiser here)
+        calls["unet"] = 0
+        times = []
+        for i in range(repeats):
+            a = timer.now()
+            step(2 + i)
+            times.append(timer.now() - a)
+        peak = f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f}" if cuda else "-"
+        rows.append(f"| {name} | {median_ms(times):.1f} | {calls['unet'] / repeats:.1f} | {peak} |")
+        del objective
+    handle.remove()
+    print("\n(d) whole objective steps (guidance call + backward + after_step), same batch and resolution:\n")
+    print("| objective | median ms | UNet forwards per step | peak CUDA GiB |")
+    print("|---|---:|---:|---:|")
+    for row in rows:
+        print(row)
 
 
 if __name__ == "__main__":

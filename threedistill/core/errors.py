@@ -60,6 +60,13 @@ def printable(text: str) -> str:
     return "".join(shown(ch) for ch in text)
 
 
+def shown(value: object) -> str:
+    """User-given text (a path, a prompt) as rich prints it literally, on one line."""
+    from rich.markup import escape
+
+    return escape(printable(str(value)))
+
+
 _warned: set[str] = set()
 
 

@@ -65,14 +65,25 @@ def raising_on_signals() -> contextlib.AbstractContextManager[None]:
 
 
 class StopRequests:
-    """The training loop's view of stop signals (see the module docstring)."""
+    """The training loop's view of stop signals (see the module docstring), and of stops asked
+    for by code (the viewer's Stop button, an API callback: `ask`)."""
 
     def __init__(self) -> None:
         self.signum: Optional[int] = None
+        self.asked = False
 
     @property
     def requested(self) -> bool:
-        return self.signum is not None
+        return self.asked or self.signum is not None
+
+    @property
+    def reason(self) -> str:
+        """The signal's name, or 'stop requested' for a stop asked for by code."""
+        return signal_name(self.signum) if self.signum is not None else "stop requested"
+
+    def ask(self) -> None:
+        """Stop after the current step, as a first Ctrl-C does."""
+        self.asked = True
 
     def _request(self, signum: int, frame: Optional[FrameType]) -> None:
         if self.signum is not None:  # the second signal: stop right now

@@ -17,6 +17,7 @@ import trimesh
 from torch import Tensor
 
 from .errors import UserError
+from .mesh_colours import geometry_faces
 from .runtime import quiet_libraries
 
 OBJECT_RADIUS = 0.85
@@ -48,45 +49,52 @@ def normalise(vertices: np.ndarray) -> np.ndarray:
     return (v * (OBJECT_RADIUS / np.linalg.norm(v, axis=1).max())).astype(np.float32)
 
 
-_USER_MESH_GREY = (0.7, 0.7, 0.7)
 GLTF_SUFFIXES = (".glb", ".gltf")
 
 
-def _face_colours(mesh: trimesh.Trimesh) -> np.ndarray:
-    """Per-face RGB in [0,1] from a mesh's visuals, light grey when it has none."""
-    visual: Any = mesh.visual
-    kind = getattr(visual, "kind", None)
-    if kind == "texture":
-        visual, kind = visual.to_color(), "vertex"
-    if kind == "vertex":
-        rgb = np.asarray(visual.vertex_colors, dtype=np.float32)[:, :3] / 255.0
-        return rgb[mesh.faces].mean(axis=1)
-    if kind == "face":
-        return np.asarray(visual.face_colors, dtype=np.float32)[:, :3] / 255.0
-    return np.tile(np.array(_USER_MESH_GREY, np.float32), (len(mesh.faces), 1))
+def _scene_faces(scene: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every geometry instance of a trimesh scene in world space (node transforms applied), its
+    faces coloured by its own material (core/mesh_colours.py), concatenated."""
+    import trimesh
+
+    parts = []
+    for node in scene.graph.nodes_geometry:
+        transform, name = scene.graph[node]
+        geometry = scene.geometry[name]
+        if not isinstance(geometry, trimesh.Trimesh) or len(geometry.faces) == 0:
+            continue
+        vertices, faces, colours = geometry_faces(geometry)
+        vertices = trimesh.transform_points(vertices, transform)
+        parts.append((vertices, faces, colours))
+    if not parts:
+        return np.zeros((0, 3)), np.zeros((0, 3), np.int64), np.zeros((0, 3))
+    offsets = np.cumsum([0] + [len(v) for v, _, _ in parts[:-1]])
+    return (np.concatenate([v for v, _, _ in parts]), np.concatenate([f + o for (_, f, _), o in zip(parts, offsets)]),
+            np.concatenate([c for _, _, c in parts]))
 
 
 def load_mesh_file(path: str | Path, name: str) -> ColouredMesh:
-    """Load a mesh file (.glb/.obj/.ply/.stl...) normalised into the unit sphere, with face colours.
+    """Load a mesh file (.glb/.gltf/.obj/.ply/.stl...) normalised into the unit sphere, with face colours.
 
-    glTF files are y-up by specification and are turned z-up; other formats are taken as z-up.
+    Every primitive / material group is placed by its node transforms and keeps its own colours:
+    glTF materials (base colour factor, texture, COLOR_0), OBJ + MTL textures, PLY vertex or face
+    colours (core/mesh_colours.py). glTF files are y-up by specification and are turned z-up;
+    other formats are taken as z-up.
     """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"mesh file not found: {path}; pass an existing .glb/.obj/.ply/.stl")
     try:
         with quiet_libraries("trimesh", level=logging.CRITICAL + 1):  # trimesh logs failures with tracebacks
-            mesh: Any = trimesh.load(path, force="mesh")
-            colours = _face_colours(mesh)
+            scene = trimesh.load(path, force="scene")
+            vertices, faces, colours = _scene_faces(scene)
     except Exception as exc:  # trimesh raises many types for malformed files
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserError(f"could not read mesh {path}: {reason}; pass a valid .glb/.obj/.ply/.stl") from None
-    if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
+    if len(faces) == 0:
         raise UserError(f"could not read mesh {path}: it has no triangles; pass a valid .glb/.obj/.ply/.stl")
-    vertices = np.asarray(mesh.vertices, dtype=np.float64)
     if not np.isfinite(vertices).all() or np.ptp(vertices, axis=0).max() == 0:
         raise UserError(f"could not read mesh {path}: its vertices are degenerate or not finite; pass a valid mesh")
-    faces = np.asarray(mesh.faces, dtype=np.int64)
     if path.suffix.lower() in GLTF_SUFFIXES:  # glTF is y-up; our world is z-up: (x, y, z) -> (x, -z, y)
         vertices = np.stack([vertices[:, 0], -vertices[:, 2], vertices[:, 1]], axis=1)
     vertices = normalise(vertices)

@@ -43,6 +43,9 @@ class ObjectiveOutput:
 
     loss: Tensor
     logs: dict[str, float] = field(default_factory=dict)
+    preview: Optional[Callable[[], Tensor]] = None
+    """The prior's one-step x0 prediction as images [B,3,H,W] in [0,1], computed only when called
+    (the live viewer shows it); None where the objective has none."""
 
 
 @dataclass

@@ -13,13 +13,13 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor
 
 from ..core.cameras import Cameras
-from ..core.interrupts import StopRequests, signal_name
+from ..core.interrupts import StopRequests
 from ..core.motion import amplify_motion, clips_of
 from ..core.objective import OBJECTIVES, StageContext
 from ..core.schedule import evaluate_schedule
@@ -97,7 +97,11 @@ class StageTrainer:
         self.guard = StepGuard(cfg.log.max_nonfinite_steps)
         self.consistent = True
         """False while a step is half done (its state must not be checkpointed)."""
-        self._last_render: Optional[Tensor] = None  # the latest training views, for previews
+        self.last_render: Optional[Tensor] = None
+        """The latest step's training views [B,3,H,W] (previews, the live viewer)."""
+        self.last_cameras: Optional[Cameras] = None
+        self.last_preview: Optional[Callable[[], Tensor]] = None
+        """The objective's x0 prediction of the latest step as images, where it has one (ObjectiveOutput.preview)."""
         self.exports = AssetExports(self.representation, self.run_dir / "export", self.export_settings(), self.background, self.log)
         for sub in ("checkpoints", "previews", "export"):
             (self.run_dir / sub).mkdir(parents=True, exist_ok=True)
@@ -226,7 +230,7 @@ class StageTrainer:
         self.representation.after_step(step, out, self.optimizer)
         self.optimizer.zero_grad(set_to_none=True)
         self.step = step
-        self._last_render = out.rgb.detach()
+        self.last_render, self.last_cameras, self.last_preview = out.rgb.detach(), cams, g.preview
         return {"loss": float(loss.detach()), **logs}
 
     def _skip(self, step: int, what: str) -> dict[str, float]:
@@ -270,6 +274,14 @@ class StageTrainer:
             group.setdefault("base_lr", group["lr"])
             group["lr"] = group["base_lr"] * scale
 
+    def request_stop(self) -> None:
+        """End the stage after the current step with a checkpoint, as Ctrl-C does (callbacks use it)."""
+        self.stops.ask()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self.stops.requested
+
     def train(self, until: Optional[int] = None) -> bool:
         """Run steps until `until` (default: the configured total). False if a stop signal came
         (core/interrupts.py): the current step finishes and is checkpointed. Out of memory and a
@@ -277,6 +289,9 @@ class StageTrainer:
         cfg = self.cfg
         until = cfg.steps if until is None else min(until, cfg.steps)
         progress = progress_bar(self.context.console, disable=not cfg.log.progress)
+        callbacks = self.context.callbacks
+        for callback in callbacks:
+            callback.on_stage_start(self)
         with self.stops.deferred(), progress:
             task = progress.add_task(self.stage_title().rstrip(": ") or "distilling", total=cfg.steps, completed=self.step,
                                      loss=math.nan, speed=0.0)
@@ -287,9 +302,11 @@ class StageTrainer:
                 self.elapsed += dt
                 progress.update(task, advance=1, loss=logs["loss"], speed=1.0 / max(dt, 1e-9))
                 self._periodic(logs)
-        if self.stops.signum is not None:
+                for callback in callbacks:
+                    callback.on_step(self, logs)
+        if self.stops.requested:
             self.save_checkpoint()
-            self.log(f"interrupted ({signal_name(self.stops.signum)}) at step {self.step}; checkpoint saved")
+            self.log(f"interrupted ({self.stops.reason}) at step {self.step}; checkpoint saved")
             return False
         return True
 
@@ -315,8 +332,8 @@ class StageTrainer:
         if cfg.log_every and step % cfg.log_every == 0:
             row = {"step": step, "seconds": round(self.elapsed, 3), "num_points": self.representation.num_points, **logs}
             self.context.folder.append_metrics(row)
-        if cfg.preview_every and step % cfg.preview_every == 0 and self._last_render is not None:
-            save_image_grid(self.run_dir / "previews" / f"step-{step:06d}.png", self._last_render)
+        if cfg.preview_every and step % cfg.preview_every == 0 and self.last_render is not None:
+            save_image_grid(self.run_dir / "previews" / f"step-{step:06d}.png", self.last_render)
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < self.cfg.steps:
             self.save_checkpoint()
 
@@ -363,12 +380,18 @@ class StageTrainer:
             summary["seconds"] = round(sum(h["seconds"] for h in self.context.stage_history), 2)
             self.save_checkpoint(keep_step_file=False)  # last.pt carries the stage history
         self.log(f"{self.stage_title()}finished: " + json.dumps({k: v for k, v in summary.items() if k != "stages"}))
+        for callback in self.context.callbacks:
+            callback.on_stage_end(self, summary)
         if self.index < len(self.context.plan) - 1:
             return summary
         self.context.folder.write_metrics(summary)
-        for path in export_asset(self.exports, self.exports.supported(self.cfg.log.export_formats), self.context.folder, self.background):
+        exported = export_asset(self.exports, self.exports.supported(self.cfg.log.export_formats), self.context.folder, self.background)
+        for path in exported:
             self.log(f"exported {path.name}")
-        return self.context.folder.read_metrics()  # with obj_psnr when an OBJ was written
+        metrics = self.context.folder.read_metrics()  # with obj_psnr when an OBJ was written
+        for callback in self.context.callbacks:
+            callback.on_run_end(self.run_dir, metrics, exported)
+        return metrics
 
     def previous_asset(self) -> PreviousAsset:
         """This stage's result, for the next stage to start from."""

@@ -11,13 +11,15 @@ from __future__ import annotations
 import contextlib
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from rich.console import Console
 
+from ..core.runtime import tune_allocator
 from ..representations.convert import PreviousAsset
 from ..core.errors import DiskFull, RunStopped
 from .build import resolve_device
+from .callbacks import LoopCallback
 from .load import read_run
 from .loop import StageTrainer
 from .plan import Stage, plan_to_yaml
@@ -32,22 +34,25 @@ class Run:
     """One run folder and the stage being trained (see the module docstring)."""
 
     def __init__(self, plan: list[Stage], run_dir: Path, console: Optional[Console] = None,
-                 start: Optional[PreviousAsset] = None, stage_index: int = 0) -> None:
+                 start: Optional[PreviousAsset] = None, stage_index: int = 0, callbacks: Sequence[LoopCallback] = ()) -> None:
+        tune_allocator()  # tensors freed every step are reused, not page-faulted in again
         self.plan = plan
         self.run_dir = Path(run_dir)
         self.folder = RunFolder(self.run_dir)
         self.console = console or Console(stderr=True)
-        self.context = RunContext(plan, self.run_dir, self.folder, self.console, PriorPool(resolve_device(plan[0].cfg.device)))
+        self.context = RunContext(plan, self.run_dir, self.folder, self.console, PriorPool(resolve_device(plan[0].cfg.device)),
+                                  callbacks=tuple(callbacks))
         self.trainer = StageTrainer(self.context, stage_index, start)
         self.interrupt_saved = False
 
     @classmethod
     def start(cls, plan: list[Stage], console: Optional[Console] = None, start: Optional[PreviousAsset] = None,
-              run_dir: Optional[Path] = None) -> "Run":
-        """Validate `plan`, make a new run folder under the first stage's `out` (unless `run_dir` is
-        given), build the first stage and save config.yaml; a failure before training leaves no
-        empty folder behind."""
-        validate_plan(plan, start.name if start is not None else None)
+              run_dir: Optional[Path] = None, callbacks: Sequence[LoopCallback] = (), validated: bool = False) -> "Run":
+        """Validate `plan` (unless the caller just did: `validated`), make a new run folder under the
+        first stage's `out` (unless `run_dir` is given), build the first stage and save config.yaml;
+        a failure before training leaves no empty folder behind."""
+        if not validated:
+            validate_plan(plan, start.name if start is not None else None)
         first = plan[0]
         made_here = run_dir is None
         if run_dir is None:
@@ -55,7 +60,7 @@ class Run:
             label = Path(first.cfg.image).stem if first.cfg.image else first.cfg.prompt
             run_dir = new_run_dir(first.cfg.out, label, first.names.guidance, representations)
         try:
-            run = cls(plan, run_dir, console, start)
+            run = cls(plan, run_dir, console, start, callbacks=callbacks)
             run.save_config()
             run.trainer.save_checkpoint(keep_step_file=False)  # resumable from the start, whatever stops it
         except BaseException:
@@ -65,13 +70,19 @@ class Run:
         return run
 
     @classmethod
-    def resume(cls, run_dir: Path, console: Optional[Console] = None, checkpoint: Optional[Path] = None) -> "Run":
+    def resume(cls, run_dir: Path, console: Optional[Console] = None, checkpoint: Optional[Path] = None,
+               callbacks: Sequence[LoopCallback] = ()) -> "Run":
         """Rebuild a run from its config.yaml and last.pt (or the given checkpoint)."""
-        run_dir = Path(run_dir)
         plan, state, index = read_run(run_dir, checkpoint)
         validate_plan(plan, None, first=index)
+        return cls.from_checkpoint(Path(run_dir), plan, state, index, console, callbacks)
+
+    @classmethod
+    def from_checkpoint(cls, run_dir: Path, plan: list[Stage], state: dict[str, Any], index: int,
+                        console: Optional[Console] = None, callbacks: Sequence[LoopCallback] = ()) -> "Run":
+        """The run of a checkpoint already read (`read_run`) and validated, at the step it holds."""
         RunFolder(run_dir).remove_stale_temporaries()
-        run = cls(plan, run_dir, console, stage_index=index)
+        run = cls(plan, run_dir, console, stage_index=index, callbacks=callbacks)
         run.trainer.load_state(state)
         run.folder.log(f"resumed {run.trainer.stage_title()}at step {run.trainer.step}")
         return run

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
 import torch
 from torch import Tensor
@@ -20,7 +20,7 @@ from ..core.errors import UserError
 from ..core.objective import Needs, Objective, ObjectiveConfig, ObjectiveOutput
 from ..core.schedule import Schedule, evaluate_schedule, validate_schedule
 from ..core.types import RenderOutput, TextEmbeddings
-from ..priors.base import DiffusionPrior, ddim_step
+from ..priors.base import DiffusionPrior, ddim_step, predict_x0
 
 Weighting = Literal["sds", "uniform", "fantasia3d", "lucid"]
 
@@ -186,10 +186,13 @@ class Guidance(Objective):
             cur = nxt
         return x
 
-    def output(self, x0: Tensor, grad: Tensor, step: int, t: Tensor, images: Optional[Tensor] = None, **logs: float) -> ObjectiveOutput:
+    def output(self, x0: Tensor, grad: Tensor, step: int, t: Tensor, images: Optional[Tensor] = None,
+               denoised: Optional[tuple[Tensor, Tensor]] = None, **logs: float) -> ObjectiveOutput:
         """The loss for gradient `grad` (before grad_scale) on x0, with the shared logs.
 
         With `pixel_grad_clip` set, a hook on `images` (the renders) clips each pixel's gradient.
+        `denoised` = (x_t, the guided eps at t) gives the output its x0 preview (decoded only when
+        asked for: the live viewer shows it).
         """
         grad = self.config.grad_scale * grad
         if self.config.pixel_grad_clip is not None and images is not None and images.requires_grad:
@@ -199,7 +202,18 @@ class Guidance(Objective):
         else:
             loss = reparameterised_loss(x0, grad, self.clip_value(step))
         base = {"t_mean": float(t.float().mean()), "grad_norm": float(grad.norm() / x0.shape[0])}
-        return ObjectiveOutput(loss=loss, logs={**base, **logs})
+        return ObjectiveOutput(loss=loss, logs={**base, **logs}, preview=self._preview(denoised, t))
+
+    def _preview(self, denoised: Optional[tuple[Tensor, Tensor]], t: Tensor) -> Optional[Callable[[], Tensor]]:
+        """Tweedie's x0 from (x_t, eps) decoded to images, deferred (None for clips: previews are of images)."""
+        if denoised is None or denoised[0].ndim != 4:
+            return None
+        x_t, eps = denoised
+
+        def decode() -> Tensor:
+            with torch.no_grad():
+                return self.prior.decode(predict_x0(self.prior.alphas_cumprod, x_t, eps, t)).float().clamp(0, 1)
+        return decode
 
     def image_space_loss(self, images: Tensor, x0: Tensor, grad: Tensor, step: int) -> Tensor:
         """0.5 |render - decode(x0 - g)|^2 / B at the decoded target's resolution (`image_space`)."""

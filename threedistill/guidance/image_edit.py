@@ -4,6 +4,11 @@ The image is encoded once into the prior's space (z_src: SD's VAE mean latent, t
 pixels); z_tgt starts as a copy and follows the DDS gradient with plain SGD, as in the official
 notebook (lr 0.1 with the loss scaled by 2000 / (64 * 64), i.e. about 0.05 per unit gradient).
 No camera is known for a plain image, so toyworld's camera kernel is off.
+
+The prior edits at its own resolution (toyworld 64 px, SD's VAE 512 px); the result keeps the
+input's size: the edit (decoded edited image minus decoded source) is resized to the input and
+added to it, so what the edit leaves alone keeps the input's full detail (and an SD edit does
+not carry the VAE's reconstruction error).
 """
 
 from __future__ import annotations
@@ -22,10 +27,12 @@ from ..priors.base import DiffusionPrior
 
 @dataclass
 class ImageEdit:
-    """The source as the prior sees it, the edited image (both [1,3,R,R] in [0,1]) and the gradient norms."""
+    """The source as the prior sees it, the edited image (both [1,3,R,R] in [0,1]), the edit applied to
+    the input at its own size ([1,3,H,W]) and the gradient norms."""
 
     source: Tensor
     edited: Tensor
+    full: Tensor
     grad_norms: list[float]
 
 
@@ -42,10 +49,9 @@ def edit_image(
     """DDS-edit `image` [3,H,W] in [0,1] from the source prompt's embeddings toward the target's
     (see `prompt_embeddings`)."""
     device = prior.alphas_cumprod.device
-    img = image.unsqueeze(0).to(device)
+    original = image.unsqueeze(0).float()
     size = prior.resolution
-    if img.shape[-2:] != (size, size):
-        img = F.interpolate(img, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    img = _resized(original.to(device), (size, size))
     with torch.no_grad():
         z_src = prior.encode(img)
     z = z_src.clone().requires_grad_(True)
@@ -60,4 +66,13 @@ def edit_image(
         if on_step is not None:
             on_step(step, grad_norms[-1])
     with torch.no_grad():
-        return ImageEdit(source=prior.decode(z_src).cpu(), edited=prior.decode(z.detach()).cpu(), grad_norms=grad_norms)
+        source, edited = prior.decode(z_src).float().cpu(), prior.decode(z.detach()).float().cpu()
+        full = (original + _resized(edited - source, tuple(original.shape[-2:]))).clamp(0.0, 1.0)
+    return ImageEdit(source=source, edited=edited, full=full, grad_norms=grad_norms)
+
+
+def _resized(images: Tensor, size: tuple[int, ...]) -> Tensor:
+    if images.shape[-2:] == size:
+        return images
+    down = images.shape[-1] > size[-1]
+    return F.interpolate(images, size=size, mode="bilinear", antialias=down, align_corners=False)

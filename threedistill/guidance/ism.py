@@ -83,7 +83,7 @@ class ISMGuidance(Guidance):
                 target = self.prior.predict_eps(x_mu, mu, emb.null, cams)
             e_cfg = self.guided_eps(x_t, t, emb, cams)
             grad = self.weight(t, x0.ndim) * (e_cfg - target)
-        return self.output(x0, grad, step, t, images, s_mean=float(s.float().mean()))
+        return self.output(x0, grad, step, t, images, denoised=(x_t, e_cfg), s_mean=float(s.float().mean()))
 
 
 @OBJECTIVES.register("tsm")

@@ -37,4 +37,4 @@ class SDSGuidance(Guidance):
             x_t = add_noise(self.prior.alphas_cumprod, x0.detach(), noise, t)
             eps_hat = self.guided_eps(x_t, t, emb, cams)
             grad = self.weight(t, x0.ndim) * (eps_hat - noise)
-        return self.output(x0, grad, step, t, images)
+        return self.output(x0, grad, step, t, images, denoised=(x_t, eps_hat))

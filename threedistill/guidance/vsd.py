@@ -112,7 +112,7 @@ class VSDGuidance(Guidance):
             grad = self.weight(t, x0.ndim) * (e_pre - e_phi)
         if not first:
             logs = self._train_variational(x0, plain, cams)
-        return self.output(x0, grad, step, t, images, **logs)
+        return self.output(x0, grad, step, t, images, denoised=(x_t, e_pre), **logs)
 
     def state_dict(self) -> dict[str, Any]:
         return {"variational": self.variational.state_dict(), "trained": self._trained}

@@ -31,11 +31,15 @@ def render_splats(
     """Render N Gaussians into the B cameras of `cams`.
 
     means [N,3]; quats [N,4] wxyz (normalised here); scales [N,3] (positive); opacities [N]
-    in (0,1); colors [N,3] or [B,N,3] (activated RGB); background [3] or [B,3].
+    in (0,1); colors [N,3] or [B,N,3] (activated RGB); background [3] or [B,3]. The torch
+    backend also takes means, quats and scales per view ([B,N,...]: a 4D asset at each
+    camera's time, rendered in one pass).
     Returns rgb/alpha/depth (depth = sum of weight x camera z, not divided by alpha) and
     extras "means2d" [B,N,2] (gradient retained for densification), "radii" [B,N] (> 0 where
     visible), "backend".
     """
     if resolve_splat_backend(backend, means.device) == "cuda":
+        if means.dim() == 3 or quats.dim() == 3 or scales.dim() == 3:
+            raise ValueError("per-view Gaussian parameters need the torch backend; render each time separately with gsplat")
         return render_splats_gsplat(means, quats, scales, opacities, colors, cams, background)
     return render_splats_torch(means, quats, scales, opacities, colors, cams, background)

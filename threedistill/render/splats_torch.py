@@ -11,15 +11,14 @@ The math follows gsplat 1.5.3's "classic" mode so both backends agree:
   pixel centres at i + 0.5; alpha < 1/255 contributes nothing; front-to-back in depth order,
   a pixel stops before the Gaussian that would bring its transmittance to <= 1e-4.
 
-`render_splats_dense` evaluates every pixel against every Gaussian (the reference);
-`render_splats_torch` bins Gaussians into tiles, pads each chunk of tiles to its longest
-list and composites chunk by chunk so that memory stays under a budget. Both share the
-projection, `gaussian_alpha` and `composite`.
+`render_splats_dense` evaluates every pixel against every Gaussian with the plain formulas
+(`gaussian_sigma`, `gaussian_alpha`, `composite`): it is the reference the tiled renderer is
+tested against. `render_splats_torch` shares the projection, bins Gaussians into tiles and
+composites chunks of tiles with a hand-written backward pass (render/splats_tiles.py).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -28,12 +27,10 @@ from torch import Tensor
 
 from threedistill.core.cameras import Cameras
 from threedistill.core.types import RenderOutput
+from threedistill.render.splats_tiles import ALPHA_MAX, ALPHA_MIN, T_MIN, bin_gaussians, composite_tiles, untile
 
 NEAR_PLANE = 0.01
 EPS2D = 0.3
-ALPHA_MIN = 1.0 / 255.0
-ALPHA_MAX = 0.999
-T_MIN = 1e-4
 TILE_SIZE = 8
 MEMORY_BUDGET_MB = 256.0
 CHUNK_ELEMS = {"cpu": 1 << 18, "cuda": 1 << 23}  # tile x Gaussian x pixel entries per chunk (CPU: fits in cache)
@@ -70,12 +67,16 @@ def project_gaussians(
     means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, cams: Cameras,
     near_plane: float = NEAR_PLANE, eps2d: float = EPS2D,
 ) -> Projected:
-    """EWA-project N Gaussians into every camera of `cams` (differentiable)."""
+    """EWA-project N Gaussians into every camera of `cams` (differentiable).
+
+    means [N,3] / quats [N,4] / scales [N,3] are shared by the B views, or [B,N,...] per view
+    (a 4D asset seen at each camera's time); opacities [N].
+    """
     W, H = cams.width, cams.height
     viewmats = cams.viewmats().to(means)
     K = cams.intrinsics().to(means)
     R, t = viewmats[:, None, :3, :3], viewmats[:, None, :3, 3]  # [B,1,3,3], [B,1,3]
-    means_c = (R @ means[None, :, :, None]).squeeze(-1) + t  # [B,N,3]
+    means_c = (R @ _per_view(means)[..., None]).squeeze(-1) + t  # [B,N,3]
     x, y, z = means_c.unbind(-1)
     in_front = z > near_plane
     z = torch.where(in_front, z, torch.ones_like(z))  # keeps culled entries finite
@@ -88,8 +89,8 @@ def project_gaussians(
     ty = z * torch.maximum(torch.minimum(y / z, lim_y_pos), -lim_y_neg)
     zeros = torch.zeros_like(z)
     J = torch.stack([fx / z, zeros, -fx * tx / z**2, zeros, fy / z, -fy * ty / z**2], -1).unflatten(-1, (2, 3))
-    M = quat_to_rotmat(quats) * scales[:, None, :]  # [N,3,3], covariance = M M^T
-    JM = J @ (R @ M[None])  # [B,N,2,3]
+    M = quat_to_rotmat(_per_view(quats)) * _per_view(scales)[..., None, :]  # [1 or B,N,3,3], covariance = M M^T
+    JM = J @ (R @ M)  # [B,N,2,3]
     cov2d = JM @ JM.transpose(-1, -2) + eps2d * torch.eye(2, dtype=means.dtype, device=means.device)
     c00, c01, c11 = cov2d[..., 0, 0], cov2d[..., 0, 1], cov2d[..., 1, 1]
     det = c00 * c11 - c01 * c01
@@ -99,6 +100,11 @@ def project_gaussians(
     radii = _radii(means2d.detach(), c00.detach(), c11.detach(), opacities.detach(), W, H)
     radii = torch.where((in_front & (det > 0))[..., None], radii, torch.zeros_like(radii))
     return Projected(means2d=means2d, conics=conics, depths=means_c[..., 2], radii=radii)
+
+
+def _per_view(x: Tensor) -> Tensor:
+    """[N,C] -> [1,N,C]; per-view [B,N,C] unchanged."""
+    return x[None] if x.dim() == 2 else x
 
 
 def _radii(means2d: Tensor, c00: Tensor, c11: Tensor, opacities: Tensor, W: int, H: int) -> Tensor:
@@ -154,50 +160,6 @@ def composite(alpha: Tensor, feats: Tensor) -> tuple[Tensor, Tensor]:
     return acc, 1.0 - weights.sum(dim=-2)
 
 
-class _RasterizeTiles(torch.autograd.Function):
-    """Composite a chunk of tiles; hand-written backward that recomputes the per-pixel
-    terms, so only [T,K] inputs are kept between forward and backward.
-
-    params [T,K,6+F]: mean x, mean y (tile-local pixels), conic a, b, c, opacity, features.
-    px, py [P]: tile-local pixel centres shared by all tiles.
-    Returns acc [T,P,F] and transmittance [T,P].
-    """
-
-    @staticmethod
-    def forward(ctx, params: Tensor, px: Tensor, py: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
-        ctx.save_for_backward(params, px, py)
-        sigma = gaussian_sigma(px, py, params[..., 0:2], params[..., 2:5])
-        return composite(gaussian_alpha(sigma, params[..., 5]), params[..., 6:])
-
-    @staticmethod
-    def backward(ctx, g_acc: Tensor, g_trans: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
-        params, px, py = ctx.saved_tensors
-        means2d, conics, opac, feats = params[..., 0:2], params[..., 2:5], params[..., 5], params[..., 6:]
-        alpha = gaussian_alpha(gaussian_sigma(px, py, means2d, conics), opac)
-        weights, t_excl = blend_weights(alpha)
-        g_feats = weights @ g_acc  # [T,K,F]
-        # dL/dw_k = f_k . g_acc - g_trans (trans = 1 - sum w)
-        g_w = (feats @ g_acc.transpose(-1, -2)).sub_(g_trans[:, None, :])
-        contrib = weights.mul_(g_w)
-        suffix = contrib.sum(dim=-2, keepdim=True) - contrib.cumsum_(dim=-2)  # sum_{j>k} w_j g_w_j
-        g_alpha = t_excl.mul_(g_w).sub_(suffix.div_(1.0 - alpha))
-        # alpha = o exp(-sigma) where not clamped at 0.999 or cut below 1/255 (alpha = 0 there):
-        # g_sigma = -g_alpha * alpha on those entries, 0 elsewhere
-        g_sigma = g_alpha.mul_(F.threshold(-alpha, -ALPHA_MAX, 0.0))
-        T, K, P = g_sigma.shape
-        phi = torch.stack([torch.ones_like(px), px, py, px * px, px * py, py * py], dim=-1)  # [P,6]
-        m0, mx_, my_, mxx, mxy, myy = (g_sigma.reshape(T * K, P) @ phi).reshape(T, K, 6).unbind(-1)
-        x, y = means2d.unbind(-1)
-        a, b, c = conics.unbind(-1)
-        s_x, s_y = mx_ - x * m0, my_ - y * m0  # sum g (px - x), sum g (py - y)
-        s_xx = mxx - 2 * x * mx_ + x * x * m0
-        s_xy = mxy - x * my_ - y * mx_ + x * y * m0
-        s_yy = myy - 2 * y * my_ + y * y * m0
-        g_opac = -m0 / torch.where(opac > 0, opac, torch.ones_like(opac))
-        grads = [-(a * s_x + b * s_y), -(b * s_x + c * s_y), 0.5 * s_xx, s_xy, 0.5 * s_yy, g_opac]
-        return torch.cat([torch.stack(grads, dim=-1), g_feats], dim=-1), None, None
-
-
 def _features(colors: Tensor, proj: Projected) -> Tensor:
     """Per-view features [B,N,4]: RGB and camera depth."""
     B, N = proj.depths.shape
@@ -241,78 +203,6 @@ def render_splats_dense(
     return _finish(acc.view(B, H, W, 4), trans.view(B, H, W), background, proj, "dense")
 
 
-@dataclass
-class TileBins:
-    """Gaussian lists per tile, front to back: tile t holds
-    `gauss_ids[offsets[t] : offsets[t] + counts[t]]` (flat indices b * N + n)."""
-
-    gauss_ids: Tensor  # [n_pairs] long
-    offsets: Tensor  # [B * tiles_y * tiles_x] long
-    counts: Tensor  # [B * tiles_y * tiles_x] long
-    tiles_x: int
-    tiles_y: int
-
-
-def bin_gaussians(proj: Projected, width: int, height: int, tile_size: int = TILE_SIZE) -> TileBins:
-    """Assign visible Gaussians to the tiles their bounding box overlaps, in depth order."""
-    B, N = proj.depths.shape
-    dev = proj.depths.device
-    tiles_x, tiles_y = -(-width // tile_size), -(-height // tile_size)
-    order = torch.argsort(proj.depths.detach(), dim=1, stable=True)  # [B,N]
-    flat = (order + torch.arange(B, device=dev)[:, None] * N).reshape(-1)
-    flat = flat[proj.visible.reshape(-1)[flat]]  # visible Gaussians, view-major, front to back
-    view = torch.div(flat, N, rounding_mode="floor")
-    mean = proj.means2d.detach().reshape(-1, 2)[flat]
-    rad = proj.radii.reshape(-1, 2)[flat].to(mean.dtype)
-    lim = torch.tensor([tiles_x, tiles_y], device=dev)
-    lo = torch.minimum(torch.floor((mean - rad) / tile_size).long().clamp_min(0), lim)
-    hi = torch.minimum(torch.ceil((mean + rad) / tile_size).long().clamp_min(0), lim)
-    span = (hi - lo).clamp_min(0)
-    counts = span[:, 0] * span[:, 1]
-    src = torch.repeat_interleave(counts)  # pair -> index into `flat`
-    local = torch.arange(src.numel(), device=dev) - (torch.cumsum(counts, 0) - counts)[src]
-    span_x = span[src, 0]
-    tx = lo[src, 0] + local % span_x
-    ty = lo[src, 1] + torch.div(local, span_x, rounding_mode="floor")
-    tile, perm = torch.sort((view[src] * tiles_y + ty) * tiles_x + tx, stable=True)  # keeps depth order
-    tile_counts = torch.bincount(tile, minlength=B * tiles_y * tiles_x)
-    return TileBins(
-        gauss_ids=flat[src[perm]],
-        offsets=torch.cumsum(tile_counts, 0) - tile_counts,
-        counts=tile_counts,
-        tiles_x=tiles_x,
-        tiles_y=tiles_y,
-    )
-
-
-def tile_chunks(counts: Tensor, pixels_per_tile: int, max_elems: int, pad_ratio: float = 0.75) -> list[tuple[Tensor, int]]:
-    """Group non-empty tiles into chunks of (tile ids, padded list length).
-
-    Tiles are sorted by list length; a chunk holds at most `max_elems` tile x Gaussian x
-    pixel entries and only tiles at least `pad_ratio` as long as its longest, so little
-    work goes into padding. A single tile longer than the budget forms its own chunk.
-    """
-    sorted_counts, tiles = torch.sort(counts, descending=True)
-    sizes = sorted_counts.tolist()
-    n = sum(1 for c in sizes if c > 0)
-    chunks, i = [], 0
-    while i < n:
-        k = sizes[i]
-        j = min(n, i + max(1, max_elems // (k * pixels_per_tile)))
-        while j > i + 1 and sizes[j - 1] < pad_ratio * k:
-            j -= 1
-        chunks.append((tiles[i:j], k))
-        i = j
-    return chunks
-
-
-def _chunk_elems(memory_budget_mb: float, chunk_elems: int | None, device: torch.device) -> int:
-    """Chunk size in tile x Gaussian x pixel entries under the memory budget."""
-    if chunk_elems is None:
-        chunk_elems = CHUNK_ELEMS.get(device.type, CHUNK_ELEMS["cuda"])
-    return max(1, min(chunk_elems, int(memory_budget_mb * 2**20 / (4 * _FLOATS_PER_ELEMENT))))
-
-
 def render_splats_torch(
     means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
     cams: Cameras, background: Tensor,
@@ -321,61 +211,29 @@ def render_splats_torch(
     """Tile-based torch splat renderer, differentiable w.r.t. all Gaussian inputs.
 
     Tiles are composited in chunks of at most `chunk_elems` tile x Gaussian x pixel
-    entries (default per device type; on CPU small enough to stay in cache). A chunk's
-    per-pixel intermediates live only while it is composited, forward and backward, so
-    peak memory stays near `memory_budget_mb` unless a single tile needs more.
+    entries (default per device type). A chunk's per-pixel intermediates live only while it
+    is composited, and those kept for the backward pass stay within `memory_budget_mb` (beyond
+    it they are recomputed), so peak memory stays near the budget unless a single tile needs
+    more (render/splats_tiles.py).
     """
     proj = project_gaussians(means, quats, scales, opacities, cams)
     B, N = proj.depths.shape
-    bins = bin_gaussians(proj, cams.width, cams.height, tile_size)
+    bins = bin_gaussians(proj, cams.width, cams.height, tile_size, opacities)
     table = torch.cat(
         [proj.means2d, proj.conics, opacities[None, :, None].expand(B, N, 1), _features(colors, proj)], dim=-1
     ).reshape(B * N, 6 + 4)
     padding = torch.zeros_like(table[:1])
     padding[:, 2] = padding[:, 4] = 1.0  # unit conic, zero opacity
     table = torch.cat([table, padding])  # row B * N pads short tile lists
-    acc, trans = _composite_tiles(table, bins, tile_size, _chunk_elems(memory_budget_mb, chunk_elems, means.device))
-    acc = _untile(acc, bins, B, cams.height, cams.width)
-    trans = _untile(trans[..., None], bins, B, cams.height, cams.width)[..., 0]
+    max_elems = _chunk_elems(memory_budget_mb, chunk_elems, means.device)
+    acc, trans = composite_tiles(table, bins, tile_size, max_elems, memory_budget_mb * 2**20)
+    acc = untile(acc, bins, B, cams.height, cams.width)
+    trans = untile(trans[..., None], bins, B, cams.height, cams.width)[..., 0]
     return _finish(acc, trans, background, proj, "torch")
 
 
-def _composite_tiles(table: Tensor, bins: TileBins, tile_size: int, max_elems: int) -> tuple[Tensor, Tensor]:
-    """Accumulated features [tiles, P, F] and transmittance [tiles, P] of every tile.
-
-    table [B*N + 1, 6 + F]: per (view, Gaussian) mean, conic, opacity, features; the last
-    row is the zero-opacity padding entry.
-    """
-    local = torch.arange(tile_size, device=table.device, dtype=table.dtype) + 0.5 - 0.5 * tile_size
-    px, py = local.repeat(tile_size), local.repeat_interleave(tile_size)  # tile-local, row-major
-    done, accs, transes = [], [], []
-    for tiles, k in tile_chunks(bins.counts, tile_size * tile_size, max_elems):
-        acc, trans = _RasterizeTiles.apply(_chunk_params(table, bins, tiles, k, tile_size), px, py)
-        done.append(tiles)
-        accs.append(acc)
-        transes.append(trans)
-    acc_all = table.new_zeros(bins.counts.numel(), tile_size * tile_size, table.shape[1] - 6)
-    trans_all = table.new_ones(bins.counts.numel(), tile_size * tile_size)
-    if done:
-        order = torch.cat(done)
-        acc_all = acc_all.index_copy(0, order, torch.cat(accs))
-        trans_all = trans_all.index_copy(0, order, torch.cat(transes))
-    return acc_all, trans_all
-
-
-def _chunk_params(table: Tensor, bins: TileBins, tiles: Tensor, k: int, tile_size: int) -> Tensor:
-    """[T,K,C] rows of `table` for each tile's list (padded to k), means tile-local."""
-    slot = torch.arange(k, device=table.device)
-    valid = slot < bins.counts[tiles, None]  # [T,K]
-    ids = bins.gauss_ids[torch.where(valid, bins.offsets[tiles, None] + slot, 0)]
-    ids = torch.where(valid, ids, table.shape[0] - 1)
-    t_in_view = tiles % (bins.tiles_x * bins.tiles_y)
-    centre = (torch.stack([t_in_view % bins.tiles_x, t_in_view // bins.tiles_x], -1) + 0.5) * tile_size
-    return table[ids] - F.pad(centre.to(table.dtype), (0, table.shape[1] - 2))[:, None, :]
-
-
-def _untile(x: Tensor, bins: TileBins, B: int, H: int, W: int) -> Tensor:
-    """[B * tiles, ts*ts, C] tile-major values -> [B,H,W,C] image."""
-    ts = int(round(math.sqrt(x.shape[1])))
-    x = x.view(B, bins.tiles_y, bins.tiles_x, ts, ts, -1).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(B, bins.tiles_y * ts, bins.tiles_x * ts, -1)[:, :H, :W]
+def _chunk_elems(memory_budget_mb: float, chunk_elems: int | None, device: torch.device) -> int:
+    """Chunk size in tile x Gaussian x pixel entries under the memory budget."""
+    if chunk_elems is None:
+        chunk_elems = CHUNK_ELEMS.get(device.type, CHUNK_ELEMS["cuda"])
+    return max(1, min(chunk_elems, int(memory_budget_mb * 2**20 / (4 * _FLOATS_PER_ELEMENT))))

@@ -48,6 +48,7 @@ from ..core.errors import UserError
 from ..core.geometry import Field
 from ..core.schedule import Schedule, check_lambda_schedules, lambda_weights
 from ..core.types import RenderOutput, SplatTensors
+from ..render.splats import resolve_splat_backend
 from .base import Representation
 from .gaussian_field import GaussianField
 from .gaussians import Gaussians
@@ -247,8 +248,15 @@ class Deformed(Representation):
 
     def gaussian_params_at(self, time: float) -> dict[str, Tensor]:
         """Deformed means / log_scales / quats (only those the field moves) at `time`."""
+        return {k: v[0] for k, v in self.gaussian_params_at_times(torch.tensor([float(time)])).items()}
+
+    def gaussian_params_at_times(self, times: Tensor) -> dict[str, Tensor]:
+        """Deformed means / log_scales / quats [T,N,...] at each of `times` [T], in one field pass."""
         base = self.base
-        d = self.field(base.means, time)
+        assert isinstance(base, Gaussians)
+        T, N = times.numel(), base.num_points
+        points = base.means.repeat(T, 1)
+        d = {k: v.view(T, N, -1) for k, v in self.field(points, times.to(points).repeat_interleave(N)).items()}
         params = {"means": base.means + d["position"]}
         if "log_scale" in d:
             params["log_scales"] = base.log_scales + d["log_scale"]
@@ -292,12 +300,20 @@ class Deformed(Representation):
     def render(self, cams: Cameras, background: Tensor) -> RenderOutput:
         """Render each camera at its time (none: t = 0) on `background` [3] or [B,3], in camera order.
 
-        extras: those of the base render when the batch has one time; else "backend", "samples"
-        (NeRF); always "time_groups": [(camera indices, RenderOutput)] (densification statistics).
+        Gaussians on the torch backend render all times in one pass (per-view parameters);
+        otherwise one render per distinct time. extras: those of the base render when there is
+        one pass; else "backend", "samples" (NeRF); always "time_groups": [(camera indices,
+        RenderOutput)] (densification statistics).
         """
         B = len(cams)
         times = cams.time if cams.time is not None else torch.zeros(B, device=cams.device)
         values, inverse = torch.unique(times.detach(), return_inverse=True)
+        base = self.base
+        if isinstance(base, Gaussians) and len(values) > 1 and resolve_splat_backend(base.backend, base.means.device) == "torch":
+            # every camera at its own time in one render: the field runs once over all times
+            moved = {k: v[inverse] for k, v in self.gaussian_params_at_times(values).items()}  # [B,N,...]
+            out = base.render_with(cams, background, **moved)
+            return RenderOutput(out.rgb, out.alpha, out.depth, {**out.extras, "time_groups": [(torch.arange(B, device=cams.device), out)]})
         groups: list[tuple[Tensor, RenderOutput]] = []
         for i, t in enumerate(values.tolist()):
             idx = (inverse == i).nonzero().squeeze(1)

@@ -18,6 +18,7 @@ from .sh import sh_to_rgb
 
 ALPHA_MIN = 1.0 / 255.0
 """Per-Gaussian alphas below this contribute nothing (as in the splat renderer)."""
+_EXPONENT_CAP = 30.0  # exp(-30) * opacity < ALPHA_MIN
 
 
 class GaussianField:
@@ -46,6 +47,11 @@ class GaussianField:
         self.whiten = quat_to_rotmat(quats[keep]).transpose(-1, -2) / scales[:, :, None]
         # a_i >= ALPHA_MIN only inside q <= 2 ln(o_i / ALPHA_MIN): a ball of this radius holds it.
         self.radius = scales.amax(-1) * torch.sqrt(2.0 * torch.log(self.opacity / ALPHA_MIN))
+        # per Gaussian, gathered once per (point, Gaussian) pair: mean, the six entries of
+        # Sigma^-1 = M^T M (off-diagonals doubled), log opacity, colour
+        A = self.whiten.transpose(-1, -2) @ self.whiten
+        conic = torch.stack([A[:, 0, 0], A[:, 1, 1], A[:, 2, 2], 2 * A[:, 0, 1], 2 * A[:, 0, 2], 2 * A[:, 1, 2]], -1)
+        self._table = torch.cat([self.means, conic, torch.log(self.opacity)[:, None], self.rgb], 1)
         self.pair_budget = int(pair_budget or (1 << 23 if self.device.type == "cuda" else 1 << 20))
         self._build_cells()
 
@@ -90,8 +96,9 @@ class GaussianField:
         self.cell_start[1:] = torch.bincount(cell_id, minlength=n_cells).cumsum(0)
 
     @torch.no_grad()
-    def _accumulate(self, points: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Per point: sum log(1 - a_i), sum a_i and sum a_i rgb_i over the Gaussians (on the CPU)."""
+    def _accumulate(self, points: Tensor, colour: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+        """Per point: sum log(1 - a_i), sum a_i and sum a_i rgb_i over the Gaussians (on the CPU);
+        without `colour` the last two stay 0 (the density needs only the first)."""
         dev = self.device
         points = points.detach().float().to(dev).reshape(-1, 3)
         P = points.shape[0]
@@ -109,15 +116,20 @@ class GaussianField:
             cnt = counts[a:b]
             local = torch.repeat_interleave(torch.arange(b - a, device=dev), cnt)
             offset = torch.arange(local.numel(), device=dev) - torch.repeat_interleave(cnt.cumsum(0) - cnt, cnt)
-            gid = self.cell_gauss[start[a:b][local] + offset]
-            pid = idx[a:b][local]
-            d = points[pid] - self.means[gid]
-            q = torch.einsum("pij,pj->pi", self.whiten[gid], d).square().sum(-1)
-            alpha = (self.opacity[gid] * torch.exp(-0.5 * q)).clamp(max=0.999)
+            gid = self.cell_gauss.index_select(0, start[a:b].index_select(0, local) + offset)
+            pid = idx[a:b].index_select(0, local)
+            g = self._table.index_select(0, gid)  # [pairs, 13]
+            dx, dy, dz = (points.index_select(0, pid) - g[:, :3]).unbind(-1)
+            k = g[:, 3:9].unbind(-1)
+            q = k[0] * dx * dx + k[1] * dy * dy + k[2] * dz * dz + k[3] * dx * dy + k[4] * dx * dz + k[5] * dy * dz
+            # 0.5 q above _EXPONENT_CAP gives alpha < 1/255 (cut to 0 below) and would underflow
+            # exp into denormal floats, whose arithmetic is far slower
+            alpha = torch.exp(g[:, 9] - (0.5 * q).clamp_max_(_EXPONENT_CAP)).clamp_max_(0.999)
             alpha = torch.where(alpha >= ALPHA_MIN, alpha, torch.zeros_like(alpha))
             log_t.index_add_(0, pid, torch.log1p(-alpha))
-            wsum.index_add_(0, pid, alpha)
-            wrgb.index_add_(0, pid, alpha[:, None] * self.rgb[gid])
+            if colour:
+                wsum.index_add_(0, pid, alpha)
+                wrgb.index_add_(0, pid, alpha[:, None] * g[:, 10:13])
         return log_t.cpu(), wsum.cpu(), wrgb.cpu()
 
     @torch.no_grad()
@@ -130,7 +142,7 @@ class GaussianField:
 
     def density(self, points: Tensor) -> Tensor:
         """Composited opacity 1 - prod(1 - a_i(x)) in [0, 1) at points [N,3] -> [N]."""
-        return -torch.expm1(self._accumulate(points)[0])
+        return -torch.expm1(self._accumulate(points, colour=False)[0])
 
     def albedo(self, points: Tensor) -> Tensor:
         """Opacity-weighted mean colour (SH degree 0) at points [N,3] -> [N,3] (grey where empty)."""

@@ -36,11 +36,9 @@ class GaussiansConfig(RepresentationConfig):
     init_points: Optional[str] = None
     """A .ply point cloud (x,y,z and optional red,green,blue) for init='points'."""
     init_scale: float = 0.04
-    init_opacity_logit: float = -4.0
-    """Initial opacity logit (sigmoid(-4) = 0.018: a faint cloud). A learned prior reads an opaque
-    starting ball as a ball and keeps it (toyworld-sd turns it into a round blob, never a duck);
-    from a faint cloud the shape comes from the prompt. toyworld's exact prior is indifferent
-    (the main job: 0.964 / 26.8 dB from -4, 0.960 / 27.0 from -1)."""
+    init_opacity_logit: float = -1.0
+    """Initial opacity logit. toyworld-sd starts fainter (-4, config.py's SITUATIONAL_DEFAULTS): a learned
+    prior reads an opaque starting ball as a ball and keeps it."""
     sh_degree: int = 0
     """0..3; toyworld is Lambertian under a fixed light, so 0 suffices there."""
     lr_means: float = 5e-3
@@ -212,14 +210,16 @@ class Gaussians(Representation):
     def render_with(self, cams: Cameras, background: Tensor, means: Optional[Tensor] = None,
                     log_scales: Optional[Tensor] = None, quats: Optional[Tensor] = None) -> RenderOutput:
         """`render` with means [N,3] / log_scales [N,3] / quats [N,4] replaced where given (e.g.
-        deformed by a 4D field, representations/deformation.py); SH view directions use the given means."""
+        deformed by a 4D field, representations/deformation.py), or per view ([B,N,...], torch
+        backend: every camera at its own time); SH view directions use the given means."""
         means = self.means if means is None else means
         log_scales = self.log_scales if log_scales is None else log_scales
         quats = self.quats if quats is None else quats
         if self.sh_degree == 0:
             colors = sh_to_rgb(self.sh_dc, None, 0)
         else:
-            colors = sh_to_rgb(self.sh, torch.nn.functional.normalize(means[None] - cams.positions[:, None], dim=-1), self.sh_degree)
+            per_view = means if means.dim() == 3 else means[None]
+            colors = sh_to_rgb(self.sh, torch.nn.functional.normalize(per_view - cams.positions[:, None], dim=-1), self.sh_degree)
         return render_splats(means, quats, log_scales.exp(), torch.sigmoid(self.opacity_logits), colors, cams, background, backend=self.backend)
 
     # ------------------------------------------------------------------ densification

@@ -276,10 +276,11 @@ class NeRF(Representation):
         return self._density_from_raw(self.density_head(self.trunk(self.encoding(points))).squeeze(-1), points)
 
     def query(self, points: Tensor) -> tuple[Tensor, Tensor]:
-        """Density [M] and albedo [M,3] at points [M,3]."""
+        """Density [M] and albedo [M,3] at points [M,3] (both heads in one product)."""
         h = self.trunk(self.encoding(points))
-        sigma = self._density_from_raw(self.density_head(h).squeeze(-1), points)
-        return sigma, torch.sigmoid(self.albedo_head(h))
+        heads = (self.density_head, self.albedo_head)
+        out = F.linear(h, torch.cat([head.weight for head in heads]), torch.cat([head.bias for head in heads]))
+        return self._density_from_raw(out[:, 0], points), torch.sigmoid(out[:, 1:])
 
     def albedo(self, points: Tensor) -> Tensor:
         """Albedo [M,3] in [0,1] at points [M,3] (with `density`: the field mesh export reads)."""

@@ -350,9 +350,15 @@ def resolve_prompt(prompt: str) -> list[ToyMesh]:
     """The meshes a prompt stands for: one per mode (one for most prompts)."""
     colour, name = _parse(prompt)
     if name is None:
+        from .procedural import parse_shape_prompt, procedural_shape
+
+        shape = parse_shape_prompt(prompt)
+        if shape is not None:  # "a red shape 7": a procedural shape (procedural.py)
+            mesh = procedural_shape(shape[1])
+            return [mesh.recoloured(shape[0], f"{shape[0]} {mesh.name}") if shape[0] else replace(mesh, face_colors=mesh.face_colors.copy())]
         raise UserError(
             f"unknown toyworld prompt '{prompt}'; known objects: {', '.join(CATALOGUE)}; "
-            f"optional colour words: {', '.join(COLOURS)}; or pass --prior.mesh PATH"
+            f"optional colour words: {', '.join(COLOURS)}; procedural shapes: 'shape N'; or pass --prior.mesh PATH"
         )
     base = _base_mesh(name)
     colours = [colour] if colour else list(CATALOGUE[name].modes)

@@ -36,7 +36,7 @@ from ...core.tensor_cache import TensorCache
 from ...core.types import ReferenceImage, RenderOutput
 from ..base import PRIORS, GuidanceDefaults, Prior, PriorConfig, VariationalConfig, noise_coefficients, scaled_linear_alphas_cumprod
 from .catalogue import catalogue_prompts, resolve_prompt
-from .references import ReferenceSet
+from .references import SKIP_MASS, ReferenceSet, posterior_mean, sparse_posterior
 
 if TYPE_CHECKING:
     from .variational import ToyworldVariationalModel
@@ -147,6 +147,7 @@ class ToyworldPrior(Prior):
         self._meshes: dict[int, list[ColouredMesh]] = {}
         self._set_of: dict[int, int] = {}  # view-phrase id -> the object's reference-set id
         self._view_dirs: dict[int, Tensor] = {}  # view-phrase id -> default camera direction [3]
+        self.skip_mass = SKIP_MASS  # posterior mass the denoiser may leave out (0: dense, references.py)
 
     @classmethod
     def sharing_key(cls, config: PriorConfig, sampler_config: OrbitSamplerConfig) -> str:
@@ -265,7 +266,7 @@ class ToyworldPrior(Prior):
             counts = [base + (1 if i < extra else 0) for i in range(len(meshes))]
         images, dirs = self._render_references(meshes, counts, cfg.reference_seed + set_id * 7919)
         x = (images * 2.0 - 1.0).flatten(1).to(self.device, torch.float64)
-        return ReferenceSet(x=x, sq_norm=(x * x).sum(1), dirs=dirs.to(self.device, torch.float64))
+        return ReferenceSet(x, dirs.to(self.device, torch.float64))
 
     def reference_set(self, set_id: int) -> ReferenceSet:
         """The (lazily built) references of one embedding id (view phrases share their object's)."""
@@ -277,25 +278,27 @@ class ToyworldPrior(Prior):
         return self._sets[set_id]
 
     # ------------------------------------------------------------------ denoiser
-    def posterior_weights(self, x_t: Tensor, t: Tensor, refs: ReferenceSet, cam_dirs: Optional[Tensor]) -> Tensor:
-        """Posterior weights [B,N] of each reference given noisy x_t (flattened [B,D])."""
+    def _likelihood(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """(a, var) [B,1] float64: x_t | i ~ N(a x_i, var I), var = s^2 + a^2 sigma_d^2."""
         a, s = noise_coefficients(self.alphas_cumprod.double(), t, 2)
-        var = s * s + a * a * self.data_noise**2  # x_t | i ~ N(a x_i, (s^2 + a^2 sigma_d^2) I)
-        # -|x_t - a x_i|^2 / (2 var) up to a per-row constant (|x_t|^2 cancels in the softmax).
-        logits = (2.0 * a * (x_t @ refs.x.T) - a * a * refs.sq_norm[None]) / (2.0 * var)
-        if cam_dirs is not None and self.config.kappa != 0.0:
-            logits = logits + self.config.kappa * (cam_dirs @ refs.dirs.T)
-        return torch.softmax(logits / self.temperature, dim=-1)
+        return a, s * s + a * a * self.data_noise**2
+
+    def posterior_weights(self, x_t: Tensor, t: Tensor, refs: ReferenceSet, cam_dirs: Optional[Tensor], tol: float = 0.0) -> Tensor:
+        """Posterior weights [B,N] of each reference given noisy x_t (flattened [B,D]); with tol > 0,
+        references carrying less than tol of the mass in all are left at 0 (references.py)."""
+        a, var = self._likelihood(t)
+        ids, w = sparse_posterior(x_t, a, var, refs, cam_dirs, self.config.kappa, self.temperature, tol)
+        return w.new_zeros(w.shape[0], len(refs)).index_copy_(1, ids, w)
 
     def posterior_mean(self, x_t: Tensor, t: Tensor, refs: ReferenceSet, cam_dirs: Optional[Tensor]) -> Tensor:
         """D = E[x0 | x_t] for flattened float64 x_t [B,D]: sum_i w_i (x_i + c (x_t - a x_i)),
-        c = a sigma_d^2 / (s^2 + a^2 sigma_d^2) (c = 0 for the exact empirical distribution)."""
-        w = self.posterior_weights(x_t, t, refs, cam_dirs)
-        mean = w @ refs.x
+        c = a sigma_d^2 / (s^2 + a^2 sigma_d^2) (c = 0 for the exact empirical distribution).
+        References with negligible weight (at most `self.skip_mass` in all) are skipped."""
+        a, var = self._likelihood(t)
+        mean = posterior_mean(x_t, a, var, refs, cam_dirs, self.config.kappa, self.temperature, self.skip_mass)
         if self.data_noise == 0.0:
             return mean
-        a, s = noise_coefficients(self.alphas_cumprod.double(), t, 2)
-        c = a * self.data_noise**2 / (s * s + a * a * self.data_noise**2)
+        c = a * self.data_noise**2 / var
         return mean + c * (x_t - a * mean)
 
     def posterior_eps(self, x_t: Tensor, t: Tensor, refs: ReferenceSet, cam_dirs: Optional[Tensor]) -> Tensor:

@@ -38,12 +38,15 @@ class ToyworldVariationalModel:
         self.capacity = config.buffer_size
         self._x = torch.zeros(0, 0, dtype=torch.float64, device=prior.device)
         self._dirs = torch.zeros(0, 3, dtype=torch.float64, device=prior.device)
+        self._refs: Optional[ReferenceSet] = None  # built from the buffer when first needed after a change
 
     def __len__(self) -> int:
         return self._x.shape[0]
 
     def _references(self) -> ReferenceSet:
-        return ReferenceSet(x=self._x, sq_norm=(self._x * self._x).sum(1), dirs=self._dirs)
+        if self._refs is None:
+            self._refs = ReferenceSet(self._x, self._dirs)
+        return self._refs
 
     @torch.no_grad()
     def predict_eps(self, x_t: Tensor, t: Tensor, emb: Tensor, cameras: Optional[Cameras]) -> Tensor:
@@ -60,6 +63,7 @@ class ToyworldVariationalModel:
         dirs = cameras.directions().to(self.prior.device, torch.float64)
         self._x = torch.cat([self._x.view(-1, x.shape[1]), x])[-self.capacity :]
         self._dirs = torch.cat([self._dirs, dirs])[-self.capacity :]
+        self._refs = None
         return {"vsd_buffer": float(len(self))}
 
     def state_dict(self) -> dict[str, Any]:
@@ -68,3 +72,4 @@ class ToyworldVariationalModel:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._x = state["x"].to(self.prior.device, torch.float64)
         self._dirs = state["dirs"].to(self.prior.device, torch.float64)
+        self._refs = None

@@ -187,7 +187,7 @@ class ToyworldVideoPrior(ToyworldPrior):
             counts = [base + (1 if i < extra else 0) for i in range(len(toys))]
         clips, dirs = self.render_reference_clips(toys, counts, cfg.reference_seed + set_id * 7919)
         x = (clips * 2.0 - 1.0).flatten(1).to(self.device, torch.float64)
-        return ReferenceSet(x=x, sq_norm=(x * x).sum(1), dirs=dirs.to(self.device, torch.float64))
+        return ReferenceSet(x, dirs.to(self.device, torch.float64))
 
     # ------------------------------------------------------------------ denoiser
     def denoise(self, x_t: Tensor, t: Tensor, emb: Tensor, cameras: Optional[Cameras] = None) -> Tensor:
