@@ -160,3 +160,17 @@ def test_image_presets(tiny_zero123: Path, tiny_sd: dict, duck_front: Path, tmp_
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads((Path(proc.stdout.strip().splitlines()[-1]) / "metrics.json").read_text())
     assert [s["stage"] for s in metrics["stages"]] == ["gaussians", "texture"] and metrics["prompt"] == "a yellow duck"
+
+
+@pytest.mark.slow
+def test_duck_from_its_front_view_recovers_the_back(duck_front: Path, tmp_path: Path) -> None:
+    """The issue's acceptance run at the defaults (500 steps, ~75 s on 2 cores): `run --image <front view of the
+    duck> --prior toyworld` matches the true duck's outline and its unseen back, which is not the front mirrored
+    (measured: mask IoU 0.977, back PSNR 31.5 dB, the back against the front 14.5 dB)."""
+    proc = run_cli("run", "--image", str(duck_front), "--prior", "toyworld", "--device", "cpu", "--log.no-progress",
+                   "--log.export-formats", "splat", "--log.turntable-frames", "2", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads((Path(proc.stdout.strip().splitlines()[-1]) / "metrics.json").read_text())
+    assert metrics["prompt"] == "a yellow duck" and metrics["steps"] == 500
+    assert metrics["mask_iou"] >= 0.85 and metrics["back_psnr"] >= 20.0, metrics
+    assert metrics["back_psnr"] > metrics["back_front_psnr"] + 5.0, metrics
