@@ -42,7 +42,8 @@ def test_if_prior_is_pixel_space(tiny_if: Path) -> None:
 def test_if_runs_five_steps(tiny_if: Path, tmp_path: Path) -> None:
     proc = run_cli("run", "--prior", "deepfloyd-if", "--prior.model", str(tiny_if), "--out", str(tmp_path), *QUICK)
     assert proc.returncode == 0, proc.stderr
-    assert all(r["grad_norm"] > 0 for r in _rows(proc))
+    rows = _rows(proc)
+    assert len(rows) == 5 and all(r["grad_norm"] > 0 for r in rows)
 
 
 def test_if_offline_and_corrupt_are_one_line(tiny_if: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -94,10 +95,17 @@ def test_controlnet_runs_five_steps(tiny_sd: dict, tiny_controlnet: Path, tmp_pa
     for condition in (["normal"], ["depth"]):
         proc = run_cli(*flags, "--prior.controlnet", str(tiny_controlnet), "--prior.controlnet-condition", *condition)
         assert proc.returncode == 0, proc.stderr
+        rows = _rows(proc)
+        assert len(rows) == 5 and all(r["grad_norm"] > 0 for r in rows)
 
 
-def test_controlnet_errors_are_one_line(tiny_sd: dict, tiny_controlnet: Path, tmp_path: Path) -> None:
+def test_controlnet_errors_are_one_line(tiny_sd: dict, tiny_controlnet: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants as hf_constants
+
     flags = ["run", "--prior", "sd", "--prior.model", str(tiny_sd["sd1"]), "--out", str(tmp_path), *QUICK]
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    proc = run_cli(*flags, "--prior.controlnet", "lllyasviel/sd-controlnet-depth")
+    assert_one_line_error(proc, "ControlNet 'lllyasviel/sd-controlnet-depth' is not in the local Hugging Face cache", "huggingface-cli download")
     proc = run_cli(*flags, "--prior.controlnet", str(tmp_path / "missing"))
     assert_one_line_error(proc, "ControlNet path", "does not exist")
     proc = run_cli(*flags, "--prior.controlnet", str(tiny_controlnet), "--prior.controlnet-condition", "depth", "alpha")
