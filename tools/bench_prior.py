@@ -243,7 +243,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--batch", type=int, default=None, help="views per SDS step B (default 4 on CUDA, 1 on CPU)")
     parser.add_argument("--repeats", type=int, default=None, help="timed repetitions after one warm-up (default 10 on CUDA, 3 on CPU)")
     parser.add_argument("--dtype", choices=["auto", "float16", "float32"], default="auto", help="UNet dtype (auto: fp16 on CUDA)")
-    parser.add_argument("--cfg-scale", type=float, default=100.0, help="CFG scale (!= 1 so cond + uncond are batched)")
+    parser.add_argument("--cfg-scale", type=float, default=None, help="CFG scale (!= 1 so cond + uncond are batched; default "
+                        "100 for sd, each other prior's own default)")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                         help="channels_last UNet on CUDA (default: the prior config's default)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (first call compiles; slow)")
@@ -267,6 +268,8 @@ def main(argv: Optional[list[str]] = None) -> None:
                      args.batch or (4 if args.device == "cuda" else 1), args.resolution, args.repeats or (10 if args.device == "cuda" else 2),
                      args.cfg_scale)
         return
+    if args.cfg_scale is None:
+        args.cfg_scale = 100.0
     cuda = args.device == "cuda"
     res = args.resolution or (512 if cuda else 128)
     batch = args.batch or (4 if cuda else 1)

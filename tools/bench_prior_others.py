@@ -207,7 +207,8 @@ def _params(module: Any) -> int:
     return sum(p.numel() for p in module.parameters()) if isinstance(module, torch.nn.Module) else 0
 
 
-def bench_one(name: str, small: bool, device: torch.device, batch: int, res: int | None, repeats: int, cfg_scale: float) -> str:
+def bench_one(name: str, small: bool, device: torch.device, batch: int, res: int | None, repeats: int,
+              cfg_scale: float | None) -> str:
     """Build, load and time one prior; its table row."""
     import threedistill.priors  # noqa: F401  (registers the priors)
     from threedistill.core.cameras import OrbitSamplerConfig, orbit_cameras
@@ -260,18 +261,19 @@ def bench_one(name: str, small: bool, device: torch.device, batch: int, res: int
 
     step()  # warm-up
     times = [step() for _ in range(repeats)]
+    cfg = guidance.cfg_scale
     ok = images.grad is not None and bool(torch.isfinite(images.grad).all())
     peak = f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f}" if cuda else "-"
     shown = f"{weights:.2f}" if weights is not None else "-"
     del prior, guidance
     if cuda:
         torch.cuda.empty_cache()
-    return (f"| {name} | {params / 1e6:.1f} | {views} x {res} px | {built:.1f} | {loaded:.1f} | {statistics.median(times) * 1e3:.1f} "
+    return (f"| {name} | {params / 1e6:.1f} | {views} x {res} px, CFG {cfg:g} | {built:.1f} | {loaded:.1f} | {statistics.median(times) * 1e3:.1f} "
             f"| {shown} | {peak} | {ok} |")
 
 
 def bench_priors(names: list[str], small: bool, device: torch.device, batch: int, res: int | None, repeats: int,
-                 cfg_scale: float) -> None:
+                 cfg_scale: float | None) -> None:
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.set_verbosity_error()
@@ -280,10 +282,11 @@ def bench_priors(names: list[str], small: bool, device: torch.device, batch: int
         raise SystemExit(f"error: unknown --prior {unknown[0]}; use sd or {', '.join(PRIOR_NAMES)}")
     print(f"## Priors beyond Stable Diffusion (tools/bench_prior.py --prior ...{' --small' if small else ''})\n")
     print(f"- device {device}; {'SMALL models (timings mean nothing)' if small else 'real architecture sizes'}, random weights, "
-          f"loaded through each prior's production loader; median of {repeats} SDS steps after a warm-up; cfg {cfg_scale}")
+          f"loaded through each prior's production loader; median of {repeats} SDS steps after a warm-up; CFG "
+          f"{cfg_scale if cfg_scale is not None else 'the prior default'}")
     print("- MVDream scores groups of 4 views (its batch is rounded to whole groups); zero123 is conditioned on a random image; "
           "controlnet is SD 1.x + a ControlNet on depth\n")
-    print("| prior | params (M: UNet, VAE, ControlNet, image encoder) | views | build s | load s | SDS step ms "
+    print("| prior | params (M: UNet, VAE, ControlNet, image encoder) | views, CFG | build s | load s | SDS step ms "
           "| weights GiB | peak GiB | grad finite |")
     print("|---|---:|---|---:|---:|---:|---:|---:|---|")
     for name in names:
