@@ -76,6 +76,48 @@ def tiny_t2v(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_mvdream(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny MVDream folder in the public diffusers-format layout, built once per session."""
+    from support import build_tiny_mvdream
+
+    return build_tiny_mvdream(tmp_path_factory.mktemp("tiny-mvdream") / "mvdream")
+
+
+@pytest.fixture(scope="session")
+def tiny_zero123(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Zero123 folder in ashawkey's public diffusers-format layout, built once per session."""
+    from support import build_tiny_zero123
+
+    return build_tiny_zero123(tmp_path_factory.mktemp("tiny-zero123") / "zero123")
+
+
+@pytest.fixture(scope="session")
+def duck_front(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """toyworld's front view of "a yellow duck" as an RGBA PNG (64 px): an image-to-3D input."""
+    from threedistill.cli import main
+
+    path = tmp_path_factory.mktemp("duck") / "duck.png"
+    assert main(["toyworld", "render", "a yellow duck", str(path), "--resolution", "64"]) == 0
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_if(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny DeepFloyd IF stage-I folder (IFPipeline layout), built once per session."""
+    from support import build_tiny_if
+
+    return build_tiny_if(tmp_path_factory.mktemp("tiny-if") / "if")
+
+
+@pytest.fixture(scope="session")
+def tiny_controlnet(tmp_path_factory: pytest.TempPathFactory, tiny_sd: dict[str, Path]) -> Path:
+    """A tiny ControlNetModel (3 condition channels) for the tiny SD 1.x pipeline, built once per session."""
+    from support import build_tiny_controlnet
+
+    return build_tiny_controlnet(tmp_path_factory.mktemp("tiny-controlnet") / "controlnet", tiny_sd["sd1"])
+
+
+@pytest.fixture(scope="session")
 def finished_run(tmp_path_factory: pytest.TempPathFactory, reference_cache: str) -> Path:
     """One finished tiny toyworld Gaussians run made through the Python API, shared by the tests that
     only read a run (API, viewer, exports opened by real clients, TensorBoard): it exports splats,

@@ -215,6 +215,7 @@ class KnownEpsPrior:
 
     num_train_timesteps = 1000
     resolution = 8
+    view_group = 1
     device = torch.device("cpu")
     model_id = None
 
@@ -371,6 +372,126 @@ def build_tiny_t2v(path: Path | str) -> Path:
     path = Path(path)
     build_tiny_t2v_pipeline(path).save_pretrained(str(path))
     return path
+
+
+# ---------------------------------------------------------------------- tiny priors beyond Stable Diffusion
+def _write_model_index(path: Path, index: dict) -> None:
+    import json
+
+    import diffusers
+
+    (path / "model_index.json").write_text(json.dumps({**index, "_diffusers_version": diffusers.__version__}, indent=2))
+
+
+TINY_MVDREAM_UNET = dict(image_size=8, in_channels=4, model_channels=32, out_channels=4, num_res_blocks=1,
+                         attention_resolutions=[1, 2], channel_mult=[1, 2], num_head_channels=16, context_dim=HIDDEN,
+                         camera_dim=16, transformer_depth=1, use_checkpoint=False, legacy=False)
+"""A tiny MVDream UNet config in the public checkpoint's config layout (extra keys as the public config.json has them)."""
+
+
+def build_tiny_mvdream(path: Path | str) -> Path:
+    """Write a tiny MVDream folder in the public diffusers-format layout (ashawkey/mvdream-sd2.1-diffusers):
+    model_index.json naming MVDreamPipeline and its component folders, the UNet a MultiViewUNetModel."""
+    from threedistill.priors.diffusers.mv_unet import MultiViewUNetModel
+
+    path = Path(path)
+    tok = _tokenizer(path.parent / f"_tok_{path.name}")
+    torch.manual_seed(5)
+    unet = MultiViewUNetModel.from_config(TINY_MVDREAM_UNET).eval()
+    parts = dict(unet=unet, vae=_vae(1), text_encoder=_text_encoder(len(tok), False, 2), tokenizer=tok, scheduler=_scheduler("sd1"))
+    for name, part in parts.items():
+        part.save_pretrained(str(path / name))
+    _write_model_index(path, {
+        "_class_name": "MVDreamPipeline", "feature_extractor": [None, None], "image_encoder": [None, None],
+        "requires_safety_checker": False, "scheduler": ["diffusers", "DDIMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["mv_unet", "MultiViewUNetModel"], "vae": ["diffusers", "AutoencoderKL"],
+    })
+    return path
+
+
+def build_tiny_zero123(path: Path | str, layout: Literal["ashawkey", "kxic"] = "ashawkey") -> Path:
+    """Write a tiny Zero123 folder in a public diffusers-format layout: ashawkey/zero123-xl-diffusers
+    (`clip_camera_projection`, Zero123Pipeline) or kxic/zero123-xl-diffusers (`cc_projection`)."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from threedistill.priors.diffusers.zero123 import CCProjection, CLIPCameraProjection
+
+    path = Path(path)
+    torch.manual_seed(6)
+    encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=HIDDEN, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8,
+        projection_dim=HIDDEN)).eval()
+    unet = UNet2DConditionModel.from_config({**_unet("sd1", 0).config, "in_channels": 8}).eval()
+    name, projection = (("clip_camera_projection", CLIPCameraProjection(HIDDEN, 4)) if layout == "ashawkey"
+                        else ("cc_projection", CCProjection(HIDDEN + 4, HIDDEN)))
+    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    parts = dict(vae=_vae(1), image_encoder=encoder, unet=unet, scheduler=_scheduler("sd1"), feature_extractor=processor)
+    parts[name] = projection
+    for part_name, part in parts.items():
+        part.save_pretrained(str(path / part_name))
+    module = "pipeline_zero123" if layout == "ashawkey" else "pipeline_zero1to3"
+    _write_model_index(path, {
+        "_class_name": "Zero123Pipeline" if layout == "ashawkey" else "Zero1to3StableDiffusionPipeline",
+        "vae": ["diffusers", "AutoencoderKL"], "image_encoder": ["transformers", "CLIPVisionModelWithProjection"],
+        "unet": ["diffusers", "UNet2DConditionModel"], "scheduler": ["diffusers", "DDIMScheduler"],
+        "feature_extractor": ["transformers", "CLIPImageProcessor"], name: [module, type(projection).__name__],
+        "requires_safety_checker": False, "safety_checker": [None, None],
+    })
+    return path
+
+
+def _t5_tokenizer(folder: Path):
+    """A T5 (Unigram) tokenizer over single characters, written without sentencepiece (transformers 5)."""
+    from transformers import T5Tokenizer
+
+    pieces = [chr(c) for c in range(33, 127)]
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    vocab += [(p, -3.0) for p in pieces] + [("\u2581" + p, -2.5) for p in pieces]
+    tok = T5Tokenizer(vocab=vocab, extra_ids=0)
+    tok.save_pretrained(str(folder))
+    return T5Tokenizer.from_pretrained(str(folder))
+
+
+def build_tiny_if(path: Path | str) -> Path:
+    """Write a tiny DeepFloyd IF stage-I folder (IFPipeline layout: T5 encoder, 3-in / 6-out pixel UNet with
+    text projection and scale-shift resnets, DDPM with learned variance), without the safety checker."""
+    from diffusers import DDPMScheduler, IFPipeline, UNet2DConditionModel
+    from transformers import T5Config, T5EncoderModel
+
+    path = Path(path)
+    tok = _t5_tokenizer(path.parent / f"_t5_{path.name}")
+    torch.manual_seed(7)
+    encoder = T5EncoderModel(T5Config(vocab_size=len(tok), d_model=HIDDEN, d_kv=8, d_ff=37, num_layers=2, num_heads=4)).eval()
+    unet = UNet2DConditionModel(
+        sample_size=32, in_channels=3, out_channels=6, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
+        up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"), mid_block_type="UNetMidBlock2DSimpleCrossAttn",
+        cross_attention_dim=32, encoder_hid_dim=HIDDEN, encoder_hid_dim_type="text_proj", addition_embed_type="text",
+        addition_embed_type_num_heads=4, attention_head_dim=8, resnet_time_scale_shift="scale_shift", norm_num_groups=32,
+        act_fn="gelu",
+    ).eval()
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", variance_type="learned_range",
+                              prediction_type="epsilon", thresholding=True, dynamic_thresholding_ratio=0.95, sample_max_value=1.5)
+    IFPipeline(tokenizer=tok, text_encoder=encoder, unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
+               watermarker=None, requires_safety_checker=False).save_pretrained(str(path))
+    return path
+
+
+def build_tiny_controlnet(path: Path | str, sd_folder: Path, conditioning_channels: int = 3) -> Path:
+    """Write a tiny diffusers ControlNetModel made from the tiny SD 1.x pipeline's UNet (`from_unet`)."""
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    torch.manual_seed(8)
+    unet = UNet2DConditionModel.from_pretrained(str(sd_folder), subfolder="unet")
+    net = ControlNetModel.from_unet(unet, conditioning_channels=conditioning_channels, conditioning_embedding_out_channels=(8, 16, 16, 16))
+    with torch.no_grad():  # diffusers zero-initialises the output convolutions: give them weights so the residuals matter
+        for p in net.parameters():
+            if not p.abs().sum():
+                p.normal_(0.0, 0.05)
+    net.save_pretrained(str(path))
+    return Path(path)
 
 
 # ---------------------------------------------------------------------- mesh files as other tools write them

@@ -329,6 +329,15 @@ def cmd_toyworld(argv: list[str]) -> int:
     scene.add_argument("--views", type=int, default=48)
     scene.add_argument("--resolution", type=int, default=256)
     scene.add_argument("--mesh", default=None, help="a user mesh to render instead of a catalogue object")
+    render = sub.add_parser("render", help="write one ground-truth view as an RGBA PNG (an image-to-3D input)")
+    render.add_argument("prompt")
+    render.add_argument("out", type=Path, help="the .png to write")
+    render.add_argument("--elevation", type=float, default=0.0)
+    render.add_argument("--azimuth", type=float, default=0.0, help="0: the object's front")
+    render.add_argument("--distance", type=float, default=2.8)
+    render.add_argument("--fov", type=float, default=40.0, help="vertical field of view in degrees")
+    render.add_argument("--resolution", type=int, default=256)
+    render.add_argument("--mesh", default=None, help="a user mesh to render instead of a catalogue object")
     args = p.parse_args(argv)
     if args.action == "list":
         from .priors.toyworld.catalogue import describe_catalogue
@@ -336,7 +345,32 @@ def cmd_toyworld(argv: list[str]) -> int:
         for prompt, description in describe_catalogue():
             print(f"{prompt:<24} {description}")
         return 0
+    if args.action == "render":
+        return _write_toyworld_view(args)
     return _write_toyworld_scene(args)
+
+
+def _write_toyworld_view(args: argparse.Namespace) -> int:
+    """One ground-truth render (RGBA: alpha is the object's mask) from the given camera."""
+    import torch
+
+    from .core.cameras import orbit_cameras
+    from .core.mesh_file import load_mesh_file
+    from .export.images import save_rgba
+    from .priors.toyworld.catalogue import resolve_prompt
+    from .render.mesh_torch import render_mesh
+
+    if not 8 <= args.resolution <= 4096 or not 0.5 <= args.distance <= 100 or not 1 <= args.fov <= 170:
+        raise UserError("--resolution must be in [8, 4096], --distance in [0.5, 100] and --fov in [1, 170]")
+    mesh = load_mesh_file(args.mesh, name=args.prompt) if args.mesh else resolve_prompt(args.prompt)[0]
+    one = torch.ones(1)
+    cams = orbit_cameras(one * args.elevation, one * args.azimuth, one * args.distance, one * args.fov, args.resolution, args.resolution)
+    v, f, c = mesh.to_torch("cpu")
+    with torch.no_grad():
+        out = render_mesh(v, f, c, cams)
+    rgb = (out.rgb[0] - (1.0 - out.alpha[0])) / out.alpha[0].clamp_min(1e-6)  # un-composite from white
+    print(save_rgba(args.out, (rgb * (out.alpha[0] > 0)).clamp(0, 1), out.alpha[0]))
+    return 0
 
 
 def _write_toyworld_scene(args: argparse.Namespace) -> int:

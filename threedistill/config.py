@@ -36,6 +36,7 @@ from .guidance.sds import SDSConfig
 from .priors.base import PRIORS, PriorConfig
 from .priors.diffusers.stable_diffusion import StableDiffusionConfig
 from .priors.prompts import PromptConfig
+from .reference.view import ReferenceConfig
 from .representations.base import REPRESENTATIONS, RepresentationConfig
 from .representations.deformation import DeformationConfig
 from .representations.gaussians import GaussiansConfig
@@ -97,6 +98,8 @@ class RunConfig:
     """Everything one stage of a run trains with (a staged run has one per stage, engine/plan.py)."""
 
     prompt: str = field(default="a red mug", metadata={"help": "Text prompt (toyworld: see `threedistill toyworld list`)."})
+    image: Optional[str] = field(default=None, metadata={"help": "Image-to-3D: an RGBA image of the object (alpha = its mask), "
+                                                              "fitted at --reference.* while the prior guides the other views."})
     negative_prompt: str = ""
     steps: int = 1000
     seed: int = 0
@@ -113,6 +116,7 @@ class RunConfig:
     dynamic: bool = field(default=False, metadata={"help": "4D: deform the representation over time and distill clips (core/motion.py)."})
     motion: MotionConfig = field(default_factory=MotionConfig)
     deformation: DeformationConfig = field(default_factory=DeformationConfig)
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
 
     def component_names(self) -> ComponentNames:
         """The registered names of its prior, objective and representation."""
@@ -284,6 +288,7 @@ def name_flag_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", default=None)
     p.add_argument("--representation", default=None)
     p.add_argument("--dynamic", action="store_true", default=None)
+    p.add_argument("--image", default=None)
     return p
 
 
@@ -358,6 +363,10 @@ def parse_base_args(argv: list[str], prog: str = "threedistill run") -> ParsedRu
     data, source = read_config_data(known.config)
     if known.dynamic:
         data["dynamic"] = True
+    if known.image is not None:
+        data["image"] = known.image
+        if "prompt" not in data and not any(a == "--prompt" or a.startswith("--prompt=") for a in rest):
+            data["prompt"] = ""  # the image is the prompt; a text prior then asks for one (engine/validate.py)
     stages = data.pop("stages", None) or []
     if not isinstance(stages, list):
         raise UserError(f"config {source}: `stages` must be a list of stage mappings, got {type(stages).__name__}")

@@ -2,6 +2,9 @@
 
     python tools/bench_prior.py [--device cpu|cuda] [--resolution PX] [--batch N] [--repeats N]
                                 [--dtype auto|float16|float32] [--channels-last] [--compile]
+    python tools/bench_prior.py --prior mvdream,zero123,deepfloyd-if,controlnet [--device cuda] [--small]
+
+The second form measures the priors beyond Stable Diffusion (tools/bench_prior_others.py).
 
 Builds the real Stable Diffusion 2.1-base UNet and VAE architectures from their configs with
 seeded random weights (no download; speed does not depend on the weights' values), a tiny CLIP
@@ -240,16 +243,33 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--batch", type=int, default=None, help="views per SDS step B (default 4 on CUDA, 1 on CPU)")
     parser.add_argument("--repeats", type=int, default=None, help="timed repetitions after one warm-up (default 10 on CUDA, 3 on CPU)")
     parser.add_argument("--dtype", choices=["auto", "float16", "float32"], default="auto", help="UNet dtype (auto: fp16 on CUDA)")
-    parser.add_argument("--cfg-scale", type=float, default=100.0, help="CFG scale (!= 1 so cond + uncond are batched)")
+    parser.add_argument("--cfg-scale", type=float, default=None, help="CFG scale (!= 1 so cond + uncond are batched; default "
+                        "100 for sd, each other prior's own default)")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                         help="channels_last UNet on CUDA (default: the prior config's default)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (first call compiles; slow)")
     parser.add_argument("--fallback", action="store_true", help="use the in-script minimal prior even if the project's imports")
     parser.add_argument("--objectives", default="sds", help="comma-separated objectives timed as whole steps with their peak "
                         "memory, e.g. sds,vsd,ism (vsd trains its LoRA model in the step; ism inverts with DDIM)")
+    parser.add_argument("--prior", default="sd", help="sd (this benchmark), or a comma-separated list of the priors beyond "
+                        "SD: mvdream, zero123, deepfloyd-if, controlnet (bench_prior_others.py: load + SDS step + memory)")
+    parser.add_argument("--small", action="store_true", help="with --prior other than sd: few-channel models, so it runs on "
+                        "a CPU in seconds (checks the path; its times mean nothing)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device available")
+    if args.prior != "sd":
+        from bench_prior_others import bench_priors
+
+        if not args.small and args.device == "cpu":
+            print("NOTE: real-size priors on a CPU are slow and IF-I-XL needs ~17 GiB of memory; the numbers to publish "
+                  "come from --device cuda (use --small to check the path here)\n")
+        bench_priors([n.strip() for n in args.prior.split(",") if n.strip()], args.small, torch.device(args.device),
+                     args.batch or (4 if args.device == "cuda" else 1), args.resolution, args.repeats or (10 if args.device == "cuda" else 2),
+                     args.cfg_scale)
+        return
+    if args.cfg_scale is None:
+        args.cfg_scale = 100.0
     cuda = args.device == "cuda"
     res = args.resolution or (512 if cuda else 128)
     batch = args.batch or (4 if cuda else 1)

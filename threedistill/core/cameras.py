@@ -176,11 +176,16 @@ class OrbitSamplerConfig:
 
 
 class OrbitSampler:
-    """Random cameras on an orbit around the object, drawn from one seeded generator."""
+    """Random cameras on an orbit around the object, drawn from one seeded generator.
 
-    def __init__(self, config: OrbitSamplerConfig, device: torch.device | str = "cpu") -> None:
+    With `group` > 1 (a multi-view prior, `PriorConfig.view_group`) a batch is made of groups of
+    `group` views of one camera setting: one elevation, distance and field of view per group, the
+    azimuths 360/group degrees apart from a random start (stratified over the groups)."""
+
+    def __init__(self, config: OrbitSamplerConfig, device: torch.device | str = "cpu", group: int = 1) -> None:
         self.config = config
         self.device = torch.device(device)
+        self.group = group
 
     def _uniform(self, lo_hi: tuple[float, float], n: int, gen: torch.Generator) -> Tensor:
         lo, hi = lo_hi
@@ -190,17 +195,21 @@ class OrbitSampler:
         """Draw a batch of cameras. Uses `generator` (a CPU generator) for all randomness."""
         cfg = self.config
         B = batch_size or cfg.batch_size
+        if B % self.group:
+            raise ValueError(f"a batch of {B} views is not made of groups of {self.group}")
+        n = B // self.group
         lo, hi = cfg.azimuth_range
         if cfg.stratified_azimuth:
-            u = (torch.arange(B, dtype=torch.float32) + torch.rand(B, generator=generator)) / B
+            u = (torch.arange(n, dtype=torch.float32) + torch.rand(n, generator=generator)) / n
             azimuth = lo + (hi - lo) * u
         else:
-            azimuth = self._uniform(cfg.azimuth_range, B, generator)
+            azimuth = self._uniform(cfg.azimuth_range, n, generator)
+        if self.group > 1:
+            azimuth = (azimuth[:, None] + torch.arange(self.group, dtype=torch.float32) * (360.0 / self.group)).flatten()
         # Wrap into [-180, 180) so labels and kernels see one range.
         azimuth = torch.remainder(azimuth + 180.0, 360.0) - 180.0
-        elevation = self._uniform(cfg.elevation_range, B, generator)
-        distance = self._uniform(cfg.distance_range, B, generator)
-        fov = self._uniform(cfg.fov_range, B, generator)
+        elevation, distance, fov = (self._uniform(r, n, generator).repeat_interleave(self.group)
+                                    for r in (cfg.elevation_range, cfg.distance_range, cfg.fov_range))
         cams = orbit_cameras(elevation, azimuth, distance, fov, cfg.width, cfg.height, time=time)
         return cams.to(self.device)
 

@@ -69,3 +69,15 @@ class SplatTensors(TypedDict):
     opacity_logits: Tensor  # [N]
     log_scales: Tensor  # [N,3]
     quats: Tensor  # [N,4] (w, x, y, z)
+
+
+@dataclass
+class ReferenceImage:
+    """The image of an image-to-3D run (`--image`), as priors conditioned on it read it."""
+
+    rgb: Tensor
+    """[1,3,H,W] in [0,1], composited on white, at the file's resolution."""
+    alpha: Tensor
+    """[1,1,H,W] in [0,1]: the object's mask."""
+    cameras: Any
+    """The reference view's camera (core/cameras.py `Cameras`, one row) at the training resolution."""

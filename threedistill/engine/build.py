@@ -42,7 +42,7 @@ def make_sampler(cfg: RunConfig, scene: Optional[Scene], device: torch.device) -
     """The stage's camera sampler: the scene's views when it has one, else the random orbit."""
     if scene is not None:
         return SceneViewSampler(scene, cfg.sampler.batch_size, device)
-    return OrbitSampler(cfg.sampler, device)
+    return OrbitSampler(cfg.sampler, device, group=cfg.prior.view_group())
 
 
 def clip_frames(cfg: RunConfig) -> int:
@@ -86,7 +86,8 @@ def build_prompts(cfg: RunConfig, prior: DiffusionPrior, text: Optional[str] = N
 
 @dataclass
 class ImageObjective:
-    """The hybrid objective of a dynamic stage: per-frame SDS from the video prior's image counterpart."""
+    """A second objective of a stage with its own prompt embeddings: per-frame SDS from a video prior's image
+    counterpart (4D), or a text prior's SDS next to an image-conditioned prior (Magic123)."""
 
     objective: Objective
     prompts: PromptEmbedder
@@ -103,3 +104,14 @@ def build_image_objective(cfg: RunConfig, pool: PriorPool, generator: torch.Gene
     prior = pool.get(name, config, cfg.sampler)
     objective = SDSGuidance(SDSConfig(), prior, cfg.steps, generator)
     return ImageObjective(objective, build_prompts(cfg, prior))
+
+
+def build_text_objective(cfg: RunConfig, pool: PriorPool, generator: torch.Generator, prompt: str) -> Optional[ImageObjective]:
+    """Magic123's text-prior SDS of an image-to-3D stage (`reference.text_prior`), on `prompt`; None when off."""
+    chosen = cfg.reference.text_prior_config() if cfg.image else None
+    if chosen is None:
+        return None
+    name, config = chosen
+    prior = pool.get(name, config, cfg.sampler)
+    objective = SDSGuidance(SDSConfig(), prior, cfg.steps, generator)
+    return ImageObjective(objective, build_prompts(cfg, prior, prompt))

@@ -22,6 +22,7 @@ from ..core.cameras import Cameras
 from ..core.interrupts import StopRequests
 from ..core.motion import amplify_motion, clips_of
 from ..core.objective import OBJECTIVES, StageContext
+from ..core.schedule import evaluate_schedule
 from ..core.types import RenderOutput, TextEmbeddings
 from ..eval.mesh_fidelity import obj_psnr
 from ..eval.scoring import GroundTruth, score_asset
@@ -30,6 +31,7 @@ from ..export.images import save_image_grid
 from ..export.mesh import MESH_FORMATS
 from ..priors.base import PRIORS, Prior
 from ..priors.prompts import PromptEmbedder
+from ..reference.view import ReferenceView
 from ..render.background import Background
 from ..representations.base import active_loss_weights, weighted_losses
 from ..representations.convert import PreviousAsset
@@ -38,6 +40,7 @@ from .build import (
     build_objective,
     build_prompts,
     build_representation,
+    build_text_objective,
     clip_frames,
     load_stage_scene,
     make_sampler,
@@ -68,15 +71,21 @@ class StageTrainer:
         self.sampler = make_sampler(cfg, self.scene, self.device)
         objective_cls = OBJECTIVES[self.names.guidance]
         self.prior: Optional[Prior] = run.priors.get(self.names.prior, cfg.prior, cfg.sampler) if stage_needs_prior(cfg) else None
+        self.reference = ReferenceView(cfg.image, cfg.reference, cfg.sampler.width, cfg.sampler.height, self.device) if cfg.image else None
+        self.prompt = cfg.prompt
+        """The stage's prompt: the run's, or the text an image-conditioned prior names the reference image by."""
+        if self.reference is not None and self.prior is not None and PRIORS[self.names.prior].reads_image:
+            self.prompt = self.prior.condition_on_image(self.reference.image)
         self.prompts: Optional[PromptEmbedder] = None
         if objective_cls.needs.prior:
             assert self.prior is not None
-            self.prompts = build_prompts(cfg, self.prior)
+            self.prompts = build_prompts(cfg, self.prior, self.prompt)
         self.num_particles = cfg.guidance.particle_count()
         self.frames = clip_frames(cfg)
         self.representation = build_representation(cfg, self.generator, previous).to(self.device)
         self.objective = build_objective(cfg, self.prior if objective_cls.needs.prior else None, self.generator)
         self.image_objective = build_image_objective(cfg, run.priors, self.generator)
+        self.text_objective = build_text_objective(cfg, run.priors, self.generator, cfg.prompt.strip() or self.prompt)
         self.background = torch.tensor(cfg.render.background, dtype=torch.float32, device=self.device)
         self.backdrop = Background(cfg.render.background_mode, self.background, cfg.render.background_lr, self.generator).to(self.device)
         self.optimizer = self._make_optimizer()
@@ -96,13 +105,14 @@ class StageTrainer:
         self.exports = AssetExports(self.representation, self.run_dir / "export", self.export_settings(), self.background, self.log)
         for sub in ("checkpoints", "previews", "export"):
             (self.run_dir / sub).mkdir(parents=True, exist_ok=True)
-        self.log(f"{self.stage_title()}{self.names.guidance} x {self.names.representation} on {self.names.prior}, prompt "
-                 f"'{cfg.prompt}', {cfg.steps} steps, seed {cfg.seed}, device {self.device}")
+        shown = f"image '{cfg.image}' (prompt '{self.prompt}')" if cfg.image else f"prompt '{cfg.prompt}'"
+        self.log(f"{self.stage_title()}{self.names.guidance} x {self.names.representation} on {self.names.prior}, {shown}, "
+                 f"{cfg.steps} steps, seed {cfg.seed}, device {self.device}")
 
     def _context(self) -> StageContext:
         """What the objective may read before the first step."""
         return StageContext(
-            prompt=self.cfg.prompt, negative_prompt=self.cfg.negative_prompt, device=self.device, scene=self.scene,
+            prompt=self.prompt, negative_prompt=self.cfg.negative_prompt, device=self.device, scene=self.scene,
             render=lambda cams: self.representation.render(cams, self.background),
             embed=lambda text: build_prompts(self.cfg, self._require_prior(), text),
         )
@@ -190,11 +200,20 @@ class StageTrainer:
         weights = active_loss_weights(self.representation, step, cfg.steps)
         self.representation.before_step(step, frozenset(weights))
         out = self.backdrop.composite(self.representation.render(cams, self.background), cams)
+        if self.prior is not None:
+            self.prior.observe_render(out, cams)
         images, emb = self._objective_inputs(out.rgb, cams)
         g = self.objective(images, cams, emb, step, out)
         loss, logs = g.loss, dict(g.logs)
         if self.image_objective is not None:
             loss = loss + self._image_loss(out, cams, step, logs)
+        if self.text_objective is not None:
+            text = self.text_objective.objective(out.rgb, cams, self.text_objective.prompts.for_cameras(cams), step, out)
+            loss = loss + evaluate_schedule(cfg.reference.text_weight, step, cfg.steps) * text.loss
+            logs["text_loss"] = float(text.loss.detach())
+        if self.reference is not None:
+            reference_loss, reference_logs = self.reference.loss(lambda c: self.representation.render(c, self.background), step, cfg.steps)
+            loss, logs = loss + reference_loss, {**logs, **reference_logs}
         terms, term_logs = weighted_losses(self.representation, out, weights)
         loss, logs = loss + terms, {**logs, **term_logs}
         if not torch.isfinite(loss):
@@ -332,7 +351,7 @@ class StageTrainer:
         if truth is None:
             return None
         meshes = any(f in MESH_FORMATS for f in self.cfg.log.export_formats)
-        return score_asset(self.representation, truth, self.cfg.prompt, self.cfg.log.eval_views, self.background, self.frames,
+        return score_asset(self.representation, truth, self.prompt, self.cfg.log.eval_views, self.background, self.frames,
                            self.exports.mesh if meshes else None)
 
     def finish(self) -> dict[str, Any]:
@@ -342,10 +361,11 @@ class StageTrainer:
         stage's under `stages`."""
         self.save_checkpoint()
         summary: dict[str, Any] = {
-            "prompt": self.cfg.prompt,
+            "prompt": self.prompt,
             "prior": self.names.prior,
             "guidance": self.names.guidance,
             "representation": self.names.representation,
+            **({"image": self.cfg.image} if self.cfg.image else {}),
             "steps": self.step,
             "skipped_steps": self.skipped_steps,
             "seconds": round(self.elapsed, 2),

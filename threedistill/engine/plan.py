@@ -53,9 +53,9 @@ from ..core.errors import UserError
 from ..core.motion import video_prior_name
 
 STAGE_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,39}")
-SHARED_KEYS = ("prompt", "negative_prompt", "seed", "device", "out")
+SHARED_KEYS = ("prompt", "negative_prompt", "seed", "device", "out", "image")
 STAGE_KEYS = ("name", "steps", "share", "prior", "guidance", "representation", "sampler", "render", "log", "mesh", "prompts",
-              "dynamic", "motion", "deformation")
+              "dynamic", "motion", "deformation", "reference")
 
 
 @dataclass

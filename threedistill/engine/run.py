@@ -57,7 +57,8 @@ class Run:
         made_here = run_dir is None
         if run_dir is None:
             representations = "-".join(dict.fromkeys(stage.names.representation for stage in plan))
-            run_dir = new_run_dir(first.cfg.out, first.cfg.prompt, first.names.guidance, representations)
+            label = Path(first.cfg.image).stem if first.cfg.image else first.cfg.prompt
+            run_dir = new_run_dir(first.cfg.out, label, first.names.guidance, representations)
         try:
             run = cls(plan, run_dir, console, start, callbacks=callbacks)
             run.save_config()

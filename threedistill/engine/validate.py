@@ -19,6 +19,7 @@ from ..core.objective import OBJECTIVES
 from ..core.schedule import validate_schedule
 from ..export.asset import EXPORT_FORMATS
 from ..priors.base import PRIORS
+from ..reference.view import read_reference
 from ..representations.base import REPRESENTATIONS
 from ..representations.convert import transition_error
 from ..representations.deformation import DEFORMABLE
@@ -68,17 +69,50 @@ def _check_stage(stage: Stage, stages: int, scenes: bool) -> None:
         _check_dynamic(cfg)
     elif prior.is_video:
         raise UserError(f"--prior {names.prior} scores video clips; add --dynamic (or use an image prior)")
+    group = cfg.prior.view_group()
+    if group > 1:
+        if cfg.sampler.batch_size % group:
+            raise UserError(f"--prior {names.prior} scores groups of {group} views; make --sampler.batch-size a multiple of {group}")
+        if cfg.sampler.scene:
+            raise UserError(f"--prior {names.prior} scores groups of {group} orbit views; it cannot score a scene's views")
     if needs.variational_model and not prior.provides_variational_model:
         raise UserError(f"--guidance {names.guidance} needs a variational model, which --prior {names.prior} does not provide; "
                         "use an objective such as sds, or --prior toyworld / sd")
+    image_named = _check_image(cfg, names.prior, needs.prior)
     if stage_needs_prior(cfg):
         cfg.prior.check()
-        for text in (cfg.prompt, *cfg.guidance.texts()):
+        for text in ((() if image_named else (cfg.prompt,)) + tuple(cfg.guidance.texts())):
             prior.check_prompt(cfg.prior, text)
     cfg.representation.check()
     unknown = [f for f in cfg.log.export_formats if f not in EXPORT_FORMATS]
     if unknown:
         raise UserError(f"unknown export format '{unknown[0]}' in --log.export-formats; valid formats: {', '.join(EXPORT_FORMATS)}")
+
+
+def _check_image(cfg: RunConfig, prior_name: str, reads_prior: bool) -> bool:
+    """An image-to-3D stage has a readable RGBA image and a prior that can guide the unseen views; returns
+    whether the prior names the object from the image (then the prompt is not its to read)."""
+    prior = PRIORS[prior_name]
+    if not cfg.image:
+        if prior.needs_image and reads_prior:
+            raise UserError(f"--prior {prior_name} is conditioned on an image; pass --image PATH (an RGBA PNG of the object)")
+        return False
+    read_reference(cfg.image)
+    if cfg.dynamic or cfg.guidance.particle_count() > 1 or cfg.sampler.scene:
+        raise UserError("--image makes one static asset from orbit views; drop --dynamic, --guidance.particles and --sampler.scene")
+    text = cfg.reference.text_prior_config()
+    if text is not None:
+        text[1].check()
+        if cfg.prompt.strip():
+            PRIORS[text[0]].check_prompt(text[1], cfg.prompt)
+        elif not prior.has_ground_truth:  # toyworld priors name the object they identify in the image
+            raise UserError(f"--reference.text-prior {text[0]} distils the prompt; pass --prompt TEXT describing the image")
+    if prior.reads_image or not reads_prior:
+        return True
+    if not cfg.prompt.strip():
+        raise UserError(f"--prior {prior_name} guides the unseen views by text; pass --prompt TEXT describing the image, "
+                        "or use an image-conditioned prior (--prior zero123, or toyworld / toyworld-sd)")
+    return False
 
 
 def _check_dynamic(cfg: RunConfig) -> None:

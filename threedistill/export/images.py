@@ -7,7 +7,7 @@ import math
 import os
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import imageio.v3 as iio
 import imageio_ffmpeg
@@ -75,6 +75,11 @@ def image_grid(images: Any, nrow: int | None = None, pad: int = 2, pad_value: fl
 def read_image(path: str | os.PathLike) -> torch.Tensor:
     """An RGB image [3,H,W] in [0,1] from an 8- or 16-bit grey, grey+alpha, RGB or RGBA file (alpha composited on
     white); anything else, or an unreadable file, is a UserError."""
+    return read_image_with_alpha(path)[0]
+
+
+def read_image_with_alpha(path: str | os.PathLike) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """`read_image`'s RGB [3,H,W] (composited on white) and the file's alpha [1,H,W] (None when it has none)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"image '{path}' not found; pass an existing PNG or JPEG file")
@@ -92,7 +97,16 @@ def read_image(path: str | os.PathLike) -> torch.Tensor:
     colour, alpha = (image[:1].expand(3, -1, -1), image[1:]) if channels <= 2 else (image[:3], image[3:])
     if alpha.shape[0]:
         colour = colour * alpha + (1.0 - alpha)
-    return colour.contiguous()
+    return colour.contiguous(), (alpha.contiguous() if alpha.shape[0] else None)
+
+
+def save_rgba(path: str | os.PathLike, rgb: torch.Tensor, alpha: torch.Tensor) -> Path:
+    """Write colour [3,H,W] and alpha [1,H,W] in [0,1] as an 8-bit RGBA PNG (atomically)."""
+    path = Path(path)
+    _check_suffix(path, (".png",), "RGBA image")
+    array = np.concatenate([_as_hwc_uint8(rgb), _as_hwc_uint8(alpha.expand(3, -1, -1))[..., :1]], axis=-1)
+    atomic_write_bytes(path, iio.imwrite("<bytes>", array, extension=".png"))
+    return path
 
 
 def _check_suffix(path: Path, allowed: tuple[str, ...], kind: str) -> str:

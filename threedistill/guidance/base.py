@@ -138,9 +138,12 @@ class Guidance(Objective):
         return lo, min(max(hi, lo), T - 1)
 
     def sample_timesteps(self, batch: int, step: int, device: torch.device) -> Tensor:
-        """t ~ U{lo, ..., hi}, independently per view, from the run's generator."""
+        """t ~ U{lo, ..., hi}, independently per view (per group of views for a multi-view prior, whose
+        views of one object share their noise level), from the run's generator."""
         lo, hi = self.step_range(step)
-        return torch.randint(lo, hi + 1, (batch,), generator=self.generator).to(device)
+        group = self.prior.view_group if batch % self.prior.view_group == 0 else 1
+        t = torch.randint(lo, hi + 1, (batch // group,), generator=self.generator)
+        return t.repeat_interleave(group).to(device)
 
     def sample_noise(self, like: Tensor) -> Tensor:
         """Standard normal noise shaped like `like`, from the run's generator."""

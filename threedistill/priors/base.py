@@ -17,6 +17,7 @@ from torch import Tensor
 
 from ..core.cameras import Cameras, OrbitSamplerConfig
 from ..core.registry import Registry
+from ..core.types import ReferenceImage, RenderOutput
 
 
 @dataclass
@@ -24,7 +25,7 @@ class GuidanceDefaults:
     """Guidance settings that depend on the prior (overridable per run)."""
 
     cfg_scale: float
-    min_step: int
+    min_step: "float | list[tuple[float, float]]"
     max_step: "float | list[tuple[float, float]]"
     view_dependent_prompts: bool = False
     cfg_scale_low: Optional[float] = None
@@ -41,6 +42,8 @@ class DiffusionPrior(Protocol):
     resolution: int  # pixel resolution renders are resized to before encoding
     defaults: GuidanceDefaults
     device: torch.device
+    view_group: int
+    """Views scored jointly (MVDream: 4 views of one object, one timestep per group); 1 for image priors."""
 
     @property
     def model_id(self) -> Optional[str]:
@@ -117,6 +120,11 @@ class PriorConfig:
         """Frames per clip of a video prior (None: an image prior)."""
         return None
 
+    def view_group(self) -> int:
+        """Views the prior scores jointly, drawn by the sampler as one group (same elevation, evenly
+        spaced azimuths; MVDream: 4); 1 for priors that score each view alone."""
+        return 1
+
     def check(self) -> None:
         """Raise a UserError for a bad setting or a model file that is not on disk, without loading
         anything (called when the run plan is validated, before any work)."""
@@ -135,12 +143,17 @@ class Prior:
     """It knows its data exactly (toyworld): runs on it are scored against ground truth (eval/scoring.py)."""
     provides_variational_model: ClassVar[bool] = False
     """`variational_model(config)` works (VSD, ESD)."""
+    reads_image: ClassVar[bool] = False
+    """It can be conditioned on the reference image of an image-to-3D run (`condition_on_image`)."""
+    needs_image: ClassVar[bool] = False
+    """It is conditioned on an image and cannot run without one (zero123)."""
 
     num_train_timesteps: int
     alphas_cumprod: Tensor
     resolution: int
     defaults: GuidanceDefaults
     device: torch.device
+    view_group: int = 1
 
     def __init__(self, config: PriorConfig, sampler_config: OrbitSamplerConfig, device: torch.device | str = "cpu") -> None:
         self.config = config
@@ -165,6 +178,15 @@ class Prior:
 
     def variational_model(self, config: VariationalConfig) -> VariationalModel:
         raise NotImplementedError(f"{type(self).__name__} provides no variational model")
+
+    def observe_render(self, out: RenderOutput, cams: Cameras) -> None:
+        """Called by the loop with every step's renders before the objective scores them: a prior conditioned on
+        the renders themselves (SD with a ControlNet) makes its condition here; the others ignore it."""
+
+    def condition_on_image(self, reference: ReferenceImage) -> str:
+        """Condition the prior on an image-to-3D run's image (priors whose class sets `reads_image`); returns the
+        text the run's prompt embeddings are then made of (toyworld: the object it identified; zero123: a marker)."""
+        raise NotImplementedError(f"{type(self).__name__} is not conditioned on images")
 
     @classmethod
     def sharing_key(cls, config: PriorConfig, sampler_config: OrbitSamplerConfig) -> str:

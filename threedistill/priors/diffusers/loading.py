@@ -51,6 +51,10 @@ class ModelKind:
     """Accepted model_index.json `_class_name`s (empty: any)."""
     class_hint: str = ""
     """What to say when the class does not match."""
+    optional_components: tuple[str, ...] = ()
+    """model_index.json components that may be absent from a download (IF's safety checker, watermarker)."""
+    access_note: str = ""
+    """Appended to the download command when the model is not on disk (a licence to accept first)."""
 
     def fix(self) -> str:
         folder = "a local diffusers folder or .safetensors/.ckpt file" if self.single_file else f"a local diffusers {self.name} folder"
@@ -129,7 +133,7 @@ def locate_model(model: str, allow_download: bool, kind: ModelKind) -> ModelLoca
             raise UserError(f"'{model}' is not a diffusers {kind.name} folder (no model_index.json); {kind.fix()}")
         index = _read_index(index_path, model, kind)
         _check_class(model, index, kind)
-        _refuse_incomplete(model, kind, check_complete(local, index))
+        _refuse_incomplete(model, kind, check_complete(local, index, kind.optional_components))
         return ModelLocation(str(local.resolve()), index, False, True)
     if looks_like_path(model):
         raise UserError(f"{kind.name} model path '{model}' does not exist; {kind.fix()}")
@@ -141,20 +145,21 @@ def locate_model(model: str, allow_download: bool, kind: ModelKind) -> ModelLoca
     if not isinstance(cached, str):
         alternative = f", or {kind.fallback}" if kind.fallback else ""
         raise UserError(f"{kind.name} model '{model}' is not in the local Hugging Face cache ({hf_cache_dir()}) and downloads "
-                        f"are off; download it with `huggingface-cli download {model}`, pass {kind.flag}.model PATH to a local "
+                        f"are off; download it with `huggingface-cli download {model}`{kind.access_note}, pass {kind.flag}.model PATH to a local "
                         f"copy, add {kind.flag}.allow-download{alternative}")
     index = _read_index(Path(cached), model, kind)
     _check_class(model, index, kind)
     snapshot = Path(cached).parent
-    _refuse_incomplete(model, kind, check_complete(snapshot, index) or _incomplete_blobs(snapshot.parent.parent / "blobs"))
+    _refuse_incomplete(model, kind, check_complete(snapshot, index, kind.optional_components)
+                       or _incomplete_blobs(snapshot.parent.parent / "blobs"))
     return ModelLocation(model, index, False, True)
 
 
-def check_complete(folder: Path, index: dict[str, Any]) -> Optional[str]:
+def check_complete(folder: Path, index: dict[str, Any], optional: tuple[str, ...] = ()) -> Optional[str]:
     """What a partial download left out of a diffusers folder, or None when it looks whole: a component
-    model_index.json lists without its folder, a link to a missing file, a truncated .safetensors."""
+    model_index.json lists without its folder (`optional` ones aside), a link to a missing file, a truncated .safetensors."""
     for name, value in index.items():
-        if name.startswith("_") or not isinstance(value, list) or len(value) != 2 or None in value:
+        if name.startswith("_") or name in optional or not isinstance(value, list) or len(value) != 2 or None in value:
             continue
         if not (folder / name).is_dir():
             return f"its '{name}' folder is missing"

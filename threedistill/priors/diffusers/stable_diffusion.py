@@ -31,6 +31,7 @@ from torch import Tensor
 from ...core.cameras import Cameras, OrbitSamplerConfig
 from ...core.errors import UserError
 from ...core.runtime import quiet_libraries
+from ...core.types import RenderOutput
 from ..base import PRIORS, GuidanceDefaults, Prior, PriorConfig, VariationalConfig, noise_coefficients
 from .loading import ModelKind, ModelLocation, check_tokenizer, load_pipeline, locate_model, model_key, resolve_dtype
 
@@ -75,10 +76,21 @@ class StableDiffusionConfig(PriorConfig):
     """Default smallest timestep."""
     max_step: float = 980
     """Default largest timestep."""
+    controlnet: Optional[str] = None
+    """A diffusers ControlNetModel (folder or Hub id) conditioning the UNet on each view's render (controlnet.py)."""
+    controlnet_condition: tuple[str, ...] = ("depth",)
+    """What the ControlNet sees of each render: depth, normal, or a list of rgb / alpha / depth / normal channels."""
+    controlnet_scale: float = 1.0
+    """Multiplier of the ControlNet's residuals."""
 
     def check(self) -> None:
-        """The model is on disk (or downloads are allowed); nothing is loaded."""
+        """The model (and ControlNet) on disk, or downloads allowed; nothing is loaded."""
         locate_model(self.model, self.allow_download, SD_MODEL)
+        if self.controlnet:
+            from .controlnet import condition_channels, locate_controlnet
+
+            condition_channels(self.controlnet_condition)
+            locate_controlnet(self.controlnet, self.allow_download)
 
 
 def _is_sdxl_checkpoint(path: Path) -> bool:
@@ -131,6 +143,11 @@ class StableDiffusionPrior(Prior):
             model_id=model_key(config.model),
             force_zeros_for_empty_prompt=bool(getattr(pipe.config, "force_zeros_for_empty_prompt", True)),
         )
+        if config.controlnet:
+            from .controlnet import load_controlnet
+
+            self.controlnet: Any = self._freeze(load_controlnet(config.controlnet, config.allow_download, config.controlnet_condition),
+                                           self.dtype)
 
     @classmethod
     def from_components(
@@ -170,13 +187,19 @@ class StableDiffusionPrior(Prior):
         self.num_train_timesteps = int(scheduler.config.num_train_timesteps)
         self.alphas_cumprod = scheduler.alphas_cumprod.detach().float().to(self.device)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
-        self.latent_size = int(unet.config.sample_size)
+        self.latent_size = self._latent_size(unet)
         self.resolution = self.latent_size * self.vae_scale_factor
         self.scaling_factor = float(getattr(vae.config, "scaling_factor", 0.18215))
         self.defaults = GuidanceDefaults(cfg_scale=config.cfg_scale, min_step=config.min_step, max_step=config.max_step,
                                          view_dependent_prompts=True, cfg_scale_low=config.cfg_scale_low)
         self._model_id = model_id or self._fingerprint()
+        self.controlnet = None
+        self._condition: Optional[Tensor] = None
         self._apply_performance_options()
+
+    def _latent_size(self, unet: Any) -> int:
+        """The latent side the UNet was trained at."""
+        return int(unet.config.sample_size)
 
     def _freeze(self, module: Any, dtype: torch.dtype) -> Any:
         with quiet_libraries("diffusers"):  # casting fp16 weights to fp32 on the CPU is intended
@@ -275,7 +298,7 @@ class StableDiffusionPrior(Prior):
         return ((img.float() + 1.0) * 0.5).clamp(0.0, 1.0)
 
     # ------------------------------------------------------------------ denoiser
-    def unet_output(self, unet: Any, x_t: Tensor, t: Tensor, emb: Tensor) -> Tensor:
+    def unet_output(self, unet: Any, x_t: Tensor, t: Tensor, emb: Tensor, extra: Optional[dict[str, Any]] = None) -> Tensor:
         """`unet`'s native prediction (epsilon, or v for v-prediction models) for x_t at timesteps t [B].
 
         Float32, differentiable through `unet` (the caller picks no_grad or not). `unet` is this
@@ -287,7 +310,7 @@ class StableDiffusionPrior(Prior):
         if self.device.type == "cuda" and self.config.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         kwargs = {"added_cond_kwargs": added} if added is not None else {}
-        return unet(x, t.to(self.device), encoder_hidden_states=hidden, **kwargs).sample.float()
+        return unet(x, t.to(self.device), encoder_hidden_states=hidden, **kwargs, **(extra or {})).sample.float()
 
     def output_to_eps(self, out: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
         """Epsilon from a native UNet prediction `out` (v-prediction: eps = alpha_t v + sigma_t x_t)."""
@@ -296,10 +319,29 @@ class StableDiffusionPrior(Prior):
         a, s = noise_coefficients(self.alphas_cumprod, t.to(self.device), x_t.ndim)
         return a * out + s * x_t.to(out.device).float()
 
+    def observe_render(self, out: RenderOutput, cams: Cameras) -> None:
+        """With a ControlNet: this step's condition image, made from the renders (controlnet.py)."""
+        if self.controlnet is not None:
+            from .controlnet import render_condition
+
+            self._condition = render_condition(out, cams, self.config.controlnet_condition, self.resolution).to(self.device, self.dtype)
+
+    def _controlnet_residuals(self, x_t: Tensor, t: Tensor, emb: Tensor) -> dict[str, Any]:
+        """The UNet's extra residuals from the ControlNet on the latest renders (empty without one)."""
+        cond = self._condition
+        if self.controlnet is None or cond is None or x_t.shape[0] % cond.shape[0]:
+            return {}
+        hidden, added = self._unpack(emb)
+        image = cond.repeat(x_t.shape[0] // cond.shape[0], 1, 1, 1)
+        kwargs = {"added_cond_kwargs": added} if added is not None else {}
+        down, mid = self.controlnet(x_t.to(self.device, self.dtype), t.to(self.device), encoder_hidden_states=hidden, controlnet_cond=image,
+                                    conditioning_scale=self.config.controlnet_scale, return_dict=False, **kwargs)
+        return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+
     @torch.no_grad()
     def predict_eps(self, x_t: Tensor, t: Tensor, emb: Tensor, cameras: Optional[Cameras] = None) -> Tensor:
         """Epsilon for x_t at integer timesteps t [B]: one UNet call for the whole batch (no grad)."""
-        out = self.unet_output(self._unet_forward, x_t, t, emb)
+        out = self.unet_output(self._unet_forward, x_t, t, emb, self._controlnet_residuals(x_t, t, emb))
         return self.output_to_eps(out, x_t, t).to(x_t.dtype)
 
     def variational_model(self, config: VariationalConfig) -> "SDVariationalModel":

@@ -145,7 +145,7 @@ class VideoDiffusionPrior(StableDiffusionPrior):
         return super().decode(x0.flatten(0, 1)).unflatten(0, (B, Fr))
 
     # ------------------------------------------------------------------ denoiser
-    def unet_output(self, unet: Any, x_t: Tensor, t: Tensor, emb: Tensor) -> Tensor:
+    def unet_output(self, unet: Any, x_t: Tensor, t: Tensor, emb: Tensor, extra: Optional[dict[str, Any]] = None) -> Tensor:
         """The UNet3D's native prediction for clips x_t [B,F,4,h,w] at timesteps t [B], in the clip layout (float32)."""
         hidden, _ = self._unpack(emb)
         x = x_t.to(self.device, self.dtype).permute(0, 2, 1, 3, 4)  # [B,C,F,h,w]

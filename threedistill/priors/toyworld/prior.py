@@ -33,7 +33,7 @@ from ...core.cameras import VIEW_LABEL_ANGLES, Cameras, OrbitSampler, OrbitSampl
 from ...render.mesh_torch import render_mesh
 from ...core.runtime import default_cache_dir
 from ...core.tensor_cache import TensorCache
-from ...core.types import RenderOutput
+from ...core.types import ReferenceImage, RenderOutput
 from ..base import PRIORS, GuidanceDefaults, Prior, PriorConfig, VariationalConfig, noise_coefficients, scaled_linear_alphas_cumprod
 from .catalogue import catalogue_prompts, resolve_prompt
 from .references import SKIP_MASS, ReferenceSet, posterior_mean, sparse_posterior
@@ -127,6 +127,7 @@ class ToyworldPrior(Prior):
     config: ToyworldConfig
     has_ground_truth = True
     provides_variational_model = True
+    reads_image = True
     num_train_timesteps = 1000
 
     def __init__(self, config: ToyworldConfig, sampler_config: OrbitSamplerConfig, device: torch.device | str = "cpu") -> None:
@@ -191,6 +192,14 @@ class ToyworldPrior(Prior):
         """Embedding ids [len(texts)]; empty text means unconditional. Unknown prompts raise."""
         ids = [self._embedding_id(text) for text in texts]
         return torch.tensor(ids, dtype=torch.long, device=self.device)
+
+    def condition_on_image(self, reference: ReferenceImage) -> str:
+        """Image-to-3D: the catalogue object the image shows (identify.py), or the user mesh, as the prompt."""
+        if self._user_mesh is not None:
+            return Path(str(self.config.mesh)).stem
+        from .identify import identify_catalogue_object
+
+        return identify_catalogue_object(reference, self.device)
 
     # ------------------------------------------------------------------ encoding
     def encode(self, images: Tensor) -> Tensor:

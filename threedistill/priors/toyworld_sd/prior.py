@@ -21,7 +21,7 @@ import torch
 
 from ...core.cameras import Cameras, OrbitSamplerConfig
 from ...core.mesh_file import ColouredMesh
-from ...core.types import RenderOutput
+from ...core.types import ReferenceImage, RenderOutput
 from ..base import PRIORS, PriorConfig
 from ..diffusers.stable_diffusion import StableDiffusionConfig, StableDiffusionPrior
 from ..toyworld.prior import catalogue_modes, render_ground_truth
@@ -56,6 +56,7 @@ class ToyworldSDPrior(StableDiffusionPrior):
 
     Config = ToyworldSDConfig  # type: ignore[assignment]
     has_ground_truth = True
+    reads_image = True
 
     def __init__(self, config: ToyworldSDConfig, sampler_config: Optional[OrbitSamplerConfig] = None,
                  device: torch.device | str = "cpu") -> None:
@@ -67,6 +68,12 @@ class ToyworldSDPrior(StableDiffusionPrior):
     def check_prompt(cls, config: PriorConfig, prompt: str) -> None:
         """Prompts name catalogue objects: runs are scored against them."""
         catalogue_modes(prompt)
+
+    def condition_on_image(self, reference: ReferenceImage) -> str:
+        """Image-to-3D, scored: the catalogue object the image shows becomes the prompt (toyworld/identify.py)."""
+        from ..toyworld.identify import identify_catalogue_object
+
+        return identify_catalogue_object(reference, self.device)
 
     def modes(self, prompt: str) -> list[ColouredMesh]:
         """The catalogue object(s) the prompt names, view phrase ignored."""
