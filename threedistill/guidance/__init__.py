@@ -1,8 +1,8 @@
 """Score distillation objectives on shared machinery (base.py), one module per family.
 
 Importing the package registers them in `core.objective.OBJECTIVES`: sds, vsd, esd, ism, tsm,
-csd, csm and dds (dds edits a given source: `threedistill edit-image`, and the scene objective
+csd, csm, bsd, dsd and dds (dds edits a given source: `threedistill edit-image`, and the scene objective
 `scene-dds`).
 """
 
-from . import csd, dds, ism, sds, vsd  # noqa: F401  (registers the objectives)
+from . import bsd, csd, dds, dsd, ism, sds, vsd  # noqa: F401  (registers the objectives)

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from ..core.cameras import Cameras
-from ..core.objective import OBJECTIVES, ObjectiveOutput
+from ..core.objective import OBJECTIVES, Needs, ObjectiveOutput
 from ..core.schedule import Schedule
 from ..core.types import TextEmbeddings
 from ..priors.base import add_noise
@@ -67,6 +67,7 @@ class CSDGuidance(Guidance):
 
     Config = CSDConfig
     config: CSDConfig
+    needs = Needs(prior=True)  # its own mix of branches, not CFG-shaped: no Perp-Neg
 
     def distil(self, images: Tensor, cams: Cameras, emb: TextEmbeddings, step: int) -> ObjectiveOutput:
         x0 = self.prior.encode(images)
@@ -103,6 +104,6 @@ class CSMGuidance(Guidance):
         t = self.sample_timesteps(x0.shape[0], step, x0.device)
         with torch.no_grad():
             x_t = self.ddim_invert(x0.detach(), t, emb.null, cams, self.config.inversion_stride)
-            e_c, e_u = self.cond_and_uncond_eps(x_t, t, emb, cams)
-            grad = self.weight(t, x0.ndim) * self.cfg_scale * (e_c - e_u)
+            _, delta = self.guidance_delta(x_t, t, emb, cams)  # e_c - e_u (or Perp-Neg's direction)
+            grad = self.weight(t, x0.ndim) * self.cfg_scale * delta
         return self.output(x0, grad, step, t, images)

@@ -44,7 +44,7 @@ class DDSGuidance(Guidance):
 
     Config = DDSConfig
     config: DDSConfig
-    needs = Needs(prior=True, source_image=True)
+    needs = Needs(prior=True, source_image=True, perp_neg=True)
     uses_low_cfg = True
 
     def edit_loss(
