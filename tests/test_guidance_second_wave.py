@@ -248,3 +248,23 @@ def test_hifa_sqrt_anneal_is_deterministic() -> None:
     guidance = SDSGuidance(cfg, ChannelEpsPrior(), 100, torch.Generator())
     for step, expected in ((0, 980), (25, round(300 + 680 * 0.5)), (100, 300)):
         assert guidance.sample_timesteps(B, step, torch.device("cpu")).tolist() == [expected] * B
+
+
+# ---------------------------------------------------------------- end to end on toyworld
+@pytest.mark.parametrize("objective,flags", [
+    ("bsd", []),
+    ("bsd", ["--guidance.auto", "--prompts.perp-neg"]),
+    ("dsd", ["--prompts.perp-neg"]),
+    ("sds", ["--prompts.perp-neg", "--guidance.image-term-weight", "0.01", "--guidance.sqrt-anneal", "--log.x0-previews"]),
+])
+def test_new_objectives_and_options_run_on_toyworld(objective: str, flags: list[str], tmp_path) -> None:
+    from PIL import Image
+
+    from support import TINY_FLAGS
+    from threedistill.cli import main
+
+    assert main(["run", *TINY_FLAGS, "--guidance", objective, *flags, "--out", str(tmp_path)]) == 0
+    (metrics,) = tmp_path.rglob("metrics.json")
+    (preview,) = metrics.parent.glob("previews/step-000003.png")
+    rows = 2 if "--log.x0-previews" in flags else 1  # renders, then their x0 estimates
+    assert Image.open(preview).size[1] == rows * 32 + (rows + 1) * 2

@@ -104,6 +104,6 @@ class CSMGuidance(Guidance):
         t = self.sample_timesteps(x0.shape[0], step, x0.device)
         with torch.no_grad():
             x_t = self.ddim_invert(x0.detach(), t, emb.null, cams, self.config.inversion_stride)
-            _, delta = self.guidance_delta(x_t, t, emb, cams)  # e_c - e_u (or Perp-Neg's direction)
+            e_u, delta = self.guidance_delta(x_t, t, emb, cams)  # e_c - e_u (or Perp-Neg's direction)
             grad = self.weight(t, x0.ndim) * self.cfg_scale * delta
-        return self.output(x0, grad, step, t, images)
+        return self.output(x0, grad, step, t, images, denoised=(x_t, e_u + self.cfg_scale * delta))
