@@ -268,3 +268,17 @@ def test_new_objectives_and_options_run_on_toyworld(objective: str, flags: list[
     (preview,) = metrics.parent.glob("previews/step-000003.png")
     rows = 2 if "--log.x0-previews" in flags else 1  # renders, then their x0 estimates
     assert Image.open(preview).size[1] == rows * 32 + (rows + 1) * 2
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--guidance", "csd", "--prompts.perp-neg"], "--prompts.perp-neg needs an objective whose guidance is CFG-shaped"),
+    (["--guidance", "bsd", "--guidance.offset-noise", "-0.1"], "--guidance.offset-noise -0.1 is out of range"),
+    (["--guidance.image-term-weight", "-1"], "--guidance.image-term-weight -1 is out of range"),
+])
+def test_bad_second_wave_settings_are_refused_in_one_line(flags: list[str], needle: str, tmp_path) -> None:
+    from support import TINY_FLAGS, assert_one_line_error, run_cli
+
+    proc = run_cli("run", *TINY_FLAGS, *flags, "--out", str(tmp_path))
+    assert proc.returncode == 2
+    assert_one_line_error(proc, needle)
+    assert not any(tmp_path.rglob("*"))

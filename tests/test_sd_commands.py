@@ -38,12 +38,28 @@ def sd1(tiny_sd: dict[str, Path]) -> Path:
     return tiny_sd["sd1"]
 
 
-@pytest.mark.parametrize("objective", ["sds", "vsd", "esd", "ism", "tsm", "csd", "csm"])
+@pytest.mark.parametrize("objective", ["sds", "vsd", "esd", "ism", "tsm", "csd", "csm", "bsd", "dsd"])
 def test_run_each_objective(objective: str, sd1: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["run", *_sd(sd1), "--guidance", objective, "--steps", "2", *SMALL_GAUSSIANS, *QUICK,
                  "--log.export-formats", "splat", "--out", str(tmp_path)]) == 0, capsys.readouterr().err
     run = _run_dir(capsys)
     assert _metrics(run)["guidance"] == objective and (run / "export" / "splats.ply").exists()
+
+
+@pytest.mark.parametrize("objective,flags", [
+    ("sds", ["--prompts.perp-neg", "--guidance.image-term-weight", "0.01", "--guidance.sqrt-anneal"]),
+    ("bsd", ["--guidance.auto", "--prompts.perp-neg"]),
+    ("dsd", ["--prompts.perp-neg"]),
+])
+def test_run_perp_neg_hifa_and_x0_previews(objective: str, flags: list[str], sd1: Path, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture) -> None:
+    assert main(["run", *_sd(sd1), "--guidance", objective, *flags, "--steps", "2", *SMALL_GAUSSIANS, *QUICK,
+                 "--log.preview-every", "2", "--log.x0-previews", "--log.export-formats", "splat", "--out", str(tmp_path)]) == 0, \
+        capsys.readouterr().err
+    from PIL import Image
+
+    width, height = Image.open(_run_dir(capsys) / "previews" / "step-000002.png").size
+    assert height > width  # one training view above its decoded x0 estimate
 
 
 @pytest.mark.parametrize("representation,flags", [("nerf", NERF), ("mesh", ["--representation.init-subdivisions", "2"])])

@@ -26,7 +26,6 @@ import torch
 from torch import Tensor
 
 from ..core.cameras import Cameras
-from ..core.errors import UserError
 from ..core.objective import OBJECTIVES, ObjectiveOutput
 from ..core.schedule import Schedule
 from ..core.types import TextEmbeddings
@@ -52,11 +51,6 @@ class BSDConfig(BaseGuidanceConfig):
     PRIOR_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {"toyworld": {"temperature": 100.0}}
     """The exact posterior's e_y - e_neg is ~0 except at very high noise (CSD's finding), so toyworld
     softens it as for csd (docs/benchmarks.md)."""
-
-    def check(self) -> None:
-        super().check()
-        if self.offset_noise < 0:
-            raise UserError(f"--guidance.offset-noise must be >= 0, got {self.offset_noise}")
 
 
 def min_norm_weight(c: Tensor, d: Tensor) -> Tensor:
