@@ -273,7 +273,7 @@ def test_new_objectives_and_options_run_on_toyworld(objective: str, flags: list[
 @pytest.mark.parametrize("flags,needle", [
     (["--guidance", "csd", "--prompts.perp-neg"], "--prompts.perp-neg needs an objective whose guidance is CFG-shaped"),
     (["--guidance", "bsd", "--guidance.offset-noise", "-0.1"], "--guidance.offset-noise -0.1 is out of range"),
-    (["--guidance.image-term-weight", "-1"], "--guidance.image-term-weight -1 is out of range"),
+    (["--guidance.image-term-weight", "-1"], "--guidance.image-term-weight -1.0 is out of range"),
 ])
 def test_bad_second_wave_settings_are_refused_in_one_line(flags: list[str], needle: str, tmp_path) -> None:
     from support import TINY_FLAGS, assert_one_line_error, run_cli
