@@ -282,3 +282,42 @@ def test_bad_second_wave_settings_are_refused_in_one_line(flags: list[str], need
     assert proc.returncode == 2
     assert_one_line_error(proc, needle)
     assert not any(tmp_path.rglob("*"))
+
+
+def test_z_variance_among_the_splats_a_pixel_composites() -> None:
+    from threedistill.render.splats import render_splats
+    from threedistill.representations.base import z_variance_loss
+
+    cams = orbit_cameras(torch.zeros(1), torch.zeros(1), torch.full((1,), 3.0), torch.full((1,), 40.0), 16, 16)
+    quats = torch.tensor([[1.0, 0.0, 0.0, 0.0]]).repeat(2, 1)
+    scales = torch.full((2, 3), 0.4)
+    colors = torch.ones(2, 3)
+    white = torch.ones(3)
+
+    def render(means: Tensor, opacities: Tensor):
+        return render_splats(means, quats, scales, opacities, colors, cams, white, backend="torch", depth_moments=True)
+
+    one = render(torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]), torch.tensor([0.9, 0.0]))
+    centre = one.extras["depth_sq"][0, 0, 8, 8] / one.alpha[0, 0, 8, 8]
+    torch.testing.assert_close(centre, (one.depth[0, 0, 8, 8] / one.alpha[0, 0, 8, 8]) ** 2)  # one depth: no variance
+    assert float(z_variance_loss(one)) < 1e-6
+    means = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    means[1] = cams.positions[0] * 0.2  # the second splat 0.6 units nearer the camera
+    two = render(means, torch.tensor([0.6, 0.6]))
+    assert float(z_variance_loss(two)) > 0.01
+    assert "depth_sq" not in render_splats(means, quats, scales, torch.tensor([0.6, 0.6]), colors, cams, white, backend="torch").extras
+
+
+@pytest.mark.parametrize("kind", ["gaussians", "nerf"])
+def test_z_variance_regulariser_runs_on_each_representation(kind: str, tmp_path) -> None:
+    import json
+
+    from support import TINY_FLAGS, tiny_kind_flags
+    from threedistill.cli import main
+
+    flags = TINY_FLAGS if kind == "gaussians" else tiny_kind_flags("nerf")
+    assert main(["run", *flags, "--representation.lambda-z-variance", "100", "--out", str(tmp_path)]) == 0
+    (log,) = tmp_path.rglob("metrics.jsonl")
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    steps = [r for r in rows if "step" in r and "loss" in r]
+    assert len(steps) == 6 and all(r["loss_z_variance"] >= 0 for r in steps), rows[:2]
