@@ -70,9 +70,9 @@ def test_run_each_representation(representation: str, flags: list[str], sd1: Pat
 
 
 @pytest.mark.parametrize("preset,steps", [("dreamfusion", 2), ("magic3d", 3), ("prolificdreamer", 6), ("dreamgaussian", 12),
-                                          ("quick", 2), ("toyworld-sds", 2)])
+                                          ("hifa", 2), ("stabledreamer", 4), ("quick", 2), ("toyworld-sds", 2)])
 def test_run_each_preset(preset: str, steps: int, sd1: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    flags = NERF if preset in ("dreamfusion", "magic3d", "prolificdreamer") else SMALL_GAUSSIANS
+    flags = NERF if preset in ("dreamfusion", "magic3d", "prolificdreamer", "hifa") else SMALL_GAUSSIANS
     assert main(["run", "--config", preset, *_sd(sd1), *flags, "--steps", str(steps), *QUICK, "--log.export-formats", "glb",
                  "--out", str(tmp_path)]) == 0, capsys.readouterr().err
     metrics = _metrics(_run_dir(capsys))
