@@ -321,3 +321,15 @@ def test_z_variance_regulariser_runs_on_each_representation(kind: str, tmp_path)
     rows = [json.loads(line) for line in log.read_text().splitlines()]
     steps = [r for r in rows if "step" in r and "loss" in r]
     assert len(steps) == 6 and all(r["loss_z_variance"] >= 0 for r in steps), rows[:2]
+
+
+def test_every_objective_hands_over_an_x0_preview() -> None:
+    from threedistill.guidance.csd import CSDConfig, CSDGuidance, CSMConfig, CSMGuidance
+    from threedistill.guidance.ism import ISMConfig, ISMGuidance
+
+    made = [(SDSGuidance, SDSConfig()), (BSDGuidance, BSDConfig()), (DSDGuidance, DSDConfig()), (VSDGuidance, VSDConfig()),
+            (CSDGuidance, CSDConfig()), (CSMGuidance, CSMConfig()), (ISMGuidance, ISMConfig())]
+    for cls, cfg in made:
+        out = cls(cfg, PriorWithVariational(slope=SLOPE), 10, torch.Generator().manual_seed(0))(IMAGES.clone(), _cams(), _emb(), 1)
+        assert out.preview is not None, cls.__name__
+        assert out.preview().shape == IMAGES.shape

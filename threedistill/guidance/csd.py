@@ -77,6 +77,7 @@ class CSDGuidance(Guidance):
         branches = [(self.schedule(c.cond_scale, step), emb.cond), (self.schedule(c.uncond_scale, step), emb.uncond),
                     (self.schedule(c.null_scale, step), emb.null)]
         used = [(a, e) for a, e in branches if a != 0.0]
+        e_cond = None  # the x0 preview reads the conditional prediction when it is computed
         with torch.no_grad():
             x_t = add_noise(self.prior.alphas_cumprod, x0.detach(), noise, t)
             combined = self.schedule(c.noise_scale, step) * noise
@@ -85,10 +86,11 @@ class CSDGuidance(Guidance):
                 preds = self.prior.predict_eps(
                     torch.cat([x_t] * n), torch.cat([t] * n), torch.cat([e for _, e in used]), repeat_cams(cams, n)
                 ).chunk(n)
-                for (a, _), e_pred in zip(used, preds):
+                for (a, e), e_pred in zip(used, preds):
                     combined = combined + a * e_pred
+                    e_cond = e_pred if e is emb.cond else e_cond
             grad = self.weight(t, x0.ndim) * combined
-        return self.output(x0, grad, step, t, images)
+        return self.output(x0, grad, step, t, images, denoised=None if e_cond is None else (x_t, e_cond))
 
 
 @OBJECTIVES.register("csm")
