@@ -6,23 +6,30 @@ The prior's epsilon is per channel: e(x_t; emb)[:, c] = emb[c] + SLOPE x_t[:, c]
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import torch
+from PIL import Image
 from torch import Tensor
 
-from support import KnownEpsPrior
+from support import TINY_FLAGS, KnownEpsPrior, assert_one_line_error, run_cli, tiny_kind_flags
+from threedistill.cli import main
 from threedistill.core.cameras import ViewLabelConfig, orbit_cameras
 from threedistill.core.types import TextEmbeddings
 from threedistill.guidance.base import perpendicular_component
 from threedistill.guidance.bsd import BSDConfig, BSDGuidance, min_norm_weight
+from threedistill.guidance.csd import CSDConfig, CSDGuidance, CSMConfig, CSMGuidance
 from threedistill.guidance.dsd import DSDConfig, DSDGuidance
+from threedistill.guidance.ism import ISMConfig, ISMGuidance
 from threedistill.guidance.sds import SDSConfig, SDSGuidance
 from threedistill.guidance.vsd import VSDConfig, VSDGuidance
 from threedistill.priors.base import VariationalConfig
 from threedistill.priors.perp_neg import falloff, perp_neg_weights
 from threedistill.priors.prompts import PromptConfig, PromptEmbedder
+from threedistill.render.splats import render_splats
+from threedistill.representations.base import z_variance_loss
 
 B, SHAPE = 3, (3, 4, 4)
 SLOPE = 0.5
@@ -258,11 +265,6 @@ def test_hifa_sqrt_anneal_is_deterministic() -> None:
     ("sds", ["--prompts.perp-neg", "--guidance.image-term-weight", "0.01", "--guidance.sqrt-anneal", "--log.x0-previews"]),
 ])
 def test_new_objectives_and_options_run_on_toyworld(objective: str, flags: list[str], tmp_path) -> None:
-    from PIL import Image
-
-    from support import TINY_FLAGS
-    from threedistill.cli import main
-
     assert main(["run", *TINY_FLAGS, "--guidance", objective, *flags, "--out", str(tmp_path)]) == 0
     (metrics,) = tmp_path.rglob("metrics.json")
     (preview,) = metrics.parent.glob("previews/step-000003.png")
@@ -276,8 +278,6 @@ def test_new_objectives_and_options_run_on_toyworld(objective: str, flags: list[
     (["--guidance.image-term-weight", "-1"], "--guidance.image-term-weight -1.0 is out of range"),
 ])
 def test_bad_second_wave_settings_are_refused_in_one_line(flags: list[str], needle: str, tmp_path) -> None:
-    from support import TINY_FLAGS, assert_one_line_error, run_cli
-
     proc = run_cli("run", *TINY_FLAGS, *flags, "--out", str(tmp_path))
     assert proc.returncode == 2
     assert_one_line_error(proc, needle)
@@ -285,9 +285,6 @@ def test_bad_second_wave_settings_are_refused_in_one_line(flags: list[str], need
 
 
 def test_z_variance_among_the_splats_a_pixel_composites() -> None:
-    from threedistill.render.splats import render_splats
-    from threedistill.representations.base import z_variance_loss
-
     cams = orbit_cameras(torch.zeros(1), torch.zeros(1), torch.full((1,), 3.0), torch.full((1,), 40.0), 16, 16)
     quats = torch.tensor([[1.0, 0.0, 0.0, 0.0]]).repeat(2, 1)
     scales = torch.full((2, 3), 0.4)
@@ -310,11 +307,6 @@ def test_z_variance_among_the_splats_a_pixel_composites() -> None:
 
 @pytest.mark.parametrize("kind", ["gaussians", "nerf"])
 def test_z_variance_regulariser_runs_on_each_representation(kind: str, tmp_path) -> None:
-    import json
-
-    from support import TINY_FLAGS, tiny_kind_flags
-    from threedistill.cli import main
-
     flags = TINY_FLAGS if kind == "gaussians" else tiny_kind_flags("nerf")
     assert main(["run", *flags, "--representation.lambda-z-variance", "100", "--out", str(tmp_path)]) == 0
     (log,) = tmp_path.rglob("metrics.jsonl")
@@ -324,9 +316,6 @@ def test_z_variance_regulariser_runs_on_each_representation(kind: str, tmp_path)
 
 
 def test_every_objective_hands_over_an_x0_preview() -> None:
-    from threedistill.guidance.csd import CSDConfig, CSDGuidance, CSMConfig, CSMGuidance
-    from threedistill.guidance.ism import ISMConfig, ISMGuidance
-
     made = [(SDSGuidance, SDSConfig()), (BSDGuidance, BSDConfig()), (DSDGuidance, DSDConfig()), (VSDGuidance, VSDConfig()),
             (CSDGuidance, CSDConfig()), (CSMGuidance, CSMConfig()), (ISMGuidance, ISMConfig())]
     for cls, cfg in made:

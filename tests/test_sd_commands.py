@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from PIL import Image
 
 from support import SMALL_NERF
 from threedistill.cli import main
@@ -56,8 +57,6 @@ def test_run_perp_neg_hifa_and_x0_previews(objective: str, flags: list[str], sd1
     assert main(["run", *_sd(sd1), "--guidance", objective, *flags, "--steps", "2", *SMALL_GAUSSIANS, *QUICK,
                  "--log.preview-every", "2", "--log.x0-previews", "--log.export-formats", "splat", "--out", str(tmp_path)]) == 0, \
         capsys.readouterr().err
-    from PIL import Image
-
     width, height = Image.open(_run_dir(capsys) / "previews" / "step-000002.png").size
     assert height > width  # one training view above its decoded x0 estimate
 
