@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from PIL import Image
 
 from support import SMALL_NERF
 from threedistill.cli import main
@@ -38,12 +39,26 @@ def sd1(tiny_sd: dict[str, Path]) -> Path:
     return tiny_sd["sd1"]
 
 
-@pytest.mark.parametrize("objective", ["sds", "vsd", "esd", "ism", "tsm", "csd", "csm"])
+@pytest.mark.parametrize("objective", ["sds", "vsd", "esd", "ism", "tsm", "csd", "csm", "bsd", "dsd"])
 def test_run_each_objective(objective: str, sd1: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["run", *_sd(sd1), "--guidance", objective, "--steps", "2", *SMALL_GAUSSIANS, *QUICK,
                  "--log.export-formats", "splat", "--out", str(tmp_path)]) == 0, capsys.readouterr().err
     run = _run_dir(capsys)
     assert _metrics(run)["guidance"] == objective and (run / "export" / "splats.ply").exists()
+
+
+@pytest.mark.parametrize("objective,flags", [
+    ("sds", ["--prompts.perp-neg", "--guidance.image-term-weight", "0.01", "--guidance.sqrt-anneal"]),
+    ("bsd", ["--guidance.auto", "--prompts.perp-neg"]),
+    ("dsd", ["--prompts.perp-neg"]),
+])
+def test_run_perp_neg_hifa_and_x0_previews(objective: str, flags: list[str], sd1: Path, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture) -> None:
+    assert main(["run", *_sd(sd1), "--guidance", objective, *flags, "--steps", "2", *SMALL_GAUSSIANS, *QUICK,
+                 "--log.preview-every", "2", "--log.x0-previews", "--log.export-formats", "splat", "--out", str(tmp_path)]) == 0, \
+        capsys.readouterr().err
+    width, height = Image.open(_run_dir(capsys) / "previews" / "step-000002.png").size
+    assert height > width  # one training view above its decoded x0 estimate
 
 
 @pytest.mark.parametrize("representation,flags", [("nerf", NERF), ("mesh", ["--representation.init-subdivisions", "2"])])
@@ -54,9 +69,9 @@ def test_run_each_representation(representation: str, flags: list[str], sd1: Pat
 
 
 @pytest.mark.parametrize("preset,steps", [("dreamfusion", 2), ("magic3d", 3), ("prolificdreamer", 6), ("dreamgaussian", 12),
-                                          ("quick", 2), ("toyworld-sds", 2)])
+                                          ("hifa", 2), ("stabledreamer", 4), ("quick", 2), ("toyworld-sds", 2)])
 def test_run_each_preset(preset: str, steps: int, sd1: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    flags = NERF if preset in ("dreamfusion", "magic3d", "prolificdreamer") else SMALL_GAUSSIANS
+    flags = NERF if preset in ("dreamfusion", "magic3d", "prolificdreamer", "hifa") else SMALL_GAUSSIANS
     assert main(["run", "--config", preset, *_sd(sd1), *flags, "--steps", str(steps), *QUICK, "--log.export-formats", "glb",
                  "--out", str(tmp_path)]) == 0, capsys.readouterr().err
     metrics = _metrics(_run_dir(capsys))

@@ -76,6 +76,9 @@ class LogConfig:
     """Write a metrics.jsonl row every N steps."""
     preview_every: int = 100
     """Save a preview grid every N steps (0: only at the end)."""
+    x0_previews: bool = False
+    """Add a second row to each preview grid (and TensorBoard's): the prior's one-step estimate of the clean
+    image, x0_hat = (x_t - sigma_t e_hat) / alpha_t decoded, under each training view (objectives that have one)."""
     checkpoint_every: int = 100
     """Write step-NNNNNN.pt and last.pt every N steps (0: only at the end)."""
     max_nonfinite_steps: int = 20

@@ -10,7 +10,11 @@ Each objective runs with its own default settings (csd and csm at their default 
 temperature, 100; ism and tsm at their default data noise, 4) with 3D Gaussians on three prompts: a symmetric object, an asymmetric
 object (whose back-view PSNR shows whether the back came out right) and the multi-modal
 "a ball" (how many of its 4 colour modes the seeds reach). A last row runs VSD with several
-particles on the multi-modal prompt: do they spread over the modes? Everything is measured in
+particles on the multi-modal prompt: do they spread over the modes? Then each option of
+OPTIONS (Perp-Neg, BSD's auto variant, HiFA's image term + square-root anneal, the z-variance
+regulariser) runs as its own row on the same prompts, seeds and steps (`--options` picks them),
+and a Janus table lists, for sds, esd, sds + Perp-Neg and bsd, the fraction of seeds whose back
+views on the asymmetric object match its front better than its back. Everything is measured in
 one process, one run after another; seconds are the optimisation loop's own time.
 
 With --write the Markdown table replaces the section between the bench_guidance markers.
@@ -41,6 +45,16 @@ from threedistill.engine.run import Run  # noqa: E402
 PROMPTS = {"symmetric": "a red cube", "asymmetric": "a yellow duck", "multi-modal": "a ball"}
 START, END = "<!-- bench_guidance:start -->", "<!-- bench_guidance:end -->"
 TOYWORLD_QUICK_FLAGS = ["--prior.num-references", "16", "--prior.resolution", "32"]
+OPTIONS: dict[str, tuple[str, list[str]]] = {
+    "sds + perp-neg": ("sds", ["--prompts.perp-neg"]),
+    "bsd auto": ("bsd", ["--guidance.auto"]),
+    "sds + hifa (image term 0.01 + sqrt anneal)": ("sds", ["--guidance.image-term-weight", "0.01", "--guidance.sqrt-anneal",
+                                                          "--guidance.min-step", "300", "--guidance.max-step", "980"]),
+    "sds + z-variance 100": ("sds", ["--representation.lambda-z-variance", "100"]),
+}
+"""Option rows: label -> (objective, flags)."""
+JANUS_ROWS = ("sds", "esd", "sds + perp-neg", "bsd")
+"""The rows of the Janus table (issue 15)."""
 QUICK_FLAGS = ["--sampler.width", "32", "--sampler.height", "32",
                "--sampler.batch-size", "2", "--representation.num-points", "200", "--log.eval-views", "8"]
 
@@ -97,6 +111,20 @@ def table(rows: list[dict[str, Any]], steps: int, seeds: int, particles: int, pr
     return "\n".join(lines)
 
 
+def janus_table(rows: list[dict[str, Any]]) -> str:
+    """The fraction of seeds with a Janus back on the asymmetric prompt, for the JANUS_ROWS that ran."""
+    found = {r["label"]: r for r in rows if r["kind"] == "asymmetric" and r["label"] in JANUS_ROWS}
+    if not found:
+        return ""
+    lines = ["| objective | prompt | Janus seeds | back PSNR | PSNR |", "|---|---|---|---|---|"]
+    for label in JANUS_ROWS:
+        if label in found:
+            runs = found[label]["runs"]
+            lines.append(f"| {label} | {found[label]['prompt']} | {sum(janus_seed(x) for x in runs)} of {len(runs)} | "
+                         f"{mean_std([x['back_psnr'] for x in runs])} | {mean_std([x['psnr'] for x in runs])} |")
+    return "\n".join(lines)
+
+
 def janus_seed(summary: dict[str, Any]) -> bool:
     """The back views look more like the object's front than its back (eval/metrics.py)."""
     return bool(summary.get("back_front_psnr", -math.inf) > summary.get("back_psnr", math.inf))
@@ -117,6 +145,7 @@ def main() -> int:
     p.add_argument("--objectives", default=",".join(distillation))
     p.add_argument("--kinds", default=",".join(PROMPTS), help="which prompts: symmetric, asymmetric, multi-modal")
     p.add_argument("--particles", type=int, default=4, help="VSD particles on the multi-modal prompt (0: skip that row)")
+    p.add_argument("--options", default=",".join(OPTIONS), help=f"option rows to run ('' for none): {', '.join(OPTIONS)}")
     p.add_argument("--quick", action="store_true", help="tiny settings (a smoke test of this script)")
     p.add_argument("--write", type=Path, default=None, help="replace the bench_guidance section of this Markdown file")
     args = p.parse_args()
@@ -129,6 +158,11 @@ def main() -> int:
         jobs: list[tuple[str, str, str, list[str]]] = [(o, o, k, []) for k in kinds for o in args.objectives.split(",") if o]  # a prompt's rows together
         if args.particles > 1 and "multi-modal" in kinds:
             jobs.append((f"vsd, {args.particles} particles", "vsd", "multi-modal", ["--guidance.particles", str(args.particles)]))
+        for label in [o for o in args.options.split(",") if o]:
+            if label not in OPTIONS:
+                p.error(f"unknown option row '{label}'; valid: {', '.join(OPTIONS)}")
+            objective, flags = OPTIONS[label]
+            jobs += [(label, objective, k, flags) for k in kinds]
         for label, objective, kind, flags in jobs:
             runs = []
             for seed in range(args.seeds):
@@ -141,7 +175,10 @@ def main() -> int:
             if args.write:  # after every row, so a stopped benchmark keeps what it measured
                 write_section(args.write, args.prior, table(rows, args.steps, args.seeds, args.particles, args.prior)
                               + f"\n\n{len(rows)} of {len(jobs)} rows measured. " + machine_line())
-    text = table(rows, args.steps, args.seeds, args.particles, args.prior) + "\n\n" + machine_line()
+    janus = janus_table(rows)
+    text = table(rows, args.steps, args.seeds, args.particles, args.prior) + "\n\n" + (
+        f"Janus on the asymmetric prompt (seeds whose back views match the front better than the back):\n\n{janus}\n\n" if janus else ""
+    ) + machine_line()
     print(text)
     if args.write:
         write_section(args.write, args.prior, text)

@@ -44,21 +44,32 @@ class TextEmbeddings:
     """The empty prompt (DDIM inversion, CSD's null branch)."""
     plain: Optional[Tensor] = None
     """The prompt without view phrases (VSD's variational model); None means `cond`."""
+    negatives: Optional[Tensor] = None
+    """Perp-Neg's negative embeddings [B,K,...] (`--prompts.perp-neg`; None without it)."""
+    negative_weights: Optional[Tensor] = None
+    """Their weights [B,K] (negative numbers push away from that view)."""
 
     @property
     def plain_or_cond(self) -> Tensor:
         return self.cond if self.plain is None else self.plain
 
     def index(self, idx: Tensor | slice) -> "TextEmbeddings":
-        plain = None if self.plain is None else self.plain[idx]
-        return TextEmbeddings(self.cond[idx], self.uncond[idx], self.null[idx], plain)
+        def pick(x: Optional[Tensor]) -> Optional[Tensor]:
+            return None if x is None else x[idx]
+
+        return TextEmbeddings(self.cond[idx], self.uncond[idx], self.null[idx], pick(self.plain), pick(self.negatives),
+                              pick(self.negative_weights))
 
     def repeat(self, n: int) -> "TextEmbeddings":
         """The batch repeated n times along dim 0 (one copy per particle)."""
         def rep(x: Tensor) -> Tensor:
             return x.repeat(n, *([1] * (x.ndim - 1)))
 
-        return TextEmbeddings(rep(self.cond), rep(self.uncond), rep(self.null), None if self.plain is None else rep(self.plain))
+        def rep_opt(x: Optional[Tensor]) -> Optional[Tensor]:
+            return None if x is None else rep(x)
+
+        return TextEmbeddings(rep(self.cond), rep(self.uncond), rep(self.null), rep_opt(self.plain), rep_opt(self.negatives),
+                              rep_opt(self.negative_weights))
 
 
 class SplatTensors(TypedDict):

@@ -233,6 +233,18 @@ class StageTrainer:
         self.last_render, self.last_cameras, self.last_preview = out.rgb.detach(), cams, g.preview
         return {"loss": float(loss.detach()), **logs}
 
+    def preview_grid(self) -> tuple[Tensor, Optional[int]]:
+        """The latest training views, and with `log.x0_previews` the objective's x0 estimates of them in a second
+        row ([2B,3,H,W], B per row); the grid's images and images per row (None: near-square)."""
+        assert self.last_render is not None
+        render = self.last_render[:, :3].float().cpu()
+        if not self.cfg.log.x0_previews or self.last_preview is None:
+            return render, None
+        x0 = self.last_preview().float().cpu()
+        if x0.shape[-2:] != render.shape[-2:]:
+            x0 = torch.nn.functional.interpolate(x0, size=render.shape[-2:], mode="bilinear", align_corners=False, antialias=True)
+        return torch.cat([render, x0[: len(render)]]), len(render)
+
     def _skip(self, step: int, what: str) -> dict[str, float]:
         """A step whose loss or gradient is not finite changes no parameter; it is counted."""
         self.skipped_steps += 1
@@ -333,7 +345,8 @@ class StageTrainer:
             row = {"step": step, "seconds": round(self.elapsed, 3), "num_points": self.representation.num_points, **logs}
             self.context.folder.append_metrics(row)
         if cfg.preview_every and step % cfg.preview_every == 0 and self.last_render is not None:
-            save_image_grid(self.run_dir / "previews" / f"step-{step:06d}.png", self.last_render)
+            images, nrow = self.preview_grid()
+            save_image_grid(self.run_dir / "previews" / f"step-{step:06d}.png", images, nrow=nrow)
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < self.cfg.steps:
             self.save_checkpoint()
 

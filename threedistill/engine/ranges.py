@@ -81,6 +81,8 @@ BOUNDS: dict[str, Bound] = {
     "*.data_noise": (0, 1e6),
     "*.frames": (1, 1000),
     "*.particles": (1, 64),
+    "*.image_term_weight": (0, 1e6),
+    "*.offset_noise": (0, 1e3),
 }
 
 NAME_BOUNDS: dict[str, Bound] = {

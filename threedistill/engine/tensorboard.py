@@ -47,7 +47,8 @@ class TensorboardLogger(LoopCallback):
             for key, value in {**logs, "num_points": float(trainer.representation.num_points)}.items():
                 self._writer.add_scalar(f"train/{key}", value, at)
         if log.preview_every and step % log.preview_every == 0 and trainer.last_render is not None:
-            self._writer.add_image("previews", image_grid(trainer.last_render), at, dataformats="HWC")
+            images, nrow = trainer.preview_grid()
+            self._writer.add_image("previews", image_grid(images, nrow=nrow), at, dataformats="HWC")
 
     def on_stage_end(self, trainer: "StageTrainer", summary: dict[str, Any]) -> None:
         prefix = f"eval/{trainer.stage.label}/" if trainer.staged else "eval/"

@@ -60,6 +60,9 @@ def _check_stage(stage: Stage, stages: int, scenes: bool) -> None:
         if scenes:
             scene_for(cfg.sampler)  # every image and mask readable, the poses well-formed
     cfg.guidance.check()
+    if cfg.prompts.perp_neg and not needs.perp_neg:
+        raise UserError(f"--prompts.perp-neg needs an objective whose guidance is CFG-shaped (sds, vsd, esd, ism, tsm, csm, bsd, "
+                        f"dsd), not --guidance {names.guidance}; drop --prompts.perp-neg")
     particles = cfg.guidance.particle_count()
     if particles > 1 and stages > 1:
         raise UserError("--guidance.particles needs a single-stage run; drop the config's stages or the particles")

@@ -9,6 +9,7 @@ Conventions (DESIGN.md section 4):
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, Optional
 
@@ -20,7 +21,7 @@ from ..core.errors import UserError
 from ..core.objective import Needs, Objective, ObjectiveConfig, ObjectiveOutput
 from ..core.schedule import Schedule, evaluate_schedule, validate_schedule
 from ..core.types import RenderOutput, TextEmbeddings
-from ..priors.base import DiffusionPrior, ddim_step, predict_x0
+from ..priors.base import DiffusionPrior, ddim_step, noise_coefficients, predict_x0
 
 Weighting = Literal["sds", "uniform", "fantasia3d", "lucid"]
 
@@ -44,6 +45,13 @@ class BaseGuidanceConfig(ObjectiveConfig):
     pixel_grad_clip: Optional[float] = None
     """Per-pixel clip of the gradient reaching the renders: each pixel's RGB gradient is scaled so
     its largest channel is at most this (Dreamer-XL uses 0.05 for Gaussians; None: off)."""
+    image_term_weight: float = 0.0
+    """HiFA's image-space term, added to the objective's: the gradient on the renders
+    weight * w(t) (alpha_t / sigma_t) (render - decode(x0_hat)), x0_hat the prior's one-step estimate
+    from the guided eps (hifa preset: 0.01; 0: off)."""
+    sqrt_anneal: bool = False
+    """HiFA's deterministic timestep anneal: every view takes
+    t = min_step + (max_step - min_step) (1 - sqrt(step / steps)) instead of a random t."""
     image_space: bool = False
     """Take the loss on the renders against the decoded target, 0.5 |render - decode(x0 - g)|^2
     (HiFA's image-space term), instead of pushing g back through the encoder; a small or
@@ -100,7 +108,7 @@ class Guidance(Objective):
     """
 
     config: BaseGuidanceConfig
-    needs = Needs(prior=True)
+    needs = Needs(prior=True, perp_neg=True)
     uses_low_cfg: bool = False
     """True for objectives whose target is a model prediction (default CFG: the prior's cfg_scale_low)."""
 
@@ -139,8 +147,12 @@ class Guidance(Objective):
 
     def sample_timesteps(self, batch: int, step: int, device: torch.device) -> Tensor:
         """t ~ U{lo, ..., hi}, independently per view (per group of views for a multi-view prior, whose
-        views of one object share their noise level), from the run's generator."""
+        views of one object share their noise level), from the run's generator (`sqrt_anneal`: HiFA's deterministic t)."""
         lo, hi = self.step_range(step)
+        if self.config.sqrt_anneal:
+            progress = min(max(step / max(self.total_steps, 1), 0.0), 1.0)
+            annealed = int(round(lo + (hi - lo) * (1.0 - math.sqrt(progress))))
+            return torch.full((batch,), annealed, dtype=torch.long, device=device)
         group = self.prior.view_group if batch % self.prior.view_group == 0 else 1
         t = torch.randint(lo, hi + 1, (batch // group,), generator=self.generator)
         return t.repeat_interleave(group).to(device)
@@ -155,11 +167,26 @@ class Guidance(Objective):
         return evaluate_schedule(self.config.grad_clip, step, self.total_steps)
 
     def guided_eps(self, x_t: Tensor, t: Tensor, emb: TextEmbeddings, cams: Optional[Cameras]) -> Tensor:
-        """CFG epsilon with one prior call for cond and uncond (skipped when s == 1)."""
-        if self.cfg_scale == 1.0:
-            return self.prior.predict_eps(x_t, t, emb.cond, cams)
-        e_c, e_u = self.cond_and_uncond_eps(x_t, t, emb, cams)
-        return cfg_combine(e_c, e_u, self.cfg_scale)
+        """CFG epsilon e_u + s * delta with one prior call (the cond branch alone when s == 1 without Perp-Neg)."""
+        if emb.negatives is None:
+            if self.cfg_scale == 1.0:
+                return self.prior.predict_eps(x_t, t, emb.cond, cams)
+            e_c, e_u = self.cond_and_uncond_eps(x_t, t, emb, cams)
+            return cfg_combine(e_c, e_u, self.cfg_scale)
+        e_u, delta = self.guidance_delta(x_t, t, emb, cams)
+        return e_u + self.cfg_scale * delta
+
+    def guidance_delta(self, x_t: Tensor, t: Tensor, emb: TextEmbeddings, cams: Optional[Cameras]) -> tuple[Tensor, Tensor]:
+        """(e_u, delta) with CFG = e_u + s * delta: delta = e_c - e_u, or with Perp-Neg's negatives
+        e_pos + sum_i w_i perp(e_neg_i - e_u, e_pos), e_pos = e_c - e_u; one batched prior call of 2 + K branches."""
+        if emb.negatives is None or emb.negative_weights is None:
+            e_c, e_u = self.cond_and_uncond_eps(x_t, t, emb, cams)
+            return e_u, e_c - e_u
+        n = 2 + emb.negatives.shape[1]
+        texts = torch.cat([emb.cond, emb.uncond, *emb.negatives.unbind(1)])
+        eps = self.prior.predict_eps(torch.cat([x_t] * n), t.repeat(n), texts, repeat_cams(cams, n)).chunk(n)
+        e_c, e_u = eps[0], eps[1]
+        return e_u, perp_neg_delta(e_c - e_u, [e - e_u for e in eps[2:]], emb.negative_weights)
 
     def cond_and_uncond_eps(self, x_t: Tensor, t: Tensor, emb: TextEmbeddings, cams: Optional[Cameras]) -> tuple[Tensor, Tensor]:
         """(e(x_t; y), e(x_t; neg)) from one batched prior call."""
@@ -201,6 +228,8 @@ class Guidance(Objective):
             loss = self.image_space_loss(images, x0, grad, step)
         else:
             loss = reparameterised_loss(x0, grad, self.clip_value(step))
+        if self.config.image_term_weight and denoised is not None and images is not None and images.ndim == 4:
+            loss = loss + self.image_term_loss(images, denoised, t)
         base = {"t_mean": float(t.float().mean()), "grad_norm": float(grad.norm() / x0.shape[0])}
         return ObjectiveOutput(loss=loss, logs={**base, **logs}, preview=self._preview(denoised, t))
 
@@ -219,12 +248,43 @@ class Guidance(Objective):
         """0.5 |render - decode(x0 - g)|^2 / B at the decoded target's resolution (`image_space`)."""
         with torch.no_grad():
             target = self.prior.decode((x0 - clean_gradient(grad, self.clip_value(step))).detach()).to(images.dtype)
-        renders = images[:, :3]
-        if renders.shape[-2:] != target.shape[-2:]:
-            down = renders.shape[-1] > target.shape[-1]
-            renders = torch.nn.functional.interpolate(renders, size=target.shape[-2:], mode="bilinear", align_corners=False,
-                                                      antialias=down)
+        renders = resized_like(images[:, :3], target)
         return 0.5 * ((renders - target) ** 2).sum() / images.shape[0]
+
+    def image_term_loss(self, images: Tensor, denoised: tuple[Tensor, Tensor], t: Tensor) -> Tensor:
+        """HiFA's image-space term (`image_term_weight`): gradient weight * grad_scale * w(t) (alpha_t / sigma_t)
+        (render - decode(x0_hat)) / B on the renders, at the decoded image's resolution."""
+        x_t, eps = denoised
+        with torch.no_grad():
+            target = self.prior.decode(predict_x0(self.prior.alphas_cumprod, x_t, eps, t)).to(images.dtype)
+            alpha, sigma = noise_coefficients(self.prior.alphas_cumprod, t, 4)
+            scale = self.config.image_term_weight * self.config.grad_scale * self.weight(t, 4) * alpha / sigma
+        renders = resized_like(images[:, :3], target)
+        return reparameterised_loss(renders, scale.to(renders) * (renders.detach() - target))
+
+
+def resized_like(renders: Tensor, target: Tensor) -> Tensor:
+    """Renders [B,3,H,W] bilinearly resized (antialiased when shrinking) to the target's size; differentiable."""
+    if renders.shape[-2:] == target.shape[-2:]:
+        return renders
+    down = renders.shape[-1] > target.shape[-1]
+    return torch.nn.functional.interpolate(renders, size=target.shape[-2:], mode="bilinear", align_corners=False, antialias=down)
+
+
+def perpendicular_component(a: Tensor, b: Tensor) -> Tensor:
+    """a - (<a, b> / |b|^2) b per sample (dim 0), the inner product over all other dims; a where b = 0."""
+    dims = tuple(range(1, a.ndim))
+    coef = (a * b).sum(dim=dims, keepdim=True) / (b * b).sum(dim=dims, keepdim=True).clamp_min(1e-30)
+    return a - coef * b
+
+
+def perp_neg_delta(e_pos: Tensor, e_negs: list[Tensor], weights: Tensor) -> Tensor:
+    """Perp-Neg's guidance direction e_pos + sum_i w_i perp(e_neg_i, e_pos); weights [B,K] (GUIDANCE.md 13.3)."""
+    delta = e_pos
+    shape = (-1,) + (1,) * (e_pos.ndim - 1)
+    for i, e_neg in enumerate(e_negs):
+        delta = delta + weights[:, i].to(e_pos).view(shape) * perpendicular_component(e_neg, e_pos)
+    return delta
 
 
 def pixelwise_clip(clip: float) -> Any:

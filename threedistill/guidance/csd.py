@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from ..core.cameras import Cameras
-from ..core.objective import OBJECTIVES, ObjectiveOutput
+from ..core.objective import OBJECTIVES, Needs, ObjectiveOutput
 from ..core.schedule import Schedule
 from ..core.types import TextEmbeddings
 from ..priors.base import add_noise
@@ -67,6 +67,7 @@ class CSDGuidance(Guidance):
 
     Config = CSDConfig
     config: CSDConfig
+    needs = Needs(prior=True)  # its own mix of branches, not CFG-shaped: no Perp-Neg
 
     def distil(self, images: Tensor, cams: Cameras, emb: TextEmbeddings, step: int) -> ObjectiveOutput:
         x0 = self.prior.encode(images)
@@ -76,6 +77,7 @@ class CSDGuidance(Guidance):
         branches = [(self.schedule(c.cond_scale, step), emb.cond), (self.schedule(c.uncond_scale, step), emb.uncond),
                     (self.schedule(c.null_scale, step), emb.null)]
         used = [(a, e) for a, e in branches if a != 0.0]
+        e_cond = None  # the x0 preview reads the conditional prediction when it is computed
         with torch.no_grad():
             x_t = add_noise(self.prior.alphas_cumprod, x0.detach(), noise, t)
             combined = self.schedule(c.noise_scale, step) * noise
@@ -84,10 +86,11 @@ class CSDGuidance(Guidance):
                 preds = self.prior.predict_eps(
                     torch.cat([x_t] * n), torch.cat([t] * n), torch.cat([e for _, e in used]), repeat_cams(cams, n)
                 ).chunk(n)
-                for (a, _), e_pred in zip(used, preds):
+                for (a, e), e_pred in zip(used, preds):
                     combined = combined + a * e_pred
+                    e_cond = e_pred if e is emb.cond else e_cond
             grad = self.weight(t, x0.ndim) * combined
-        return self.output(x0, grad, step, t, images)
+        return self.output(x0, grad, step, t, images, denoised=None if e_cond is None else (x_t, e_cond))
 
 
 @OBJECTIVES.register("csm")
@@ -103,6 +106,6 @@ class CSMGuidance(Guidance):
         t = self.sample_timesteps(x0.shape[0], step, x0.device)
         with torch.no_grad():
             x_t = self.ddim_invert(x0.detach(), t, emb.null, cams, self.config.inversion_stride)
-            e_c, e_u = self.cond_and_uncond_eps(x_t, t, emb, cams)
-            grad = self.weight(t, x0.ndim) * self.cfg_scale * (e_c - e_u)
-        return self.output(x0, grad, step, t, images)
+            e_u, delta = self.guidance_delta(x_t, t, emb, cams)  # e_c - e_u (or Perp-Neg's direction)
+            grad = self.weight(t, x0.ndim) * self.cfg_scale * delta
+        return self.output(x0, grad, step, t, images, denoised=(x_t, e_u + self.cfg_scale * delta))

@@ -44,7 +44,7 @@ class DDSGuidance(Guidance):
 
     Config = DDSConfig
     config: DDSConfig
-    needs = Needs(prior=True, source_image=True)
+    needs = Needs(prior=True, source_image=True, perp_neg=True)
     uses_low_cfg = True
 
     def edit_loss(
@@ -61,7 +61,7 @@ class DDSGuidance(Guidance):
             e_tgt = self.guided_eps(zt_tgt, t, emb_tgt, cams)
             e_src = self.guided_eps(zt_src, t, emb_src, cams)
             grad = self.weight(t, z_tgt.ndim) * (e_tgt - e_src)
-        return self.output(z_tgt, grad, step, t, images)
+        return self.output(z_tgt, grad, step, t, images, denoised=(zt_tgt, e_tgt))
 
     def edit_renders(
         self, images: Tensor, cams: Cameras, emb: TextEmbeddings, step: int, source_x0: Tensor, source_emb: TextEmbeddings,

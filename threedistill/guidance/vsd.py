@@ -71,7 +71,7 @@ class VSDGuidance(Guidance):
 
     Config = VSDConfig
     config: VSDConfig
-    needs = Needs(prior=True, variational_model=True, particles=True)
+    needs = Needs(prior=True, variational_model=True, particles=True, perp_neg=True)
     uses_low_cfg = True
 
     def __init__(self, config: VSDConfig, prior: DiffusionPrior, total_steps: int, generator: torch.Generator) -> None:
@@ -94,6 +94,11 @@ class VSDGuidance(Guidance):
         self._trained = True
         return self.variational.update(x0.detach(), plain, cams, self.generator)
 
+    def score_difference(self, x_t: Tensor, t: Tensor, emb: TextEmbeddings, cams: Cameras, step: int) -> tuple[Tensor, Tensor]:
+        """(the gradient before w(t), the guided eps of the x0 preview): VSD's e_pre - e_phi."""
+        e_pre = self.guided_eps(x_t, t, emb, cams)
+        return e_pre - self.variational_eps(x_t, t, emb.plain_or_cond, cams), e_pre
+
     def distil(self, images: Tensor, cams: Cameras, emb: TextEmbeddings, step: int) -> ObjectiveOutput:
         x0 = self.prior.encode(images)
         t = self.sample_timesteps(x0.shape[0], step, x0.device)
@@ -107,9 +112,8 @@ class VSDGuidance(Guidance):
             first = False
         with torch.no_grad():
             x_t = add_noise(self.prior.alphas_cumprod, x0.detach(), noise, t)
-            e_pre = self.guided_eps(x_t, t, emb, cams)
-            e_phi = self.variational_eps(x_t, t, plain, cams)
-            grad = self.weight(t, x0.ndim) * (e_pre - e_phi)
+            score, e_pre = self.score_difference(x_t, t, emb, cams, step)
+            grad = self.weight(t, x0.ndim) * score
         if not first:
             logs = self._train_variational(x0, plain, cams)
         return self.output(x0, grad, step, t, images, denoised=(x_t, e_pre), **logs)

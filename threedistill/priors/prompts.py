@@ -18,6 +18,7 @@ from ..core.cameras import VIEW_LABELS, Cameras, ViewLabelConfig, view_label_ind
 from ..core.errors import UserError
 from ..core.types import TextEmbeddings
 from .base import DiffusionPrior
+from .perp_neg import perp_neg_weights
 from ..core.runtime import default_cache_dir
 from ..core.tensor_cache import TensorCache
 
@@ -32,6 +33,18 @@ class PromptConfig(ViewLabelConfig):
     """'a corgi, side view' (suffix) or 'side view of a corgi' (prefix)."""
     interpolate: bool = False
     """LucidDreamer-style: blend front/side/back embeddings by azimuth instead of hard labels."""
+    perp_neg: bool = False
+    """Perp-Neg (threestudio): per view, a positive blended from the front/side/back phrases and the
+    other views as negatives whose guidance is projected perpendicular to the positive's (implies view
+    phrases; objectives whose CFG is e_u + s (e_c - e_u): sds, vsd, esd, ism, tsm, csm, bsd, dsd)."""
+    perp_neg_f_fs: tuple[float, float, float] = (4.0, 0.5, -2.426)
+    """Perp-Neg falloff (a, b, c) of f(r) = a e^(-b r) + c: front negative on front-side views."""
+    perp_neg_f_sf: tuple[float, float, float] = (4.0, 0.5, -2.426)
+    """Side negative on front-side views."""
+    perp_neg_f_sb: tuple[float, float, float] = (1.0, 0.5, -0.606)
+    """Side negative on side-back views."""
+    perp_neg_f_fsb: tuple[float, float, float] = (1.0, 0.5, 0.967)
+    """Front negative on side-back views."""
     cache_dir: Optional[str] = None
     """Embedding cache root (default: $THREEDISTILL_CACHE or ~/.cache/threedistill); files go in `embeddings/`."""
 
@@ -74,6 +87,7 @@ class PromptEmbedder:
         if view_dependent is None:
             view_dependent = self.config.view_dependent
         self.view_dependent = prior.defaults.view_dependent_prompts if view_dependent is None else view_dependent
+        self.view_dependent = self.view_dependent or self.config.perp_neg
         self.model_id: Optional[str] = prior.model_id
         self.cache_dir = Path(self.config.cache_dir or default_cache_dir()) / "embeddings"
         self.cache = TensorCache(self.cache_dir, "text-embedding cache")
@@ -134,11 +148,28 @@ class PromptEmbedder:
         return self._views[view_label_indices(cams, self.config).to(self._views.device)]
 
     def for_cameras(self, cams: Cameras) -> TextEmbeddings:
-        """Embeddings for each camera of a batch (one row per view)."""
+        """Embeddings for each camera of a batch (one row per view; Perp-Neg's negatives with `perp_neg`)."""
         B = len(cams)
-        return TextEmbeddings(
+        uncond = self._uncond.unsqueeze(0).expand(B, *self._uncond.shape).clone()
+        emb = TextEmbeddings(
             cond=self.view_embeddings(cams),
-            uncond=self._uncond.unsqueeze(0).expand(B, *self._uncond.shape).clone(),
+            uncond=uncond,
             null=self._null.unsqueeze(0).expand(B, *self._null.shape).clone(),
             plain=self._plain.unsqueeze(0).expand(B, *self._plain.shape).clone(),
         )
+        return self._with_perp_neg(emb, cams) if self.config.perp_neg else emb
+
+    def _with_perp_neg(self, emb: TextEmbeddings, cams: Cameras) -> TextEmbeddings:
+        """Perp-Neg's positive, negatives [B,2,...] and weights [B,2] (priors/perp_neg.py)."""
+        c = self.config
+        pos, neg_idx, neg_w = perp_neg_weights(cams, c, c.perp_neg_f_fs, c.perp_neg_f_sf, c.perp_neg_f_sb, c.perp_neg_f_fsb)
+        views = self._views
+        if views.is_floating_point():
+            emb.cond = torch.tensordot(pos.to(views.device, views.dtype), views, dims=1)
+        negatives = views[neg_idx.to(views.device)]
+        idle = (neg_w == 0).all(dim=1).to(views.device)  # overhead: placeholder rows of the negative prompt
+        negatives[idle] = emb.uncond[idle].unsqueeze(1).expand_as(negatives[idle])
+        emb.negatives = negatives
+        dtype = views.dtype if views.is_floating_point() else torch.float32
+        emb.negative_weights = neg_w.to(views.device, dtype)
+        return emb

@@ -26,7 +26,7 @@ def resolve_splat_backend(name: str, device: torch.device | str) -> str:
 
 def render_splats(
     means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
-    cams: Cameras, background: Tensor, backend: str = "auto",
+    cams: Cameras, background: Tensor, backend: str = "auto", depth_moments: bool = False,
 ) -> RenderOutput:
     """Render N Gaussians into the B cameras of `cams`.
 
@@ -36,10 +36,11 @@ def render_splats(
     camera's time, rendered in one pass).
     Returns rgb/alpha/depth (depth = sum of weight x camera z, not divided by alpha) and
     extras "means2d" [B,N,2] (gradient retained for densification), "radii" [B,N] (> 0 where
-    visible), "backend".
+    visible), "backend"; with `depth_moments`, "depth_sq" [B,1,H,W] (sum of weight x camera z^2: HiFA's
+    z-variance regulariser, representations/base.py).
     """
     if resolve_splat_backend(backend, means.device) == "cuda":
         if means.dim() == 3 or quats.dim() == 3 or scales.dim() == 3:
             raise ValueError("per-view Gaussian parameters need the torch backend; render each time separately with gsplat")
-        return render_splats_gsplat(means, quats, scales, opacities, colors, cams, background)
-    return render_splats_torch(means, quats, scales, opacities, colors, cams, background)
+        return render_splats_gsplat(means, quats, scales, opacities, colors, cams, background, depth_moments)
+    return render_splats_torch(means, quats, scales, opacities, colors, cams, background, depth_moments=depth_moments)

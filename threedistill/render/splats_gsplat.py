@@ -32,13 +32,20 @@ def gsplat_status() -> tuple[bool, str]:
 
 def render_splats_gsplat(
     means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
-    cams: Cameras, background: Tensor,
+    cams: Cameras, background: Tensor, depth_moments: bool = False,
 ) -> RenderOutput:
-    """Render with gsplat's fused CUDA rasteriser ("classic" mode, unpacked, RGB+D)."""
+    """Render with gsplat's fused CUDA rasteriser ("classic" mode, unpacked, RGB+D); `depth_moments` rasterises
+    camera z^2 as a fourth colour channel (extras "depth_sq")."""
     from gsplat.rendering import rasterization
 
     B = len(cams)
     bg = background.to(means).expand(B, 3) if background.dim() == 1 else background.to(means)
+    if depth_moments:
+        viewmats = cams.viewmats().to(means)
+        z = (means @ viewmats[:, 2, :3].T).T + viewmats[:, 2, 3:4]  # [B,N] camera z
+        per_view = colors if colors.dim() == 3 else colors[None].expand(B, *colors.shape)
+        colors = torch.cat([per_view, (z * z)[..., None]], dim=-1)
+        bg = torch.cat([bg, bg.new_zeros(B, 1)], dim=-1)
     render, alpha, meta = rasterization(
         means, quats, scales, opacities, colors,
         viewmats=cams.viewmats().to(means), Ks=cams.intrinsics().to(means),
@@ -49,9 +56,12 @@ def render_splats_gsplat(
     means2d = meta["means2d"]
     if means2d.requires_grad:
         means2d.retain_grad()
+    extras = {"means2d": means2d, "radii": meta["radii"].amax(dim=-1), "backend": "cuda"}
+    if depth_moments:
+        extras["depth_sq"] = render[..., 3:4].permute(0, 3, 1, 2)
     return RenderOutput(
         rgb=render[..., :3].permute(0, 3, 1, 2),
         alpha=alpha.permute(0, 3, 1, 2),
-        depth=render[..., 3:4].permute(0, 3, 1, 2),
-        extras={"means2d": means2d, "radii": meta["radii"].amax(dim=-1), "backend": "cuda"},
+        depth=render[..., -1:].permute(0, 3, 1, 2),
+        extras=extras,
     )

@@ -160,15 +160,16 @@ def composite(alpha: Tensor, feats: Tensor) -> tuple[Tensor, Tensor]:
     return acc, 1.0 - weights.sum(dim=-2)
 
 
-def _features(colors: Tensor, proj: Projected) -> Tensor:
-    """Per-view features [B,N,4]: RGB and camera depth."""
+def _features(colors: Tensor, proj: Projected, depth_moments: bool = False) -> Tensor:
+    """Per-view features [B,N,4]: RGB and camera depth (and its square: [B,N,5] with `depth_moments`)."""
     B, N = proj.depths.shape
     colors = colors.expand(B, N, 3) if colors.dim() == 3 else colors[None].expand(B, N, 3)
-    return torch.cat([colors, proj.depths[..., None]], dim=-1)
+    z = proj.depths[..., None]
+    return torch.cat([colors, z, z * z] if depth_moments else [colors, z], dim=-1)
 
 
 def _finish(acc: Tensor, trans: Tensor, background: Tensor, proj: Projected, backend: str) -> RenderOutput:
-    """RenderOutput from accumulated features [B,H,W,4] and transmittance [B,H,W]."""
+    """RenderOutput from accumulated features [B,H,W,4 or 5] and transmittance [B,H,W]."""
     B = acc.shape[0]
     bg = background.to(acc).expand(B, 3) if background.dim() == 1 else background.to(acc)
     rgb = acc[..., :3] + trans[..., None] * bg[:, None, None, :]
@@ -176,6 +177,8 @@ def _finish(acc: Tensor, trans: Tensor, background: Tensor, proj: Projected, bac
     if means2d.requires_grad:
         means2d.retain_grad()
     extras = {"means2d": means2d, "radii": proj.radii.amax(dim=-1), "backend": backend}
+    if acc.shape[-1] > 4:
+        extras["depth_sq"] = acc[..., 4][:, None]
     return RenderOutput(
         rgb=rgb.permute(0, 3, 1, 2),
         alpha=(1.0 - trans)[:, None],
@@ -186,7 +189,7 @@ def _finish(acc: Tensor, trans: Tensor, background: Tensor, proj: Projected, bac
 
 def render_splats_dense(
     means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
-    cams: Cameras, background: Tensor,
+    cams: Cameras, background: Tensor, depth_moments: bool = False,
 ) -> RenderOutput:
     """Naive reference renderer: every pixel against every Gaussian (memory B*N*H*W)."""
     proj = project_gaussians(means, quats, scales, opacities, cams)
@@ -199,14 +202,15 @@ def render_splats_dense(
     px = torch.arange(W, device=means.device, dtype=means.dtype).repeat(H) + 0.5
     py = torch.arange(H, device=means.device, dtype=means.dtype).repeat_interleave(W) + 0.5
     alpha = gaussian_alpha(gaussian_sigma(px, py, pick(proj.means2d), pick(proj.conics)), opac)
-    acc, trans = composite(alpha, pick(_features(colors, proj)))
-    return _finish(acc.view(B, H, W, 4), trans.view(B, H, W), background, proj, "dense")
+    acc, trans = composite(alpha, pick(_features(colors, proj, depth_moments)))
+    return _finish(acc.view(B, H, W, -1), trans.view(B, H, W), background, proj, "dense")
 
 
 def render_splats_torch(
     means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
     cams: Cameras, background: Tensor,
     tile_size: int = TILE_SIZE, memory_budget_mb: float = MEMORY_BUDGET_MB, chunk_elems: int | None = None,
+    depth_moments: bool = False,
 ) -> RenderOutput:
     """Tile-based torch splat renderer, differentiable w.r.t. all Gaussian inputs.
 
@@ -214,14 +218,15 @@ def render_splats_torch(
     entries (default per device type). A chunk's per-pixel intermediates live only while it
     is composited, and those kept for the backward pass stay within `memory_budget_mb` (beyond
     it they are recomputed), so peak memory stays near the budget unless a single tile needs
-    more (render/splats_tiles.py).
+    more (render/splats_tiles.py). `depth_moments` adds extras "depth_sq" (sum of weight x camera z^2).
     """
     proj = project_gaussians(means, quats, scales, opacities, cams)
     B, N = proj.depths.shape
     bins = bin_gaussians(proj, cams.width, cams.height, tile_size, opacities)
+    feats = _features(colors, proj, depth_moments)
     table = torch.cat(
-        [proj.means2d, proj.conics, opacities[None, :, None].expand(B, N, 1), _features(colors, proj)], dim=-1
-    ).reshape(B * N, 6 + 4)
+        [proj.means2d, proj.conics, opacities[None, :, None].expand(B, N, 1), feats], dim=-1
+    ).reshape(B * N, 6 + feats.shape[-1])
     padding = torch.zeros_like(table[:1])
     padding[:, 2] = padding[:, 4] = 1.0  # unit conic, zero opacity
     table = torch.cat([table, padding])  # row B * N pads short tile lists

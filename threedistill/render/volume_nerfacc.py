@@ -67,7 +67,7 @@ def _estimator(occupancy: Optional[OccupancyGrid], bound: float, device: torch.d
 def render_volume_nerfacc(
     field: RadianceField, cams: Cameras, background: Tensor, *, bound: float, samples_per_ray: int,
     occupancy: Optional[OccupancyGrid] = None, stratified: bool = False, early_stop_eps: float = 1e-4,
-    alpha_threshold: float = 0.0, keep_samples: bool = False,
+    alpha_threshold: float = 0.0, keep_samples: bool = False, depth_moments: bool = False,
 ) -> RenderOutput:
     """Render with nerfacc's occupancy-grid marching and packed compositing (CUDA only).
 
@@ -105,6 +105,10 @@ def render_volume_nerfacc(
     bg = background.to(rgb).expand(B, 3) if background.dim() == 1 else background.to(rgb)
     rgb = rgb + (1.0 - alpha[..., None]) * bg[:, None, None, :]
     extras: dict[str, Any] = {"samples": int(ray_indices.numel()), "backend": "cuda"}
+    if depth_moments:
+        mid = ((t_starts + t_ends) * 0.5)[:, None]
+        t2 = accumulate_along_rays(weights, values=mid * mid, ray_indices=ray_indices, n_rays=n_rays)
+        extras["depth_sq"] = (t2.view(B, H, W) * z_scale * z_scale)[:, None]
     if keep_samples:
         extras.update({"sample_points": points.detach(), "sample_weights": weights, "sample_dirs": dirs[ray_indices]})
     return RenderOutput(rgb=rgb.permute(0, 3, 1, 2), alpha=alpha[:, None], depth=depth[:, None], extras=extras)

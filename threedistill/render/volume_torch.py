@@ -186,7 +186,7 @@ def visible_samples(field: RadianceField, points: Tensor, mask: Tensor, dt: Tens
 def _render_rays(
     field: RadianceField, origins: Tensor, dirs: Tensor, bound: float, samples_per_ray: int,
     occupancy: Optional[OccupancyGrid], stratified: bool, generator: Optional[torch.Generator],
-    early_stop_eps: float, alpha_threshold: float, keep_samples: bool = False,
+    early_stop_eps: float, alpha_threshold: float, keep_samples: bool = False, depth_moments: bool = False,
 ) -> dict[str, Tensor]:
     """Render R rays [R,3]: rgb [R,3] (not composited), alpha [R], t (weight x distance) [R],
     the kept-sample count and, with `keep_samples`, the kept samples' points, weights and
@@ -208,6 +208,8 @@ def _render_rays(
     rgbs = torch.zeros(R * samples_per_ray, 3, device=points.device, dtype=rgb_k.dtype).index_put((flat,), rgb_k)
     rgb, alpha, t_exp, weights = composite(t_starts, t_ends, t_mid, sigmas.view(R, -1), rgbs.view(R, -1, 3))
     result = {"rgb": rgb, "alpha": alpha, "t": t_exp, "samples": torch.tensor(flat.numel())}
+    if depth_moments:
+        result["t2"] = (weights * t_mid * t_mid).sum(dim=-1)
     if keep_samples:
         result["sample_points"] = points.view(-1, 3)[flat]
         result["sample_weights"] = weights.view(-1)[flat]
@@ -219,14 +221,15 @@ def render_volume_torch(
     field: RadianceField, cams: Cameras, background: Tensor, *, bound: float, samples_per_ray: int,
     occupancy: Optional[OccupancyGrid] = None, stratified: bool = False, generator: Optional[torch.Generator] = None,
     early_stop_eps: float = 1e-4, alpha_threshold: float = 0.0, chunk_rays: int = CHUNK_RAYS,
-    keep_samples: bool = False,
+    keep_samples: bool = False, depth_moments: bool = False,
 ) -> RenderOutput:
     """Render the B cameras of `cams` through `field` (see the module docstring).
 
     background [3] or [B,3]. Returns rgb composited on it, alpha, depth (expected camera z,
     not divided by alpha) and extras "samples" (field evaluations with gradient),
     "backend" = "torch" and, with `keep_samples` (one chunk only, i.e. with gradients),
-    "sample_points" [K,3], "sample_weights" [K] and "sample_dirs" [K,3].
+    "sample_points" [K,3], "sample_weights" [K] and "sample_dirs" [K,3]; with `depth_moments`,
+    "depth_sq" [B,1,H,W] (sum of weight x camera z^2, for the z-variance regulariser).
     """
     B, H, W = len(cams), cams.height, cams.width
     origins, dirs, z_scale = camera_rays(cams)
@@ -235,7 +238,7 @@ def render_volume_torch(
     step = n if torch.is_grad_enabled() else max(int(chunk_rays), 1)
     parts = [
         _render_rays(field, origins[i : i + step], dirs[i : i + step], bound, samples_per_ray, occupancy,
-                     stratified, generator, early_stop_eps, alpha_threshold, keep_samples)
+                     stratified, generator, early_stop_eps, alpha_threshold, keep_samples, depth_moments)
         for i in range(0, n, step)
     ]
     rgb = torch.cat([p["rgb"] for p in parts]).view(B, H, W, 3)
@@ -244,6 +247,8 @@ def render_volume_torch(
     bg = background.to(rgb).expand(B, 3) if background.dim() == 1 else background.to(rgb)
     rgb = rgb + (1.0 - alpha[..., None]) * bg[:, None, None, :]
     extras: dict = {"samples": int(sum(int(p["samples"]) for p in parts)), "backend": "torch"}
+    if depth_moments:
+        extras["depth_sq"] = (torch.cat([p["t2"] for p in parts]).view(B, H, W) * z_scale * z_scale)[:, None]
     if keep_samples and len(parts) == 1:
         extras.update({k: parts[0][k] for k in ("sample_points", "sample_weights", "sample_dirs")})
     return RenderOutput(rgb=rgb.permute(0, 3, 1, 2), alpha=alpha[:, None], depth=depth[:, None], extras=extras)

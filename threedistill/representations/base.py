@@ -126,6 +126,20 @@ REPRESENTATIONS: Registry[Representation] = Registry("representation")
 """Every representation `--representation NAME` can choose."""
 
 
+def z_variance_loss(out: RenderOutput, min_alpha: float = 0.5) -> Tensor:
+    """HiFA's z-variance regulariser: the mean, over pixels whose alpha exceeds `min_alpha`, of the variance of
+    camera depth among what each pixel composites, E[z^2] - E[z]^2 with E = sum of weights / alpha (out.depth and
+    extras "depth_sq" are weighted sums). NeRF: along the ray; Gaussians: among the Gaussians it blends. 0 when no
+    pixel is that opaque."""
+    alpha = out.alpha
+    mask = alpha > min_alpha
+    if not bool(mask.any()):
+        return alpha.sum() * 0.0
+    a = alpha[mask]
+    mean = out.depth[mask] / a
+    return (out.extras["depth_sq"][mask] / a - mean * mean).clamp_min(0.0).mean()
+
+
 def active_loss_weights(representation: Representation, step: int, total_steps: int) -> dict[str, float]:
     """The representation's loss terms whose weight is not zero at `step` of a `total_steps` stage, with their weights."""
     weights = {name: evaluate_schedule(value, step, total_steps) for name, value in representation.loss_weights().items()}

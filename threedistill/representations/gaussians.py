@@ -12,11 +12,12 @@ from torch import Tensor, nn
 from ..core.cameras import Cameras
 from ..core.errors import UserError
 from ..core.geometry import Field
+from ..core.schedule import Schedule
 from ..core.types import RenderOutput, SplatTensors
 from ..render.splats import render_splats
 from ..render.splats_torch import quat_to_rotmat
 from .adam_state import replace_rows
-from .base import REPRESENTATIONS, Representation, RepresentationConfig
+from .base import REPRESENTATIONS, Representation, RepresentationConfig, z_variance_loss
 from .gaussian_field import GaussianField
 from .sh import num_sh_bases, rgb_to_sh_dc, sh_to_rgb
 
@@ -61,6 +62,9 @@ class GaussiansConfig(RepresentationConfig):
     prune_scale: float = 0.5
     """Prune Gaussians whose largest scale exceeds this fraction of scene_extent."""
     max_points: int = 20000
+    lambda_z_variance: Schedule = 0.0
+    """HiFA's z-variance analogue (hifa preset: 100): variance of camera depth among the Gaussians each pixel
+    composites, on pixels with alpha > 0.5 (a number or (step, value) points)."""
 
 
 def _normal_in_ball(n: int, std: float, radius: float, gen: torch.Generator) -> Tensor:
@@ -104,6 +108,8 @@ class Gaussians(Representation):
         self.generator = generator
         self.backend = backend
         self.sh_degree = config.sh_degree
+        self.depth_moments = False
+        """The next training render sums weight x z^2 (z-variance loss)."""
         self._set_params(params if params is not None else self._initial_params())
         self.grad_accum: Tensor
         self.grad_count: Tensor
@@ -205,7 +211,16 @@ class Gaussians(Representation):
             cams,
             background,
             backend=self.backend,
+            depth_moments=self.training and torch.is_grad_enabled() and self.depth_moments,
         )
+
+    def before_step(self, step: int, active: frozenset[str]) -> None:
+        """Render depth moments when the z-variance loss will be asked for."""
+        self.depth_moments = "z_variance" in active
+
+    def losses(self, out: RenderOutput, active: frozenset[str]) -> dict[str, Tensor]:
+        """z_variance where asked for."""
+        return {"z_variance": z_variance_loss(out)} if "z_variance" in active and "depth_sq" in out.extras else {}
 
     def render_with(self, cams: Cameras, background: Tensor, means: Optional[Tensor] = None,
                     log_scales: Optional[Tensor] = None, quats: Optional[Tensor] = None) -> RenderOutput:

@@ -30,7 +30,7 @@ from ..core.schedule import Schedule
 from ..core.types import RenderOutput
 from ..render.volume_nerfacc import render_volume_nerfacc, resolve_volume_backend
 from ..render.volume_torch import OccupancyGrid, render_volume_torch
-from .base import REPRESENTATIONS, Representation, RepresentationConfig
+from .base import REPRESENTATIONS, Representation, RepresentationConfig, z_variance_loss
 
 _PRIMES = (1, -1640531535, 805459861)  # instant-NGP's hash primes as int32 (2654435761 wraps)
 
@@ -99,6 +99,8 @@ class NeRFConfig(RepresentationConfig):
     """Sparsity loss weight: mean(sqrt(alpha^2 + 0.01))."""
     lambda_opaque: Schedule = 0.0
     """Opacity loss weight: binary entropy of alpha (pushes alpha to 0 or 1)."""
+    lambda_z_variance: Schedule = 0.0
+    """HiFA's z-variance weight (hifa preset: 100): variance of depth along each ray, on pixels with alpha > 0.5."""
 
     def check(self) -> None:
         super().check()
@@ -260,6 +262,7 @@ class NeRF(Representation):
         self.occupancy = OccupancyGrid(cfg.occ_resolution, cfg.bound, cfg.occ_threshold, cfg.occ_ema_decay, cfg.occ_dilate)
         cfg.check()
         self.keep_samples = False  # the next training render keeps its samples (orientation loss)
+        self.depth_moments = False  # the next training render sums weight x z^2 (z-variance loss)
         if cfg.occ_update_every > 0:  # start from the density bias's shape, not a full grid
             self.update_occupancy(0)
 
@@ -320,22 +323,24 @@ class NeRF(Representation):
         cfg = self.config
         occupancy = self.occupancy if cfg.occ_update_every > 0 else None
         keep = self.training and torch.is_grad_enabled() and self.keep_samples
+        moments = self.training and torch.is_grad_enabled() and self.depth_moments
         field: Any = self if self.point_warp is None else _WarpedField(self, self.point_warp)
         if resolve_volume_backend(self.backend, self.encoding.table.device) == "cuda":
             return render_volume_nerfacc(
                 field, cams, background, bound=cfg.bound, samples_per_ray=cfg.samples_per_ray, occupancy=occupancy,
                 stratified=torch.is_grad_enabled(), early_stop_eps=cfg.early_stop_eps, alpha_threshold=cfg.alpha_threshold,
-                keep_samples=keep,
+                keep_samples=keep, depth_moments=moments,
             )
         return render_volume_torch(
             field, cams, background, bound=cfg.bound, samples_per_ray=cfg.samples_per_ray, occupancy=occupancy,
             stratified=torch.is_grad_enabled(), generator=self.generator, early_stop_eps=cfg.early_stop_eps,
-            alpha_threshold=cfg.alpha_threshold, keep_samples=keep,
+            alpha_threshold=cfg.alpha_threshold, keep_samples=keep, depth_moments=moments,
         )
 
     def before_step(self, step: int, active: frozenset[str]) -> None:
-        """Keep the training render's samples when the orientation loss will be asked for."""
+        """Keep the training render's samples (depth moments) when the orientation (z-variance) loss will be asked for."""
         self.keep_samples = "orient" in active
+        self.depth_moments = "z_variance" in active
 
     def losses(self, out: RenderOutput, active: frozenset[str]) -> dict[str, Tensor]:
         """sparsity, opaque and orient (the last from the render's kept samples) where asked for."""
@@ -344,6 +349,8 @@ class NeRF(Representation):
             terms["sparsity"] = sparsity_loss(out.alpha)
         if "opaque" in active:
             terms["opaque"] = opaque_loss(out.alpha)
+        if "z_variance" in active and "depth_sq" in out.extras:
+            terms["z_variance"] = z_variance_loss(out)
         if "orient" in active and "sample_points" in out.extras:
             ex = out.extras
             terms["orient"] = orientation_loss(ex["sample_weights"], self.normals(ex["sample_points"]), ex["sample_dirs"], out.alpha)
