@@ -1,0 +1,195 @@
+"""Batches on Ray (threedistill/batching): specs, stable run folders, a local Ray cluster over
+prompts x seeds with its report, a second submission that skips, a killed or preempted worker
+whose retry resumes bit for bit, and a Ray Tune sweep of --guidance.cfg-scale.
+
+One local Ray (2 CPUs, no dashboard, token authentication off: RAY_AUTH_MODE=disabled, as in CI)
+serves the module; the batch uses a session that is already connected as it is."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import torch
+
+import threedistill as td
+from threedistill.batching import cluster, runner, tune
+from threedistill.batching.naming import run_folder_name
+from threedistill.batching.spec import expand, read_spec
+from threedistill.engine.load import load_run
+from threedistill.engine.plan import parse_run_plan
+
+from support import assert_one_line_error, run_cli
+
+ray = pytest.importorskip("ray")
+
+TINY = ["--config", "quick", "--prior", "toyworld", "--steps", "6", "--prior.num-references", "16", "--prior.resolution", "32",
+        "--sampler.width", "32", "--sampler.height", "32", "--sampler.batch-size", "2", "--representation.num-points", "300",
+        "--log.turntable-frames", "4", "--log.turntable-resolution", "32", "--log.eval-views", "4", "--log.preview-every", "0",
+        "--log.checkpoint-every", "3", "--log.export-formats", "splat", "--device", "cpu"]
+"""The quick preset, made tiny: a run takes well under a second once the worker is warm."""
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    """A local Ray of 2 CPUs for the module (no dashboard, no token authentication)."""
+    previous = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+    if previous is None:
+        os.environ.pop("RAY_AUTH_MODE", None)
+    else:
+        os.environ["RAY_AUTH_MODE"] = previous
+
+
+@pytest.fixture
+def no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fails the test if the batch tries to reach Ray."""
+    def refuse(options: Any) -> bool:
+        raise AssertionError("Ray was started before the spec was checked")
+    for module in (cluster, runner, tune):
+        monkeypatch.setattr(module, "connect", refuse)
+
+
+# ---------------------------------------------------------------------- specs (no Ray)
+def test_a_yaml_sweep_expands_to_prompts_x_variants_x_seeds_with_stable_names(tmp_path: Path) -> None:
+    (tmp_path / "prompts.txt").write_text("# suite\na red cube\n\na snowman   # the second\na red cube\n")
+    (tmp_path / "sweep.yaml").write_text("prompts: prompts.txt\nseeds: [0, 1]\nflags: {prior: toyworld, steps: 6}\n"
+                                         "grid: {guidance.cfg_scale: [1.0, 2.0]}\nruns: [{}, {representation.num_points: 200}]\n")
+    spec = read_spec(tmp_path / "sweep.yaml")
+    assert spec.prompts == ["a red cube", "a snowman"] and spec.seeds == [0, 1]
+    runs = expand(spec, ["--sampler.width", "32"], tmp_path / "out")
+    assert len(runs) == 2 * 4 * 2 and len({r.name for r in runs}) == 16
+    first = runs[0]
+    assert first.name == run_folder_name("a red cube", 0, {"guidance.cfg_scale": 1.0})
+    assert first.name.startswith("a-red-cube/seed-0-guidance-cfg-scale-1-0-")
+    assert run_folder_name("a red cube", 0, {"guidance.cfg_scale": 1.0}) != run_folder_name("a red cube", 0, {"guidance.cfg_scale": 2.0})
+    assert read_spec(tmp_path / "sweep.yaml", seeds=[5]).seeds == [5], "--seeds wins over the file's"
+    # later flags win: the spec's flags, the command line's, the variant's
+    cfg = parse_run_plan(runs[-1].flags)[0].cfg
+    assert (cfg.steps, cfg.sampler.width, cfg.representation.num_points, cfg.seed, cfg.prompt) == (6, 32, 200, 1, "a snowman")
+    assert cfg.guidance.cfg_scale == 2.0  # type: ignore[attr-defined]
+
+
+BAD_SPECS = {
+    "missing file": (None, [], "batch spec not found"),
+    "bad YAML": ("prompts: [a red cube\n", [], "not valid YAML"),
+    "unknown key": ("prompts: [a red cube]\nseed: [1]\n", [], "unknown key 'seed'"),
+    "unknown flag in an override": ("prompts: [a red cube]\nruns: [{guidance.cfg_scal: 2}]\n", [], "cfg-scal"),
+    "unknown run flag": ("prompts: [a red cube]\n", ["--guidance.cfg-scal", "2"], "cfg-scal"),
+    "a per-run flag": ("prompts: [a red cube]\n", ["--seed", "3"], "'--seed' is set by the batch"),
+    "a prompt the prior cannot read": ("prompts: [a purple giraffe]\n", [], "giraffe"),
+    "prompts sharing a folder": ("prompts: [a red cube, A red cube!]\n", [], "share the run folder"),
+    "bad seeds": ("prompts: [a red cube]\nseeds: [-1]\n", [], "non-negative"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_SPECS))
+def test_a_bad_spec_is_one_line_and_exit_2_before_ray_starts(case: str, tmp_path: Path, no_ray: None) -> None:
+    text, flags, needle = BAD_SPECS[case]
+    spec = tmp_path / "sweep.yaml"
+    if text is not None:
+        spec.write_text(text)
+    proc = run_cli("batch", str(spec), "--out", str(tmp_path / "out"), *TINY, *flags)
+    assert_one_line_error(proc, needle)
+    assert not (tmp_path / "out").exists()
+
+
+def test_resubmitting_with_other_settings_is_refused(tmp_path: Path, no_ray: None) -> None:
+    """A stable folder made with other settings is not continued with these (one line, exit 2)."""
+    (tmp_path / "p.txt").write_text("a red cube\n")
+    runs = expand(read_spec(tmp_path / "p.txt"), TINY, tmp_path / "out")
+    folder = runs[0].run_dir(tmp_path / "out")
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text("steps: 7\n")
+    assert_one_line_error(run_cli("batch", str(tmp_path / "p.txt"), "--out", str(tmp_path / "out"), *TINY), "other settings")
+
+
+# ---------------------------------------------------------------------- a batch on a local Ray
+def test_three_prompts_x_two_seeds_finish_with_a_report_and_a_resubmission_skips_them(tmp_path: Path, local_ray: None) -> None:
+    (tmp_path / "prompts.txt").write_text("a red cube\na snowman\n# not a prompt\na mug\n")
+    out = tmp_path / "suite"
+    proc = run_cli("batch", str(tmp_path / "prompts.txt"), "--seeds", "0", "1", "--out", str(out), "--no-progress", *TINY)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(out) and "6 of 6 runs done" in proc.stderr
+    rows = json.loads((out / "batch.json").read_text())["rows"]
+    assert [(r["prompt"], r["seed"], r["status"]) for r in rows] == [
+        (p, s, "finished") for p in ("a red cube", "a snowman", "a mug") for s in (0, 1)]
+    for row in rows:
+        run_dir = out / row["run"]
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        assert row["steps"] == metrics["steps"] == 6 and row["mask_iou"] == metrics["mask_iou"] and row["gpu"] == "cpu"
+        assert (run_dir / "thumbnail.png").is_file() and (run_dir / "export" / "splats.ply").is_file()
+    csv_lines = (out / "batch.csv").read_text().splitlines()
+    assert len(csv_lines) == 7 and csv_lines[0].startswith("run,prompt,seed,overrides,status")
+    report = (out / "report.md").read_text()
+    assert "6 finished of 6 runs" in report and "## a snowman" in report and "contact_sheet.png" in report
+    from PIL import Image
+
+    sheet = Image.open(out / "contact_sheet.png")
+    assert sheet.height > 3 * 96 and sheet.width > 2 * 4 * 96  # a row per prompt, both seeds' 4 views each
+
+    start = time.perf_counter()
+    again = td.batch(tmp_path / "prompts.txt", seeds=[0, 1], out=out, flags=TINY, options=td.BatchOptions(progress=False))
+    assert [r["status"] for r in again.rows] == ["skipped"] * 6 and again.meta["submitted"] == 0
+    assert [r["mask_iou"] for r in again.rows] == [r["mask_iou"] for r in rows]
+    assert all(len((out / r["run"] / "attempts.jsonl").read_text().splitlines()) == 1 for r in rows), "no task ran"
+    assert time.perf_counter() - start < 30
+
+
+# ---------------------------------------------------------------------- a worker dies mid-run
+LONG = [*TINY, "--steps", "80", "--log.checkpoint-every", "10"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, torch.Tensor]:
+    """The final parameters of the LONG run trained in one go, in this process, on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = tmp_path_factory.mktemp("uninterrupted")
+        run = td.run_plan(parse_run_plan([*LONG, "--prompt", "a red cube", "--seed", "0", "--out", str(out), "--log.no-progress"]))
+        return dict(load_run(run.run_dir).representation.state_dict())
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_a_worker_killed_mid_run_is_retried_from_its_checkpoint_and_ends_as_an_uninterrupted_run(
+        signum: int, tmp_path: Path, local_ray: None, uninterrupted: dict[str, torch.Tensor]) -> None:
+    """SIGKILL (a lost worker) costs the steps since the last checkpoint; SIGTERM (preemption)
+    checkpoints first. Either way Ray retries the task, which resumes from last.pt, and the run
+    ends with 80 steps and the parameters of a run that was never interrupted."""
+    (tmp_path / "p.txt").write_text("a red cube\n")
+    out = tmp_path / "out"
+    run_dir = out / "a-red-cube" / "seed-0"
+    result: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: result.update(table=td.batch(
+        tmp_path / "p.txt", out=out, flags=LONG, options=td.BatchOptions(progress=False, max_retries=2))))
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not (run_dir / "checkpoints" / "step-000020.pt").exists():  # then last.pt holds step 10 or later
+        assert time.monotonic() < deadline and thread.is_alive(), "the run never reached its first checkpoint"
+        time.sleep(0.005)
+    pid = json.loads((run_dir / "attempts.jsonl").read_text().splitlines()[0])["pid"]
+    os.kill(pid, signum)
+    thread.join(timeout=180)
+    assert not thread.is_alive()
+    (row,) = result["table"].rows
+    assert row["status"] == "finished" and row["attempt"] == 2 and row["steps"] == 80, row
+    assert row["resumed_from"] is not None and 10 <= row["resumed_from"] < 80, row
+    log = (run_dir / "log.txt").read_text()
+    assert f"resumed at step {row['resumed_from']}" in log
+    if signum == signal.SIGTERM:
+        assert f"interrupted (SIGTERM) at step {row['resumed_from']}; checkpoint saved" in log
+    final = load_run(run_dir).representation.state_dict()
+    for name, value in uninterrupted.items():
+        torch.testing.assert_close(final[name], value, msg=name, rtol=1e-4, atol=1e-5)
