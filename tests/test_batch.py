@@ -193,3 +193,36 @@ def test_a_worker_killed_mid_run_is_retried_from_its_checkpoint_and_ends_as_an_u
     final = load_run(run_dir).representation.state_dict()
     for name, value in uninterrupted.items():
         torch.testing.assert_close(final[name], value, msg=name, rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------------- a sweep with Ray Tune
+def test_a_tune_sweep_over_cfg_scale_reports_the_best_value_by_mask_iou_and_restores(tmp_path: Path, local_ray: None) -> None:
+    """Three --guidance.cfg-scale values as Tune trials, scored on held-out views every 10 steps,
+    ASHA free to stop the trailing ones after 10; the best finished run by mask IoU is marked in the
+    table and printed. A second submission restores the experiment (Tuner.restore) and trains nothing."""
+    (tmp_path / "sweep.yaml").write_text("prompts: [a red cube]\ngrid: {guidance.cfg_scale: [1.0, 10.0, 100.0]}\n")
+    out = tmp_path / "sweep"
+    flags = [*TINY, "--steps", "30", "--log.checkpoint-every", "10"]
+    args = ["batch", str(tmp_path / "sweep.yaml"), "--out", str(out), "--no-progress", "--tune", "--tune.metric", "mask_iou",
+            "--tune.report-every", "10", "--tune.grace-steps", "10", *flags]
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(out)
+    rows = json.loads((out / "batch.json").read_text())["rows"]
+    assert [json.loads(r["overrides"])["guidance.cfg_scale"] for r in rows] == [1.0, 10.0, 100.0]
+    finished = [r for r in rows if r["status"] == "finished"]
+    assert finished and all(r["status"] in ("finished", "stopped") for r in rows)
+    for row in rows:
+        metrics = out / row["run"] / "metrics.json"
+        if row["status"] == "finished":
+            assert row["steps"] == 30 and row["mask_iou"] == json.loads(metrics.read_text())["mask_iou"]
+        else:  # stopped early by ASHA at a rung, keeping its checkpoint
+            assert row["step"] < 30 and not metrics.exists() and (out / row["run"] / "checkpoints" / "last.pt").is_file()
+    (best,) = [r for r in rows if r["best"]]
+    assert best["mask_iou"] == max(r["mask_iou"] for r in finished)
+    assert f"best by mask_iou: {best['run']}" in proc.stderr and f"Best by mask_iou: {best['run']}" in (out / "report.md").read_text()
+
+    again = run_cli(*args)
+    assert again.returncode == 0 and "restoring the sweep" in again.stderr, again.stderr
+    assert json.loads((out / "batch.json").read_text())["rows"] == rows
+    assert all(len((out / r["run"] / "attempts.jsonl").read_text().splitlines()) == 1 for r in rows), "nothing trained again"

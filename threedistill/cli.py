@@ -357,9 +357,14 @@ def cmd_batch(argv: list[str]) -> int:
                            args.dashboard, args.progress)
     tune = TuneOptions(args.metric, args.report_every, args.grace_steps, args.reduction_factor) if args.tune else None
     result = batch(args.spec, seeds=args.seeds, out=args.out, flags=rest, options=options, tune=tune, console=_console())
+    from .batching.report import best_row
+
     failed = result.failed
     done = len(result.rows) - len(failed)
     _console().print(f"{done} of {len(result.rows)} runs done; report: {shown(args.out / 'report.md')}")
+    best = best_row(result.rows)
+    if best is not None:
+        _console().print(f"best by {args.metric}: {best['run']} (overrides {best['overrides']}), {args.metric} {best[args.metric]:.4f}")
     print(args.out)
     if failed:
         raise RunStopped(f"{len(failed)} of {len(result.rows)} runs failed (see {args.out / 'report.md'}); run the same command "

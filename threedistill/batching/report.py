@@ -51,6 +51,10 @@ def write_markdown(out: Path, rows: Sequence[dict[str, Any]], meta: dict[str, An
     lines = ["# Batch report", "", ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) + f" of {len(rows)} runs.", ""]
     if meta:
         lines += [", ".join(f"{k}: {v}" for k, v in meta.items()), ""]
+    best = best_row(rows)
+    if best is not None:
+        metric = meta.get("metric", "")
+        lines += [f"Best by {metric}: {best['run']} (overrides {best['overrides']}): {_cell(best.get(metric, ''))}", ""]
     if (out / "contact_sheet.png").is_file():
         lines += ["![contact sheet](contact_sheet.png)", ""]
     names = [c for c in columns(rows) if c not in ("prompt", "node")]
@@ -60,6 +64,11 @@ def write_markdown(out: Path, rows: Sequence[dict[str, Any]], meta: dict[str, An
         lines += ["| " + " | ".join(_cell(row.get(k, "")) for k in names) + " |" for row in group]
         lines.append("")
     atomic_write_text(out / "report.md", "\n".join(lines))
+
+
+def best_row(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The row a sweep marked best (tune.py), if any."""
+    return next((row for row in rows if row.get("best") is True), None)
 
 
 def grouped(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:

@@ -54,7 +54,7 @@ def batch(spec: SpecSource, *, seeds: Optional[Sequence[int]] = None, out: Union
     sweeps it with Ray Tune instead (tune.py)."""
     options = options or BatchOptions()
     options.check()
-    out = Path(out)
+    out = Path(out).absolute()  # workers run elsewhere (Tune trials in their own folders, `ray job submit` in a copy)
     runs = plan_batch(spec, out, seeds, [*override_flags(settings), *flags])
     if tune is not None:
         tune.check(runs)

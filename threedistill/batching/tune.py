@@ -11,6 +11,8 @@ on the held-out cameras (eval/scoring.py, without the mesh); ASHA stops the tria
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
@@ -65,19 +67,21 @@ class TuneReporter(LoopCallback):
     def __init__(self, every: int, metric: str, report: Callable[[dict[str, Any]], None]) -> None:
         self.every, self.metric, self.report = every, metric, report
         self.losses: list[float] = []
+        self.last: dict[str, Any] = {}
 
     def on_step(self, trainer: "StageTrainer", logs: dict[str, float]) -> None:
         loss = logs.get("loss", float("nan"))
         if loss == loss:
             self.losses.append(loss)
         every = self.every or trainer.cfg.log.checkpoint_every or trainer.cfg.steps
-        if trainer.step % every and trainer.step < trainer.cfg.steps:
+        if trainer.step % every or trainer.step >= trainer.cfg.steps:  # a stage's end: `trial` reports the scores
             return
         step = sum(stage.cfg.steps for stage in trainer.context.plan[:trainer.index]) + trainer.step
         row: dict[str, Any] = {"step": step, "loss": sum(self.losses) / max(len(self.losses), 1)}
         self.losses.clear()
         if self.metric != "loss":
             row.update(_scores(trainer))
+        self.last = row
         self.report(row)
 
 
@@ -98,11 +102,10 @@ def trial(config: dict[str, Any], jobs: dict[str, Job], options: TuneOptions) ->
     from ray import tune
 
     job = jobs[config["run"]]
-    row = execute(job, callbacks=[TuneReporter(options.report_every, options.metric, tune.report)])
+    reporter = TuneReporter(options.report_every, options.metric, tune.report)
+    row = execute(job, callbacks=[reporter])
     final = {k: v for k, v in row.items() if isinstance(v, (int, float, str)) and k != "started"}
-    if "loss" not in final:
-        final["loss"] = float("nan")
-    tune.report({**final, "step": row.get("steps", 0), "done_run": True})
+    tune.report({"loss": float("nan"), **reporter.last, **final, "step": row.get("steps", 0), "done_run": True})
 
 
 def run_sweep(runs: Sequence[BatchRun], out: Path, options: BatchOptions, tune_options: TuneOptions,
@@ -136,7 +139,8 @@ def run_sweep(runs: Sequence[BatchRun], out: Path, options: BatchOptions, tune_o
                                                            max_concurrent_trials=None),
                                run_config=tune.RunConfig(storage_path=storage, name=name, verbose=0,
                                                          failure_config=tune.FailureConfig(max_failures=options.max_retries)))
-        grid = tuner.fit()
+        with contextlib.redirect_stdout(sys.stderr):  # Tune's tables; stdout is the batch folder alone
+            grid = tuner.fit()
     finally:
         if owned:
             ray.shutdown()
@@ -148,7 +152,7 @@ def run_sweep(runs: Sequence[BatchRun], out: Path, options: BatchOptions, tune_o
 
 def _rows(runs: Sequence[BatchRun], grid: Any, metric: str) -> list[dict[str, Any]]:
     """One row per run from its trial's last report: finished, stopped (early, by ASHA) or failed;
-    `best` marks the best by `metric` among them."""
+    `best` marks the best finished run by `metric`."""
     by_run = {result.config["run"]: result for result in grid}
     rows = []
     for run in runs:
@@ -161,7 +165,8 @@ def _rows(runs: Sequence[BatchRun], grid: Any, metric: str) -> list[dict[str, An
             row.update(status="stopped", resumed_from=None)
         rows.append(row)
     better = max if METRICS[metric] == "max" else min
-    scored = [row for row in rows if isinstance(row.get(metric), (int, float)) and row[metric] == row[metric]]
+    scored = [row for row in rows if row["status"] in ("finished", "skipped") and isinstance(row.get(metric), (int, float))
+              and row[metric] == row[metric]]  # a stopped run's last score is from fewer steps
     best = better(scored, key=lambda row: row[metric]) if scored else None
     for row in rows:
         row["best"] = row is best
