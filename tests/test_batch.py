@@ -226,3 +226,26 @@ def test_a_tune_sweep_over_cfg_scale_reports_the_best_value_by_mask_iou_and_rest
     assert again.returncode == 0 and "restoring the sweep" in again.stderr, again.stderr
     assert json.loads((out / "batch.json").read_text())["rows"] == rows
     assert all(len((out / r["run"] / "attempts.jsonl").read_text().splitlines()) == 1 for r in rows), "nothing trained again"
+
+
+# ---------------------------------------------------------------------- the diffusers code path
+SD_QUICK = ["--device", "cpu", "--steps", "2", "--representation.num-points", "300", "--sampler.batch-size", "1",
+            "--log.turntable-frames", "2", "--log.turntable-resolution", "32", "--log.preview-every", "0",
+            "--log.checkpoint-every", "0", "--log.export-formats", "splat"]
+
+
+def test_a_batch_and_a_loss_sweep_through_stable_diffusion(tiny_sd: dict[str, Path], tmp_path: Path, local_ray: None) -> None:
+    """A tiny SD 1.x pipeline loaded by each worker through the real diffusers path: a batch of two
+    prompts, then a sweep of its CFG scale by loss (SD has no ground truth: mask IoU is refused)."""
+    sd = ["--prior", "sd", "--prior.model", str(tiny_sd["sd1"]), *SD_QUICK]
+    table = td.batch(["a corgi", "a red mug"], out=tmp_path / "b", flags=sd, options=td.BatchOptions(progress=False))
+    assert [(r["prompt"], r["status"], r["steps"]) for r in table.rows] == [("a corgi", "finished", 2), ("a red mug", "finished", 2)]
+    assert all("mask_iou" not in r and (tmp_path / "b" / r["run"] / "thumbnail.png").is_file() for r in table.rows)
+
+    sweep = {"prompts": ["a corgi"], "grid": {"guidance.cfg_scale": [7.5, 30.0]}}
+    with pytest.raises(td.UserError, match="needs a prior with ground truth"):
+        td.batch(sweep, out=tmp_path / "s", flags=sd, tune=td.TuneOptions(metric="mask_iou"))
+    swept = td.batch(sweep, out=tmp_path / "s", flags=sd, tune=td.TuneOptions(metric="loss"), options=td.BatchOptions(progress=False))
+    assert [r["status"] for r in swept.rows] == ["finished", "finished"]
+    (best,) = [r for r in swept.rows if r["best"]]
+    assert best["loss"] == min(r["loss"] for r in swept.rows)

@@ -12,6 +12,7 @@ on the held-out cameras (eval/scoring.py, without the mesh); ASHA stops the tria
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +85,17 @@ class TuneReporter(LoopCallback):
         self.last = row
         self.report(row)
 
+    def final_loss(self, run_dir: Path) -> float:
+        """The mean loss since the last report; else the last one reported; else (a run finished
+        before) metrics.jsonl's last logged loss; NaN without any."""
+        if self.losses:
+            return sum(self.losses) / len(self.losses)
+        if "loss" in self.last:
+            return float(self.last["loss"])
+        path = run_dir / "metrics.jsonl"
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+        return float(next((row["loss"] for row in reversed(rows) if "loss" in row), float("nan")))
+
 
 def _scores(trainer: "StageTrainer") -> dict[str, Any]:
     """mask_iou and psnr on the held-out cameras now (no mesh)."""
@@ -105,7 +117,8 @@ def trial(config: dict[str, Any], jobs: dict[str, Job], options: TuneOptions) ->
     reporter = TuneReporter(options.report_every, options.metric, tune.report)
     row = execute(job, callbacks=[reporter])
     final = {k: v for k, v in row.items() if isinstance(v, (int, float, str)) and k != "started"}
-    tune.report({"loss": float("nan"), **reporter.last, **final, "step": row.get("steps", 0), "done_run": True})
+    tune.report({**reporter.last, **final, "loss": reporter.final_loss(Path(job.run_dir)), "step": row.get("steps", 0),
+                 "done_run": True})
 
 
 def run_sweep(runs: Sequence[BatchRun], out: Path, options: BatchOptions, tune_options: TuneOptions,
