@@ -113,6 +113,14 @@ def test_resubmitting_with_other_settings_is_refused(tmp_path: Path, no_ray: Non
     assert_one_line_error(run_cli("batch", str(tmp_path / "p.txt"), "--out", str(tmp_path / "out"), *TINY), "other settings")
 
 
+def test_a_cluster_address_that_refuses_is_one_line_at_once() -> None:
+    """Ray itself retries an unreachable address for minutes; the batch says so in seconds."""
+    with pytest.raises(td.UserError, match="cannot reach the Ray cluster at 127.0.0.1:1"):
+        cluster._check_reachable("127.0.0.1:1")
+    with pytest.raises(td.UserError, match="auto or HOST:PORT"):
+        cluster._check_reachable("headnode")
+
+
 # ---------------------------------------------------------------------- a batch on a local Ray
 def test_three_prompts_x_two_seeds_finish_with_a_report_and_a_resubmission_skips_them(tmp_path: Path, local_ray: None) -> None:
     (tmp_path / "prompts.txt").write_text("a red cube\na snowman\n# not a prompt\na mug\n")

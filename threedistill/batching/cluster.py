@@ -1,7 +1,8 @@
 """Joining or starting Ray for a batch, and the resources each run asks for.
 
 `--ray-address auto|HOST:PORT` joins a running cluster (`ray start --head` on one node,
-`ray start --address HEAD:6379` on the others); without it a local Ray starts for the batch and
+`ray start --address HEAD:6379` on the others), as does the driver of a `ray job submit` (Ray sets
+RAY_ADDRESS for it); without either a local Ray starts for the batch and
 stops after it, its dashboard (when Ray's [default] extra is there) bound to 127.0.0.1. A
 session that already called `ray.init` (a notebook, the tests) is used as it is.
 
@@ -14,6 +15,8 @@ cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN.
 
 from __future__ import annotations
 
+import os
+import socket
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Optional
@@ -65,17 +68,34 @@ def connect(options: BatchOptions) -> bool:
     ray = ray_module()
     if ray.is_initialized():
         return False
+    address = options.ray_address or os.environ.get("RAY_ADDRESS")  # set for the driver of a `ray job submit`
+    if address and options.ray_cpus is not None:
+        raise UserError(f"--ray-cpus sizes a local Ray, and this batch joins the cluster at {address} (RAY_ADDRESS); drop --ray-cpus")
+    if address and address != "auto":
+        _check_reachable(address)
     try:
-        if options.ray_address:
-            ray.init(address=options.ray_address, log_to_driver=False)
+        if address:
+            ray.init(address=address, log_to_driver=False)
         else:
             ray.init(num_cpus=options.ray_cpus, include_dashboard=None if options.dashboard else False,
                      dashboard_host="127.0.0.1", log_to_driver=False)
     except ConnectionError as exc:
-        where = options.ray_address or "a local Ray"
+        where = address or "a local Ray"
         raise UserError(f"cannot reach the Ray cluster at {where} ({str(exc).splitlines()[0][:160]}); start it with "
                         "`ray start --head` or leave out --ray-address for a local Ray") from None
     return True
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """A HOST:PORT that refuses connections is one line now (Ray itself would retry for minutes)."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--ray-address must be auto or HOST:PORT, got '{address}'")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise UserError(f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); start it with `ray start --head` "
+                        "or leave out --ray-address for a local Ray") from None
 
 
 def resources(options: BatchOptions) -> tuple[float, float]:

@@ -48,7 +48,6 @@ def base_row(run: BatchRun) -> dict[str, Any]:
 def run_batch(runs: Sequence[BatchRun], out: Path, options: BatchOptions, console: Optional[Console] = None) -> BatchResult:
     """Train every run of a checked batch (spec.py `check_runs`) on Ray; the finished table."""
     console = console or Console(stderr=True)
-    out.mkdir(parents=True, exist_ok=True)
     rows: dict[str, dict[str, Any]] = {}
     todo = []
     for run in runs:
@@ -67,6 +66,7 @@ def run_batch(runs: Sequence[BatchRun], out: Path, options: BatchOptions, consol
     owned = connect(options)
     meta["ray_start_s"] = round(time.perf_counter() - started, 3)
     try:
+        out.mkdir(parents=True, exist_ok=True)
         _run_tasks(ray, todo, out, options, rows, meta, console)
     finally:
         if owned:

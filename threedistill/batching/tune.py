@@ -130,9 +130,9 @@ def run_sweep(runs: Sequence[BatchRun], out: Path, options: BatchOptions, tune_o
     from ray.tune.schedulers import ASHAScheduler
 
     console = console or Console(stderr=True)
-    out.mkdir(parents=True, exist_ok=True)
     owned = connect(options)
     try:
+        out.mkdir(parents=True, exist_ok=True)
         cpus, gpus = resources(options)
         jobs = {run.name: Job(run.name, run.prompt, run.seed, run.overrides, run.flags, str(run.run_dir(out)), max(1, int(cpus)))
                 for run in runs}
