@@ -98,7 +98,7 @@ def spec_from_mapping(data: dict[str, Any], source: str, folder: Path, seeds: Op
     else:
         raise UserError(f"batch spec {source}: 'prompts' must be a list of prompts or a prompts file; got {prompts_value!r}")
     chosen_seeds = list(seeds) if seeds else _seeds(data.get("seeds", [0]), source)
-    flags = data.get("flags") or {}
+    flags = {} if data.get("flags") is None else data["flags"]
     if not isinstance(flags, dict):
         raise UserError(f"batch spec {source}: 'flags' must be a mapping of settings, e.g. {{config: quick}}")
     return Spec(prompts, chosen_seeds, override_flags(flags), _variants(data.get("grid"), data.get("runs"), source))
@@ -113,7 +113,7 @@ def _seeds(value: Any, source: str) -> list[int]:
 
 def _variants(grid: Any, runs: Any, source: str) -> list[dict[str, Any]]:
     """Every combination of the grid's values, times each override set of `runs`."""
-    grid = grid or {}
+    grid = {} if grid is None else grid
     if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
         raise UserError(f"batch spec {source}: 'grid' must map settings to non-empty lists of values, e.g. "
                         "{guidance.cfg_scale: [1, 2]}")
