@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import tempfile
 import threading
@@ -313,3 +314,52 @@ def test_a_batch_and_a_loss_sweep_through_stable_diffusion(tiny_sd: dict[str, Pa
     assert [r["status"] for r in swept.rows] == ["finished", "finished"]
     (best,) = [r for r in swept.rows if r["best"]]
     assert best["loss"] == min(r["loss"] for r in swept.rows)
+
+
+# ---------------------------------------------------------------------- the README's cluster recipe
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow  # a second Ray cluster and four processes: about a minute on 2 shared cores
+def test_the_cluster_recipe_ray_start_job_submit_and_ray_address(tmp_path: Path) -> None:
+    """`ray start --head` (dashboard on 127.0.0.1), `ray job submit -- threedistill batch ...` (the
+    driver joins through RAY_ADDRESS), then `threedistill batch --ray-address HOST:PORT` with one more
+    seed: the first seed's runs are skipped, the new ones run on the cluster."""
+    import subprocess
+    import sys
+
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    port, dashboard = _free_port(), _free_port()
+    (tmp_path / "p.txt").write_text("a red cube\na snowman\n")
+    out = tmp_path / "out"
+    log = tmp_path / "head.log"
+    ray_tmp = tempfile.mkdtemp(prefix="td-ray-", dir="/tmp")  # Ray's socket paths must stay under 108 bytes
+    with open(log, "w") as sink:
+        head = subprocess.Popen([str(bin_dir / "ray"), "start", "--head", "--block", "--port", str(port), "--num-cpus", "2",
+                                 "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard), "--disable-usage-stats",
+                                 "--temp-dir", ray_tmp], stdout=sink, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while "block forever" not in log.read_text():
+            assert head.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        batch = [sys.executable, "-m", "threedistill.cli", "batch", str(tmp_path / "p.txt"), "--out", str(out), "--no-progress", *TINY]
+        job = subprocess.run([str(bin_dir / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--", *batch],
+                             capture_output=True, text=True, env=env, timeout=300)
+        assert job.returncode == 0 and "2 of 2 runs done" in job.stdout + job.stderr, job.stdout + job.stderr
+        more = subprocess.run([*batch, "--seeds", "0", "1", "--ray-address", f"127.0.0.1:{port}"], capture_output=True, text=True,
+                              env=env, timeout=300)
+        assert more.returncode == 0, more.stderr
+    finally:
+        head.terminate()
+        head.wait(timeout=60)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    rows = json.loads((out / "batch.json").read_text())["rows"]
+    assert [(r["prompt"], r["seed"], r["status"]) for r in rows] == [
+        ("a red cube", 0, "skipped"), ("a red cube", 1, "finished"), ("a snowman", 0, "skipped"), ("a snowman", 1, "finished")]
