@@ -5,7 +5,7 @@ Runs an earlier submission finished are reported as `skipped` without a task (an
 starting Ray when nothing is left). A task whose worker dies (a killed process, a lost node) or
 that a stop signal ends (`task.Preempted`) is retried up to `max_retries` times; each retry
 resumes the run from its last checkpoint (task.py). Ctrl-C on the driver cancels the tasks, whose
-runs checkpoint their last finished step, and the next submission resumes them.
+runs keep their last checkpoint, and the next submission resumes them.
 """
 
 from __future__ import annotations
@@ -132,8 +132,7 @@ def _counts(rows: dict[str, dict[str, Any]]) -> str:
 
 
 def _cancel(ray: Any, pending: list[Any], console: Console, grace_s: float = 60.0) -> None:
-    """Ctrl-C: cancel the unfinished tasks (a running run checkpoints its last finished step) and
-    wait for them a while."""
+    """Ctrl-C: cancel the unfinished tasks (a running run keeps its last checkpoint) and wait for them a while."""
     console.print(f"[yellow]interrupted[/]: cancelling {len(pending)} run(s); each keeps its last checkpoint and the next "
                   "submission resumes it")
     for ref in pending:
