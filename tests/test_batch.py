@@ -363,3 +363,36 @@ def test_the_cluster_recipe_ray_start_job_submit_and_ray_address(tmp_path: Path)
     rows = json.loads((out / "batch.json").read_text())["rows"]
     assert [(r["prompt"], r["seed"], r["status"]) for r in rows] == [
         ("a red cube", 0, "skipped"), ("a red cube", 1, "finished"), ("a snowman", 0, "skipped"), ("a snowman", 1, "finished")]
+
+
+def test_ctrl_c_on_the_driver_cancels_the_runs_and_the_next_submission_resumes_them(
+        tmp_path: Path, local_ray: None, uninterrupted: dict[str, torch.Tensor]) -> None:
+    """SIGINT to a `threedistill batch` process (its own local Ray) mid-run: exit 130, the report
+    marks the run interrupted, its folder keeps a checkpoint; submitting again resumes it and it
+    ends as a run that was never interrupted."""
+    import subprocess
+    import sys
+
+    (tmp_path / "p.txt").write_text("a red cube\n")
+    out = tmp_path / "out"
+    run_dir = out / "a-red-cube" / "seed-0"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    driver = subprocess.Popen([sys.executable, "-m", "threedistill.cli", "batch", str(tmp_path / "p.txt"), "--out", str(out),
+                               "--ray-cpus", "1", "--no-dashboard", "--no-progress", *LONG],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 180
+    while not (run_dir / "checkpoints" / "step-000020.pt").exists():
+        assert driver.poll() is None and time.monotonic() < deadline, driver.communicate()
+        time.sleep(0.005)
+    driver.send_signal(signal.SIGINT)
+    stdout, stderr = driver.communicate(timeout=120)
+    assert driver.returncode == 130 and "Traceback" not in stderr, stderr
+    assert "cancelling 1 run(s)" in stderr
+    (row,) = json.loads((out / "batch.json").read_text())["rows"]
+    assert row["status"] == "interrupted" and not (run_dir / "metrics.json").exists()
+    again = td.batch(tmp_path / "p.txt", out=out, flags=LONG, options=td.BatchOptions(progress=False))
+    (row,) = again.rows
+    assert row["status"] == "finished" and row["steps"] == 80 and row["resumed_from"] >= 10, row
+    final = load_run(run_dir).representation.state_dict()
+    for name, value in uninterrupted.items():
+        torch.testing.assert_close(final[name], value, msg=name, rtol=1e-4, atol=1e-5)

@@ -2,7 +2,8 @@
 report.md (a table per prompt) and contact_sheet.png (each run's thumbnail, a row per prompt).
 
 Columns: run (its folder inside the batch folder), prompt, seed, overrides (JSON), status
-(queued, finished, skipped: finished by an earlier submission, failed), attempt (task attempts
+(queued, finished, skipped: finished by an earlier submission, failed, interrupted: the
+driver was stopped; stopped: a sweep's trial stopped early), attempt (task attempts
 on the folder so far), resumed_from (the checkpoint's step when the run continued one), steps,
 seconds (the run's own training time, metrics.json), wall_s (the task's time: loading, training,
 scoring, exports, thumbnail), gpu, node, the run's scores (mask_iou, psnr, chamfer, ...) and error.

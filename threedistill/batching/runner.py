@@ -105,6 +105,10 @@ def _run_tasks(ray: Any, todo: list[BatchRun], out: Path, options: BatchOptions,
                 progress.update(bar, advance=len(ready), description=_counts(rows))
         except KeyboardInterrupt:
             _cancel(ray, pending, console)
+            for ref in pending:
+                run, _ = submitted[ref]
+                rows[run.name] = {**base_row(run), "status": "interrupted",
+                                  "error": "the batch was interrupted; submit it again to resume this run from its last checkpoint"}
             write_report(out, list(rows.values()), meta)
             raise
 
