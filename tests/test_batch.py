@@ -365,6 +365,7 @@ def test_the_cluster_recipe_ray_start_job_submit_and_ray_address(tmp_path: Path)
         ("a red cube", 0, "skipped"), ("a red cube", 1, "finished"), ("a snowman", 0, "skipped"), ("a snowman", 1, "finished")]
 
 
+@pytest.mark.slow  # a driver process with its own local Ray: about 45 s on 2 shared cores
 def test_ctrl_c_on_the_driver_cancels_the_runs_and_the_next_submission_resumes_them(
         tmp_path: Path, local_ray: None, uninterrupted: dict[str, torch.Tensor]) -> None:
     """SIGINT to a `threedistill batch` process (its own local Ray) mid-run: exit 130, the report
