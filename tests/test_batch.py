@@ -291,6 +291,8 @@ def test_a_tune_sweep_over_cfg_scale_reports_the_best_value_by_mask_iou_and_rest
     assert again.returncode == 0 and "restoring the sweep" in again.stderr, again.stderr
     assert json.loads((out / "batch.json").read_text())["rows"] == rows
     assert all(len((out / r["run"] / "attempts.jsonl").read_text().splitlines()) == 1 for r in rows), "nothing trained again"
+    (tmp_path / "sweep.yaml").write_text("prompts: [a red cube]\ngrid: {guidance.cfg_scale: [1.0, 10.0, 100.0, 3.0]}\n")
+    assert_one_line_error(run_cli(*args), "was made for other runs")
 
 
 # ---------------------------------------------------------------------- the diffusers code path

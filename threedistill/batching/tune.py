@@ -12,6 +12,7 @@ on the held-out cameras (eval/scoring.py, without the mesh); ASHA stops the tria
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import sys
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from rich.console import Console
 
+from ..core.atomic import atomic_write_text
 from ..core.errors import UserError
 from ..engine.callbacks import LoopCallback
 from .cluster import BatchOptions, connect, ray_module, resources
@@ -130,6 +132,7 @@ def run_sweep(runs: Sequence[BatchRun], out: Path, options: BatchOptions, tune_o
     from ray.tune.schedulers import ASHAScheduler
 
     console = console or Console(stderr=True)
+    check_same_sweep(out, runs, tune_options)
     owned = connect(options)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -143,6 +146,7 @@ def run_sweep(runs: Sequence[BatchRun], out: Path, options: BatchOptions, tune_o
             console.print(f"restoring the sweep in {storage}/{name}")
             tuner = tune.Tuner.restore(f"{storage}/{name}", trainable=trainable, resume_errored=True)
         else:
+            atomic_write_text(out / "tune" / SWEEP_FILE, json.dumps(sweep_identity(runs, tune_options), indent=2) + "\n")
             scheduler = None
             if tune_options.grace_steps:
                 scheduler = ASHAScheduler(time_attr="step", max_t=max(_steps(run) for run in runs),
@@ -188,6 +192,23 @@ def _rows(runs: Sequence[BatchRun], grid: Any, metric: str) -> list[dict[str, An
 
 REPORTED = ("status", "attempt", "resumed_from", "steps", "seconds", "wall_s", "gpu", "node", "mask_iou", "psnr", "chamfer", "loss",
             "step", "error")
+
+
+SWEEP_FILE = "sweep.json"
+"""OUT/tune/sweep.json: the runs and options the Tune experiment there was made for."""
+
+
+def sweep_identity(runs: Sequence[BatchRun], options: TuneOptions) -> dict[str, Any]:
+    return {"runs": [run.name for run in runs], "options": dataclasses.asdict(options)}
+
+
+def check_same_sweep(out: Path, runs: Sequence[BatchRun], options: TuneOptions) -> None:
+    """`Tuner.restore` brings back the experiment as it was made: a spec with other runs or other
+    --tune.* options than OUT/tune's is refused (before Ray starts)."""
+    path = out / "tune" / SWEEP_FILE
+    if path.is_file() and json.loads(path.read_text()) != sweep_identity(runs, options):
+        raise UserError(f"the sweep in '{path.parent}' was made for other runs or --tune.* options; submit the same spec and "
+                        "options to restore it, or pass another --out")
 
 
 def _steps(run: BatchRun) -> int:
