@@ -45,7 +45,8 @@ def local_ray() -> Iterator[None]:
     """A local Ray of 2 CPUs for the module (no dashboard, no token authentication)."""
     previous = os.environ.get("RAY_AUTH_MODE")
     os.environ["RAY_AUTH_MODE"] = "disabled"
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    with cluster.keeping_sigterm_handler():  # later tests fork processes that must die on SIGTERM
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
     if previous is None:

@@ -15,11 +15,14 @@ cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
+import threading
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Optional
+from typing import Iterator, Optional
 
 from ..core.errors import UserError
 from ..core.extras import require
@@ -74,16 +77,31 @@ def connect(options: BatchOptions) -> bool:
     if address and address != "auto":
         _check_reachable(address)
     try:
-        if address:
-            ray.init(address=address, log_to_driver=False)
-        else:
-            ray.init(num_cpus=options.ray_cpus, include_dashboard=None if options.dashboard else False,
-                     dashboard_host="127.0.0.1", log_to_driver=False)
+        with keeping_sigterm_handler():
+            if address:
+                ray.init(address=address, log_to_driver=False)
+            else:
+                ray.init(num_cpus=options.ray_cpus, include_dashboard=None if options.dashboard else False,
+                         dashboard_host="127.0.0.1", log_to_driver=False)
     except ConnectionError as exc:
         where = address or "a local Ray"
         raise UserError(f"cannot reach the Ray cluster at {where} ({str(exc).splitlines()[0][:160]}); start it with "
                         "`ray start --head` or leave out --ray-address for a local Ray") from None
     return True
+
+
+@contextlib.contextmanager
+def keeping_sigterm_handler() -> Iterator[None]:
+    """`ray.init` replaces the process's SIGTERM handler with `sys.exit` and leaves it after
+    `ray.shutdown`; put back the one before it (the CLI's, core/interrupts.py, so SIGTERM stops a
+    batch as Ctrl-C does; the default elsewhere, so processes forked later die on SIGTERM)."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if main and previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
