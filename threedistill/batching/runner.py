@@ -136,9 +136,11 @@ def _counts(rows: dict[str, dict[str, Any]]) -> str:
 
 
 def _cancel(ray: Any, pending: list[Any], console: Console, grace_s: float = 60.0) -> None:
-    """Ctrl-C: cancel the unfinished tasks (a running run keeps its last checkpoint) and wait for them a while."""
+    """Ctrl-C: cancel the unfinished tasks and wait for them a while. The cancel is forced (the
+    worker process ends; a running run keeps its last checkpoint): a gentle cancel makes the run
+    raise `Preempted`, which Ray 2.60 then tries to retry for a cancelled task and aborts the driver."""
     console.print(f"[yellow]interrupted[/]: cancelling {len(pending)} run(s); each keeps its last checkpoint and the next "
                   "submission resumes it")
     for ref in pending:
-        ray.cancel(ref)
+        ray.cancel(ref, force=True)
     ray.wait(pending, num_returns=len(pending), timeout=grace_s)
