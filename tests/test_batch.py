@@ -354,8 +354,12 @@ def test_the_cluster_recipe_ray_start_job_submit_and_ray_address(tmp_path: Path)
             assert head.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.2)
         batch = [sys.executable, "-m", "threedistill.cli", "batch", str(tmp_path / "p.txt"), "--out", str(out), "--no-progress", *TINY]
-        job = subprocess.run([str(bin_dir / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--", *batch],
-                             capture_output=True, text=True, env=env, timeout=300)
+        while True:  # the head's job agent starts after `ray start` returns: "No available agent ..., try again later"
+            job = subprocess.run([str(bin_dir / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--", *batch],
+                                 capture_output=True, text=True, env=env, timeout=300)
+            if "No available agent" not in job.stderr + job.stdout or time.monotonic() > deadline:
+                break
+            time.sleep(2)
         assert job.returncode == 0 and "2 of 2 runs done" in job.stdout + job.stderr, job.stdout + job.stderr
         more = subprocess.run([*batch, "--seeds", "0", "1", "--ray-address", f"127.0.0.1:{port}"], capture_output=True, text=True,
                               env=env, timeout=300)
