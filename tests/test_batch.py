@@ -340,6 +340,9 @@ def test_the_cluster_recipe_ray_start_job_submit_and_ray_address(tmp_path: Path)
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     port, dashboard = _free_port(), _free_port()
+    # the module's own local Ray has a node agent on Ray's default ports: this second cluster's must differ
+    agent_ports = [flag for name in ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--metrics-export-port",
+                                     "--runtime-env-agent-port") for flag in (name, str(_free_port()))]
     (tmp_path / "p.txt").write_text("a red cube\na snowman\n")
     out = tmp_path / "out"
     log = tmp_path / "head.log"
@@ -347,7 +350,7 @@ def test_the_cluster_recipe_ray_start_job_submit_and_ray_address(tmp_path: Path)
     with open(log, "w") as sink:
         head = subprocess.Popen([str(bin_dir / "ray"), "start", "--head", "--block", "--port", str(port), "--num-cpus", "2",
                                  "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard), "--disable-usage-stats",
-                                 "--temp-dir", ray_tmp], stdout=sink, stderr=subprocess.STDOUT, env=env)
+                                 "--temp-dir", ray_tmp, *agent_ports], stdout=sink, stderr=subprocess.STDOUT, env=env)
     try:
         deadline = time.monotonic() + 120
         while "block forever" not in log.read_text():
