@@ -16,6 +16,9 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from .api import Run, load, resume, run, run_plan
+    from .batching.cluster import BatchOptions
+    from .batching.submit import batch
+    from .batching.tune import TuneOptions
     from .core.cameras import Cameras, heldout_cameras, orbit_cameras, turntable_cameras
     from .core.errors import UserError
     from .core.types import RenderOutput
@@ -27,6 +30,7 @@ _EXPORTS = {
     "Cameras": "core.cameras", "orbit_cameras": "core.cameras", "turntable_cameras": "core.cameras",
     "heldout_cameras": "core.cameras", "UserError": "core.errors", "RenderOutput": "core.types",
     "LoopCallback": "engine.callbacks", "ViewerOptions": "viewer.options",
+    "batch": "batching.submit", "BatchOptions": "batching.cluster", "TuneOptions": "batching.tune",
 }
 __all__ = ["__version__", *_EXPORTS]
 

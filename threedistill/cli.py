@@ -1,4 +1,4 @@
-"""Command line: run, resume, export, view, edit, edit-image, animate, toyworld list / scene.
+"""Command line: run, resume, export, view, edit, edit-image, animate, batch, toyworld list / scene.
 
 Each command parses its flags and hands them to the Python API (api.py) or the engine
 (engine/run.py, engine/load.py), which validates the whole run plan before any work. Exit codes
@@ -319,6 +319,59 @@ def cmd_animate(argv: list[str]) -> int:
     return _finished(run_plan(plan, viewer=viewer, console=console, start=source.as_previous(), note=f"animating {args.run_dir}"))
 
 
+def cmd_batch(argv: list[str]) -> int:
+    """Many runs on Ray: a prompts file or YAML sweep, seeds, run flags for all (threedistill/batching)."""
+    from .batching.cluster import BatchOptions
+    from .batching.submit import batch
+    from .batching.tune import METRICS, TuneOptions
+
+    p = OneLineParser(
+        prog="threedistill batch", allow_abbrev=False,
+        description="Run a prompts file (one prompt a line, '#' comments) or a YAML sweep (prompts x seeds x grid / "
+        "override sets) on Ray, one task per run in a stable folder OUT/<prompt>/seed-<n>[-<overrides>]: a resubmitted "
+        "batch skips finished runs and resumes the others from their last checkpoint. Other flags are `threedistill run` "
+        "flags for every run (--prior, --config, --guidance.* ...). Writes OUT/batch.csv, batch.json, report.md and "
+        "contact_sheet.png as runs finish. Needs the [ray] extra.")
+    p.add_argument("spec", type=Path, help="a prompts file or a .yaml sweep")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds of every prompt (default 0, or the sweep's)")
+    p.add_argument("--out", type=Path, default=Path("outputs/batch"), help="the batch folder (a path every node sees)")
+    p.add_argument("--gpus-per-run", type=float, default=None, help="GPUs per run (default 1 when the cluster has GPUs, else 0)")
+    p.add_argument("--cpus-per-run", type=float, default=1.0, help="CPUs per run, also its torch threads (default 1)")
+    p.add_argument("--ray-address", default=None, help="join a running cluster: auto or HOST:PORT (default: start a local Ray)")
+    p.add_argument("--ray-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
+    p.add_argument("--max-retries", type=int, default=3, help="retries of a run whose worker died or was preempted (each resumes)")
+    p.add_argument("--no-dashboard", dest="dashboard", action="store_false", help="no dashboard for the local Ray")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress display")
+    p.add_argument("--tune", action="store_true", help="run the batch as a Ray Tune sweep and report the best run")
+    p.add_argument("--tune.metric", dest="metric", choices=list(METRICS), default="mask_iou", help="what the sweep compares")
+    p.add_argument("--tune.report-every", dest="report_every", type=int, default=0,
+                   help="steps between reports to Tune (default: log.checkpoint-every)")
+    p.add_argument("--tune.grace-steps", dest="grace_steps", type=int, default=0,
+                   help="steps before early stopping (ASHA) may stop a run (default 0: no early stopping)")
+    p.add_argument("--tune.reduction-factor", dest="reduction_factor", type=int, default=2, help="ASHA's reduction factor")
+    args, rest = p.parse_known_args(argv)
+    tune_flags = [a for a in argv if a.startswith("--tune.")]
+    if tune_flags and not args.tune:
+        raise UserError(f"{tune_flags[0].split('=')[0]} needs --tune")
+    options = BatchOptions(args.gpus_per_run, args.cpus_per_run, args.ray_address, args.ray_cpus, args.max_retries,
+                           args.dashboard, args.progress)
+    tune = TuneOptions(args.metric, args.report_every, args.grace_steps, args.reduction_factor) if args.tune else None
+    result = batch(args.spec, seeds=args.seeds, out=args.out, flags=rest, options=options, tune=tune, console=_console())
+    from .batching.report import best_row
+
+    failed = result.failed
+    done = len(result.rows) - len(failed)
+    _console().print(f"{done} of {len(result.rows)} runs done; report: {shown(args.out / 'report.md')}")
+    best = best_row(result.rows)
+    if best is not None:
+        _console().print(f"best by {args.metric}: {best['run']} (overrides {best['overrides']}), {args.metric} {best[args.metric]:.4f}")
+    print(args.out)
+    if failed:
+        raise RunStopped(f"{len(failed)} of {len(result.rows)} runs failed (see {args.out / 'report.md'}); run the same command "
+                         "again to resume them")
+    return 0
+
+
 def cmd_toyworld(argv: list[str]) -> int:
     p = OneLineParser(prog="threedistill toyworld", description="The built-in ground-truth prior.")
     sub = p.add_subparsers(dest="action", required=True)
@@ -398,6 +451,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "edit-image": (cmd_edit_image, "edit an image toward a target prompt with DDS"),
     "animate": (cmd_animate, "animate a static run with a video prior (4D)"),
     "edit": (cmd_edit, "edit a captured scene or a run toward a target prompt (dds, in2n)"),
+    "batch": (cmd_batch, "many runs (prompts x seeds x settings) on Ray; sweeps with Ray Tune"),
     "toyworld": (cmd_toyworld, "the built-in ground-truth prior: list, scene"),
 }
 
