@@ -21,7 +21,7 @@ from ..core.errors import UserError
 from ..core.objective import Needs, Objective, ObjectiveConfig, ObjectiveOutput
 from ..core.schedule import Schedule, evaluate_schedule, validate_schedule
 from ..core.types import RenderOutput, TextEmbeddings
-from ..priors.base import DiffusionPrior, ddim_step, noise_coefficients, predict_x0
+from ..priors.base import DiffusionPrior, add_noise, ddim_step, noise_coefficients, predict_x0
 
 Weighting = Literal["sds", "uniform", "fantasia3d", "lucid"]
 
@@ -160,6 +160,17 @@ class Guidance(Objective):
     def sample_noise(self, like: Tensor) -> Tensor:
         """Standard normal noise shaped like `like`, from the run's generator."""
         return torch.randn(like.shape, generator=self.generator, dtype=like.dtype).to(like.device)
+
+    def noised_latents(self, images: Tensor, step: int,
+                       noise_like: Optional[Callable[[Tensor], Tensor]] = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """A step's start: x0 = encode(images) (with gradients), t, the noise (`sample_noise`, or
+        `noise_like(x0)`), and x_t = add_noise(x0, noise, t) (without gradients)."""
+        x0 = self.prior.encode(images)
+        t = self.sample_timesteps(x0.shape[0], step, x0.device)
+        noise = (noise_like or self.sample_noise)(x0)
+        with torch.no_grad():
+            x_t = add_noise(self.prior.alphas_cumprod, x0.detach(), noise, t)
+        return x0, t, noise, x_t
 
     def clip_value(self, step: int) -> Optional[float]:
         if self.config.grad_clip is None:

@@ -29,7 +29,6 @@ from ..core.cameras import Cameras
 from ..core.objective import OBJECTIVES, ObjectiveOutput
 from ..core.schedule import Schedule
 from ..core.types import TextEmbeddings
-from ..priors.base import add_noise
 from .base import BaseGuidanceConfig, Guidance
 
 
@@ -91,11 +90,8 @@ class BSDGuidance(Guidance):
         return w * (a * c + (1.0 - a) * d), a.flatten()
 
     def distil(self, images: Tensor, cams: Cameras, emb: TextEmbeddings, step: int) -> ObjectiveOutput:
-        x0 = self.prior.encode(images)
-        t = self.sample_timesteps(x0.shape[0], step, x0.device)
-        noise = self.offset_noise(x0)
+        x0, t, noise, x_t = self.noised_latents(images, step, self.offset_noise)
         with torch.no_grad():
-            x_t = add_noise(self.prior.alphas_cumprod, x0.detach(), noise, t)
             e_u, delta = self.guidance_delta(x_t, t, emb, cams)
             grad, a = self.balanced(e_u, delta, noise, t)
             e_hat = e_u + self.cfg_scale * delta

@@ -33,7 +33,6 @@ from ..core.cameras import Cameras
 from ..core.objective import OBJECTIVES, Needs, ObjectiveOutput
 from ..core.schedule import Schedule
 from ..core.types import TextEmbeddings
-from ..priors.base import add_noise
 from .base import BaseGuidanceConfig, Guidance, repeat_cams
 
 SOFT_TOYWORLD: dict[str, dict[str, Any]] = {"toyworld": {"temperature": 100.0}}
@@ -70,16 +69,13 @@ class CSDGuidance(Guidance):
     needs = Needs(prior=True)  # its own mix of branches, not CFG-shaped: no Perp-Neg
 
     def distil(self, images: Tensor, cams: Cameras, emb: TextEmbeddings, step: int) -> ObjectiveOutput:
-        x0 = self.prior.encode(images)
-        t = self.sample_timesteps(x0.shape[0], step, x0.device)
-        noise = self.sample_noise(x0)
+        x0, t, noise, x_t = self.noised_latents(images, step)
         c = self.config
         branches = [(self.schedule(c.cond_scale, step), emb.cond), (self.schedule(c.uncond_scale, step), emb.uncond),
                     (self.schedule(c.null_scale, step), emb.null)]
         used = [(a, e) for a, e in branches if a != 0.0]
         e_cond = None  # the x0 preview reads the conditional prediction when it is computed
         with torch.no_grad():
-            x_t = add_noise(self.prior.alphas_cumprod, x0.detach(), noise, t)
             combined = self.schedule(c.noise_scale, step) * noise
             if used:
                 n = len(used)

@@ -24,7 +24,7 @@ from ..core.cameras import Cameras
 from ..core.errors import UserError
 from ..core.objective import OBJECTIVES, ObjectiveOutput
 from ..core.types import TextEmbeddings
-from ..priors.base import add_noise, predict_x0
+from ..priors.base import predict_x0
 from .base import BaseGuidanceConfig, Guidance, cfg_combine
 
 
@@ -62,12 +62,9 @@ class ReconGuidance(Guidance):
     config: ReconConfig
 
     def distil(self, images: Tensor, cams: Cameras, emb: TextEmbeddings, step: int) -> ObjectiveOutput:
-        x0 = self.prior.encode(images)
-        t = self.sample_timesteps(x0.shape[0], step, x0.device)
-        noise = self.sample_noise(x0)
+        x0, t, _, x_t = self.noised_latents(images, step)
         with torch.no_grad():
             ac = self.prior.alphas_cumprod
-            x_t = add_noise(ac, x0.detach(), noise, t)
             if self.cfg_scale == 1.0:
                 e_c = e_hat = self.prior.predict_eps(x_t, t, emb.cond, cams)
             else:

@@ -13,7 +13,6 @@ from torch import Tensor
 from ..core.cameras import Cameras
 from ..core.objective import OBJECTIVES, ObjectiveOutput
 from ..core.types import TextEmbeddings
-from ..priors.base import add_noise
 from .base import BaseGuidanceConfig, Guidance
 
 
@@ -30,11 +29,8 @@ class SDSGuidance(Guidance):
     config: SDSConfig
 
     def distil(self, images: Tensor, cams: Cameras, emb: TextEmbeddings, step: int) -> ObjectiveOutput:
-        x0 = self.prior.encode(images)
-        t = self.sample_timesteps(x0.shape[0], step, x0.device)
-        noise = self.sample_noise(x0)
+        x0, t, noise, x_t = self.noised_latents(images, step)
         with torch.no_grad():
-            x_t = add_noise(self.prior.alphas_cumprod, x0.detach(), noise, t)
             eps_hat = self.guided_eps(x_t, t, emb, cams)
             grad = self.weight(t, x0.ndim) * (eps_hat - noise)
         return self.output(x0, grad, step, t, images, denoised=(x_t, eps_hat))

@@ -27,7 +27,7 @@ from ..core.cameras import Cameras
 from ..core.errors import UserError
 from ..core.objective import OBJECTIVES, Needs, ObjectiveOutput
 from ..core.types import TextEmbeddings
-from ..priors.base import DiffusionPrior, VariationalConfig, add_noise
+from ..priors.base import DiffusionPrior, VariationalConfig
 from .base import BaseGuidanceConfig, Guidance
 
 
@@ -100,9 +100,7 @@ class VSDGuidance(Guidance):
         return e_pre - self.variational_eps(x_t, t, emb.plain_or_cond, cams), e_pre
 
     def distil(self, images: Tensor, cams: Cameras, emb: TextEmbeddings, step: int) -> ObjectiveOutput:
-        x0 = self.prior.encode(images)
-        t = self.sample_timesteps(x0.shape[0], step, x0.device)
-        noise = self.sample_noise(x0)
+        x0, t, noise, x_t = self.noised_latents(images, step)
         plain = emb.plain_or_cond
         logs: dict[str, float] = {}
         if not self._trained:
@@ -111,7 +109,6 @@ class VSDGuidance(Guidance):
         else:
             first = False
         with torch.no_grad():
-            x_t = add_noise(self.prior.alphas_cumprod, x0.detach(), noise, t)
             score, e_pre = self.score_difference(x_t, t, emb, cams, step)
             grad = self.weight(t, x0.ndim) * score
         if not first:
