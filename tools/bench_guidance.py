@@ -41,9 +41,9 @@ from threedistill.config import parse_run_args  # noqa: E402
 from threedistill.core.objective import OBJECTIVES  # noqa: E402
 from threedistill.engine.plan import single_stage  # noqa: E402
 from threedistill.engine.run import Run  # noqa: E402
+from markdown_section import write_marked_section  # noqa: E402  (tools/, beside this script)
 
 PROMPTS = {"symmetric": "a red cube", "asymmetric": "a yellow duck", "multi-modal": "a ball"}
-START, END = "<!-- bench_guidance:start -->", "<!-- bench_guidance:end -->"
 TOYWORLD_QUICK_FLAGS = ["--prior.num-references", "16", "--prior.resolution", "32"]
 OPTIONS: dict[str, tuple[str, list[str]]] = {
     "sds + perp-neg": ("sds", ["--prompts.perp-neg"]),
@@ -173,31 +173,22 @@ def main() -> int:
                       f"{summary['seconds']:.1f} s", flush=True)
             rows.append({"label": label, "kind": kind, "prompt": PROMPTS[kind], "runs": runs})
             if args.write:  # after every row, so a stopped benchmark keeps what it measured
-                write_section(args.write, args.prior, table(rows, args.steps, args.seeds, args.particles, args.prior)
-                              + f"\n\n{len(rows)} of {len(jobs)} rows measured. " + machine_line())
+                partial = table(rows, args.steps, args.seeds, args.particles, args.prior)
+                write_marked_section(args.write, section_marker(args.prior),
+                                     partial + f"\n\n{len(rows)} of {len(jobs)} rows measured. " + machine_line())
     janus = janus_table(rows)
     text = table(rows, args.steps, args.seeds, args.particles, args.prior) + "\n\n" + (
         f"Janus on the asymmetric prompt (seeds whose back views match the front better than the back):\n\n{janus}\n\n" if janus else ""
     ) + machine_line()
     print(text)
     if args.write:
-        write_section(args.write, args.prior, text)
+        write_marked_section(args.write, section_marker(args.prior), text)
     return 0
 
 
-def write_section(path: Path, prior: str, text: str) -> None:
-    """Replace the prior's bench_guidance section of the Markdown file (appended when it has none)."""
-    start, end = (START, END) if prior == "toyworld" else (START.replace(":start", f":{prior}:start"),
-                                                           END.replace(":end", f":{prior}:end"))
-    doc = path.read_text() if path.exists() else ""
-    section = f"{start}\n{text}\n{end}"
-    if start in doc and end in doc:
-        doc = doc[: doc.index(start)] + section + doc[doc.index(end) + len(end):]
-    else:
-        doc = doc.rstrip() + "\n\n" + section + "\n"
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(doc)
-    tmp.replace(path)
+def section_marker(prior: str) -> str:
+    """The Markdown markers' name of a prior's table (toyworld's keeps the plain name)."""
+    return "bench_guidance" if prior == "toyworld" else f"bench_guidance:{prior}"
 
 
 if __name__ == "__main__":

@@ -39,6 +39,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from markdown_section import write_marked_section  # tools/, beside this script
+
 ROOT = Path(__file__).resolve().parent.parent
 SCENE_PROMPT = "a red mug"
 
@@ -294,18 +296,6 @@ def report(results: dict[str, dict[str, list[dict[str, Any]]]], ref: str, args: 
     return "\n".join(lines)
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace the text between the bench_run markers of `path` (appended when absent)."""
-    start, end = "<!-- bench_run:start -->", "<!-- bench_run:end -->"
-    doc = path.read_text() if path.exists() else ""
-    block = f"{start}\n{text}\n{end}"
-    if start in doc and end in doc:
-        doc = doc[: doc.index(start)] + block + doc[doc.index(end) + len(end):]
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(doc)
-
-
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--old", default=None, help="git ref of the old code (default: the merge-base of HEAD and main)")
@@ -358,7 +348,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     print()
     print(text)
     if args.write:
-        write_section(args.write, text)
+        write_marked_section(args.write, "bench_run", text)
 
 
 if __name__ == "__main__":

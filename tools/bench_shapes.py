@@ -28,6 +28,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Optional
 
+from markdown_section import write_marked_section  # tools/, beside this script
+
 CATALOGUE = ("a red mug", "a brown chair", "a yellow duck", "a white lamp")
 
 
@@ -71,15 +73,6 @@ def table(results: dict[str, list[dict[str, Any]]], title: str) -> list[str]:
     return lines
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace the text between the bench_shapes markers of `path` (appended when absent)."""
-    start, end = "<!-- bench_shapes:start -->", "<!-- bench_shapes:end -->"
-    doc = path.read_text() if path.exists() else ""
-    block = f"{start}\n{text}\n{end}"
-    doc = doc[: doc.index(start)] + block + doc[doc.index(end) + len(end):] if start in doc and end in doc else doc.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(doc)
-
-
 def main(argv: Optional[list[str]] = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     flags = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -111,7 +104,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     print()
     print(text)
     if args.write:
-        write_section(args.write, text)
+        write_marked_section(args.write, "bench_shapes", text)
 
 
 if __name__ == "__main__":
