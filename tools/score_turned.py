@@ -34,7 +34,8 @@ def main() -> int:
     cams = heldout_cameras(16, 64, 64)
     with torch.no_grad():
         render = run.representation.render(cams, run.background)
-    mode = catalogue_modes(prompt)[run.metrics.get("mode", 0)] if isinstance(run.metrics.get("mode"), int) else catalogue_modes(prompt)[0]
+    matched = run.metrics.get("mode")  # the mode metrics.json scored against (multi-modal prompts)
+    mode = catalogue_modes(prompt)[matched if isinstance(matched, int) else 0]
     print(f"{prompt}: truth turned by (degrees), mask IoU, PSNR")
     for turn in range(0, 91, args.step):
         turned = orbit_cameras(cams.elevation, cams.azimuth - turn, cams.distance, torch.rad2deg(cams.fov_y), 64, 64)
