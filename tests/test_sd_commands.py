@@ -70,12 +70,20 @@ def test_run_each_representation(representation: str, flags: list[str], sd1: Pat
 
 @pytest.mark.parametrize("preset,steps", [("dreamfusion", 2), ("magic3d", 3), ("prolificdreamer", 6), ("dreamgaussian", 12),
                                           ("hifa", 2), ("stabledreamer", 4), ("quick", 2), ("toyworld-sds", 2)])
-def test_run_each_preset(preset: str, steps: int, sd1: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_run_each_preset(preset: str, steps: int, sd1: Path, tiny_if: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     flags = NERF if preset in ("dreamfusion", "magic3d", "prolificdreamer", "hifa") else SMALL_GAUSSIANS
-    assert main(["run", "--config", preset, *_sd(sd1), *flags, "--steps", str(steps), *QUICK, "--log.export-formats", "glb",
+    config = preset
+    if preset == "stabledreamer":  # its geometry stage runs on IF: the shipped preset with a tiny IF stage-I model
+        data = yaml.safe_load(Path("threedistill/configs/stabledreamer.yaml").read_text())
+        data["stages"][0]["prior"] = {"model": str(tiny_if)}
+        config = str(tmp_path / "stabledreamer.yaml")
+        Path(config).write_text(yaml.safe_dump(data))
+    assert main(["run", "--config", config, *_sd(sd1), *flags, "--steps", str(steps), *QUICK, "--log.export-formats", "glb",
                  "--out", str(tmp_path)]) == 0, capsys.readouterr().err
     metrics = _metrics(_run_dir(capsys))
     assert metrics["prior"] == "sd" and metrics["steps"] >= 1
+    if preset == "stabledreamer":
+        assert [s["prior"] for s in metrics["stages"]] == ["deepfloyd-if", "sd"]
 
 
 def test_the_4d_preset_with_an_image_and_a_video_model(sd1: Path, tiny_t2v: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

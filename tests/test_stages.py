@@ -54,6 +54,19 @@ stages:
     assert all(s.cfg.sampler.width == 48 for s in plan)  # command-line flags win in every stage
 
 
+def test_a_pixel_prior_stage_takes_the_pixel_space_counterpart(tmp_path: Path) -> None:
+    """StableDreamer's geometry stage: sd -> deepfloyd-if with IF's defaults and the stage's own prior fields;
+    `--prior.*` flags set the run's prior only; pixel-space priors and those without a counterpart keep theirs."""
+    text = "steps: 10\nstages:\n  - {name: g, pixel_prior: true, prior: {model: my-if, cfg_scale: 12}}\n  - {name: c}\n"
+    plan = parse_run_plan(["--config", _preset(tmp_path, text), "--prior", "sd", "--prior.model", "my-sd"])
+    assert [s.names.prior for s in plan] == ["deepfloyd-if", "sd"]
+    assert (plan[0].cfg.prior.model, plan[0].cfg.prior.cfg_scale, plan[1].cfg.prior.model) == ("my-if", 12, "my-sd")
+    for prior in ("toyworld", "toyworld-sd"):
+        assert [s.names.prior for s in parse_run_plan(["--config", "stabledreamer", "--prior", prior])] == [prior, prior]
+    shipped = parse_run_plan(["--config", "stabledreamer", "--prior", "sd"])
+    assert [s.names.prior for s in shipped] == ["deepfloyd-if", "sd"] and shipped[0].cfg.sampler.width == 64
+
+
 @pytest.mark.parametrize(
     ("stages", "message"),
     [
@@ -65,6 +78,7 @@ stages:
         ("  - {name: x}\n  - {name: x}", "unique"),
         ("  - just a string", "must be a mapping"),
         ("  - {steps: 0}", "would run 0 steps"),
+        ("  - {name: x, pixel_prior: yes please}", "pixel_prior must be true or false"),
     ],
 )
 def test_bad_stage_entries_are_one_line_errors(tmp_path: Path, stages: str, message: str) -> None:

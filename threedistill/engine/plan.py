@@ -22,6 +22,11 @@ Rules:
 - `prompt`, `negative_prompt`, `seed`, `device` and `out` belong to the whole run.
 - A stage with `dynamic: true` (4D) uses the video counterpart of the base's image prior
   (toyworld -> toyworld-video, sd -> video-sd) with that prior's defaults.
+- A stage with `pixel_prior: true` uses the pixel-space counterpart of the base's prior
+  (sd -> deepfloyd-if, StableDreamer's geometry stage) with that prior's defaults plus the
+  stage's own `prior` fields; priors already in pixel space (toyworld) or without a
+  counterpart (toyworld-sd) keep their own. In both cases `--prior.*` flags set the base's
+  prior, not the counterpart.
 - Command-line flags win in every stage: `--guidance.cfg-scale 50` sets it in each stage
   whose guidance has that field, `--sampler.width 64` everywhere. The name flags
   (`--representation nerf`) only change the base, so stages naming their own keep it.
@@ -51,11 +56,12 @@ from ..config import (
 )
 from ..core.errors import UserError
 from ..core.motion import video_prior_name
+from ..priors.base import PIXEL_PRIOR_OF
 
 STAGE_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,39}")
 SHARED_KEYS = ("prompt", "negative_prompt", "seed", "device", "out", "image")
 STAGE_KEYS = ("name", "steps", "share", "prior", "guidance", "representation", "sampler", "render", "log", "mesh", "prompts",
-              "dynamic", "motion", "deformation", "reference")
+              "dynamic", "motion", "deformation", "reference", "pixel_prior")
 
 
 @dataclass
@@ -100,7 +106,7 @@ def expand_stages(
         where = f"{source} stage '{label}'"
         data = copy.deepcopy(base)
         for key, value in entry.items():
-            if key in ("name", "share", "steps"):
+            if key in ("name", "share", "steps", "pixel_prior"):
                 continue
             if key in SHARED_KEYS or key not in STAGE_KEYS:
                 hint = "set it at the top level" if key in SHARED_KEYS else f"stage keys: {', '.join(STAGE_KEYS)}"
@@ -111,16 +117,25 @@ def expand_stages(
                 data[key] = value
         data["steps"] = lengths[i]
         _apply_changes(data, changes, names)
-        video = video_prior_name(data["prior"]["name"], bool(data.get("dynamic")))
-        if video != data["prior"]["name"]:  # a dynamic stage: the video counterpart, with its own defaults
+        counterpart = video_prior_name(data["prior"]["name"], bool(data.get("dynamic")))
+        if _pixel_prior_flag(entry, where):
+            counterpart = PIXEL_PRIOR_OF.get(counterpart, counterpart)
+        if counterpart != data["prior"]["name"]:  # a dynamic or pixel-space stage: the counterpart, with its own defaults
             own = entry.get("prior") if isinstance(entry.get("prior"), dict) else {}
-            data["prior"] = {**{k: v for k, v in own.items() if k != "name"}, "name": video}
+            data["prior"] = {**{k: v for k, v in own.items() if k != "name"}, "name": counterpart}
         stage_names = split_component_names(data, {})
         stages.append(Stage(label, stage_names, config_from_dict(data, stage_names, where)))
     labels = [s.label for s in stages]
     if len(set(labels)) != len(labels):
         raise UserError(f"config {source}: stage names must be unique, got {labels}")
     return stages
+
+
+def _pixel_prior_flag(entry: dict[str, Any], where: str) -> bool:
+    value = entry.get("pixel_prior", False)
+    if not isinstance(value, bool):
+        raise UserError(f"config {where}: pixel_prior must be true or false, got {value!r}")
+    return value
 
 
 def _stage_lengths(entries: list[Any], total: int, source: str) -> list[int]:

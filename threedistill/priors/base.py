@@ -199,6 +199,10 @@ class Prior:
 
 
 PRIORS: Registry[Prior] = Registry("prior")
+
+PIXEL_PRIOR_OF = {"sd": "deepfloyd-if"}
+"""A stage's `pixel_prior: true` swaps a latent prior for its pixel-space counterpart (StableDreamer's
+IF geometry stage before SD's latent stage); priors not named here keep their own."""
 """Every prior `--prior NAME` can choose."""
 
 
