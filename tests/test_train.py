@@ -158,6 +158,37 @@ def test_densify_and_prune_keeps_optimizer_state_aligned() -> None:
     torch.testing.assert_close(g.log_scales.detach()[-20:-10].exp(), parents / 1.6)
 
 
+def test_relocation_moves_faint_gaussians_onto_live_ones_and_keeps_their_opacity() -> None:
+    """3DGS-MCMC relocation: the count is kept, no Gaussian stays below the threshold, each live target and its
+    copies together are exactly as opaque as it was, copies sit near it, and their Adam moments start at zero."""
+    from threedistill.representations.gaussians import GaussiansConfig
+
+    cfg = GaussiansConfig(num_points=40, relocate_every=10, relocate_until=150, relocate_opacity=0.02)
+    g = Gaussians(cfg, torch.Generator().manual_seed(0), backend="torch")
+    opt = torch.optim.Adam(g.param_groups())
+    sum(p.sum() for p in g.parameters()).backward()
+    opt.step()
+    with torch.no_grad():
+        g.opacity_logits[:] = torch.linspace(-1.0, 2.0, 40)
+        g.opacity_logits[30:] = -6.0  # faint: relocated
+        g.sh_dc[:, 0, 0] = torch.arange(40.0)  # tells the copies of each target apart
+    before = torch.sigmoid(g.opacity_logits.detach()).clone()
+    means_before = g.means.detach().clone()
+    moments_before = opt.state[g.means]["exp_avg"].clone()
+    assert g.relocate_dead(opt) == 10 and g.num_points == 40
+    after = torch.sigmoid(g.opacity_logits.detach())
+    assert (after >= 0.02).all()
+    for target in range(30):  # itself plus its copies: 1 - prod(1 - o) is its old opacity
+        copies = [i for i in range(30, 40) if g.sh_dc.detach()[i, 0, 0] == target]
+        assert all((g.means.detach()[i] - means_before[target]).norm() < 0.5 for i in copies)
+        transmittance = (1 - after[[target, *copies]]).prod()
+        torch.testing.assert_close(1 - transmittance, before[target], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(g.means.detach()[:30], means_before[:30])
+    assert opt.state[g.means]["exp_avg"][30:].abs().sum() == 0
+    torch.testing.assert_close(opt.state[g.means]["exp_avg"][:30], moments_before[:30])
+    assert g.relocate_due(150) and not g.relocate_due(155) and not g.relocate_due(50) and not g.relocate_due(160)
+
+
 def test_init_from_point_cloud(tmp_path: Path) -> None:
     import numpy as np
     from plyfile import PlyData, PlyElement

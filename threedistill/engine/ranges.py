@@ -107,6 +107,7 @@ NAME_BOUNDS: dict[str, Bound] = {
     "*decay": (0, 1),
     "percent_*": (0, 1),
     "prune_opacity": (0, 1),
+    "relocate_opacity": (0, 1),
     "bound": (1e-6, 1e6),
     "samples_per_ray": (1, 4096),
     "*_dilate": (0, 64),

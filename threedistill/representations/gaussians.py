@@ -62,6 +62,11 @@ class GaussiansConfig(RepresentationConfig):
     prune_scale: float = 0.5
     """Prune Gaussians whose largest scale exceeds this fraction of scene_extent."""
     max_points: int = 20000
+    relocate_every: int = 0
+    """Every this many steps from densify_from to relocate_until (0: never), move the Gaussians whose opacity
+    fell below relocate_opacity onto live ones drawn by opacity (3DGS-MCMC's relocation; the count is kept)."""
+    relocate_until: int = 0
+    relocate_opacity: float = 0.02
     lambda_z_variance: Schedule = 0.0
     """HiFA's z-variance analogue (hifa preset: 100): variance of camera depth among the Gaussians each pixel
     composites, on pixels with alpha > 0.5 (a number or (step, value) points)."""
@@ -260,13 +265,51 @@ class Gaussians(Representation):
         self.grad_accum += (grad.norm(dim=-1) * visible).sum(0)
         self.grad_count += visible.sum(0)
 
+    def relocate_due(self, step: int) -> bool:
+        cfg = self.config
+        return cfg.relocate_every > 0 and cfg.densify_from <= step <= cfg.relocate_until and step % cfg.relocate_every == 0
+
     def after_step(self, step: int, out: RenderOutput, optimizer: torch.optim.Optimizer) -> None:
-        """Accumulate gradients and, on schedule, densify and prune (updating the optimiser)."""
-        if not self.densify_active(step):
-            return
-        self.accumulate_view_gradients(out)
-        if step > self.config.densify_from and step % self.config.densify_every == 0:
-            self.densify_and_prune(optimizer)
+        """Accumulate gradients and, on schedule, densify and prune or relocate (updating the optimiser)."""
+        if self.densify_active(step):
+            self.accumulate_view_gradients(out)
+            if step > self.config.densify_from and step % self.config.densify_every == 0:
+                self.densify_and_prune(optimizer)
+        if self.relocate_due(step):
+            self.relocate_dead(optimizer)
+
+    @torch.no_grad()
+    def relocate_dead(self, optimizer: Optional[torch.optim.Optimizer]) -> int:
+        """Move every Gaussian fainter than relocate_opacity onto a live one drawn with probability
+        proportional to its opacity (3DGS-MCMC): the copies share the target's opacity so that together they
+        are as opaque as it was, 1 - (1 - o)^(1 / (k + 1)) each, and sit at offsets drawn from its shape.
+        Returns how many moved."""
+        n = self.num_points
+        opacity = torch.sigmoid(self.opacity_logits.detach())
+        dead = (opacity < self.config.relocate_opacity).nonzero().squeeze(1)
+        alive = (opacity >= self.config.relocate_opacity).nonzero().squeeze(1)
+        if dead.numel() == 0 or alive.numel() == 0:
+            return 0
+        pick = torch.multinomial(opacity[alive].cpu(), dead.numel(), replacement=True, generator=self.generator)
+        targets = alive[pick.to(alive.device)]
+        source = torch.arange(n, device=opacity.device)
+        source[dead] = targets
+        fresh = torch.zeros(n, dtype=torch.bool, device=opacity.device)
+        fresh[dead] = True
+        copies = torch.bincount(targets, minlength=n).to(opacity.dtype)
+        shared = (1 - (1 - opacity).pow(1 / (copies + 1))).clamp(1e-4, 1 - 1e-4)
+        params = {name: getattr(self, name).detach()[source].clone() for name in PARAM_NAMES}
+        params["opacity_logits"] = torch.logit(shared[source])
+        scales = self.log_scales.detach()[targets].exp()
+        offsets = torch.randn(dead.numel(), 3, generator=self.generator).to(scales.device) * scales
+        params["means"][dead] += torch.einsum("nij,nj->ni", quat_to_rotmat(self.quats.detach()[targets]), offsets)
+        old = {name: getattr(self, name) for name in PARAM_NAMES}
+        self._set_params(params)
+        if optimizer is not None:
+            for name in PARAM_NAMES:
+                replace_rows(optimizer, old[name], getattr(self, name), source, fresh)
+        self._reset_densify_stats()
+        return int(dead.numel())
 
     @torch.no_grad()
     def densify_and_prune(self, optimizer: Optional[torch.optim.Optimizer]) -> dict[str, int]:
