@@ -87,24 +87,30 @@ def main(argv: Optional[list[str]] = None) -> None:
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     prompts = [f"shape {k}" for k in parse_range(args.shapes)] + (list(CATALOGUE) if args.catalogue else [])
-    jobs = [(p, s) for p in prompts for s in seeds]
+    jobs = [(p, s) for s in seeds for p in prompts]  # seed-major: a stopped run still has every shape's first seed
     results: dict[str, list[dict[str, Any]]] = {p: [] for p in prompts}
     with ThreadPoolExecutor(max(1, args.parallel)) as pool:
-        for (prompt, seed), metrics in zip(jobs, pool.map(lambda job: run_one(job[0], job[1], flags, args.threads), jobs)):
+        for done, ((prompt, seed), metrics) in enumerate(zip(jobs, pool.map(lambda job: run_one(job[0], job[1], flags, args.threads), jobs)), 1):
             results[prompt].append(metrics)
             print(f"{prompt:16s} seed {seed}: mask IoU {metrics['mask_iou']:.3f}, PSNR {metrics['psnr']:.2f}, "
                   f"{metrics['seconds']:.0f} s loop", flush=True)
-    shapes = {p: r for p, r in results.items() if p.startswith("shape ")}
-    lines = [f"Defaults{' with ' + ' '.join(flags) if flags else ''}; seeds {args.seeds}; 16 held-out views; "
-             f"{time.strftime('%Y-%m-%d')}.", ""] + table(shapes, "procedural shape")
-    catalogue = {p: r for p, r in results.items() if not p.startswith("shape ")}
-    if catalogue:
-        lines += [""] + table(catalogue, "catalogue object")
-    text = "\n".join(lines)
+            text = report(results, flags, args.seeds, done, len(jobs))
+            if args.write:  # after every run, so a stopped benchmark keeps what it measured
+                write_marked_section(args.write, "bench_shapes", text)
     print()
     print(text)
-    if args.write:
-        write_marked_section(args.write, "bench_shapes", text)
+
+
+def report(results: dict[str, list[dict[str, Any]]], flags: list[str], seeds: str, done: int, total: int) -> str:
+    """The Markdown tables of the runs so far (procedural shapes, then the catalogue)."""
+    shapes = {p: r for p, r in results.items() if p.startswith("shape ") and r}
+    partial = "" if done == total else f" ({done} of {total} runs so far)"
+    lines = [f"Defaults{' with ' + ' '.join(flags) if flags else ''}; seeds {seeds}{partial}; 16 held-out views; "
+             f"{time.strftime('%Y-%m-%d')}.", ""] + table(shapes, "procedural shape")
+    catalogue = {p: r for p, r in results.items() if not p.startswith("shape ") and r}
+    if catalogue:
+        lines += [""] + table(catalogue, "catalogue object")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -280,17 +280,20 @@ class Gaussians(Representation):
 
     @torch.no_grad()
     def relocate_dead(self, optimizer: Optional[torch.optim.Optimizer]) -> int:
-        """Move every Gaussian fainter than relocate_opacity onto a live one drawn with probability
-        proportional to its opacity (3DGS-MCMC): the copies share the target's opacity so that together they
-        are as opaque as it was, 1 - (1 - o)^(1 / (k + 1)) each, and sit at offsets drawn from its shape.
-        Returns how many moved."""
+        """Move Gaussians fainter than relocate_opacity onto live ones drawn with probability proportional to
+        their opacity (3DGS-MCMC). A target and its copy share its opacity so that together they are as opaque
+        as it was, 1 - (1 - o)^(1/2) each, and the copy sits at an offset drawn from its shape. At most one copy
+        per live Gaussian an event (the faintest move first): many copies of one would each be so faint that the
+        next event moves them again. Returns how many moved."""
         n = self.num_points
         opacity = torch.sigmoid(self.opacity_logits.detach())
-        dead = (opacity < self.config.relocate_opacity).nonzero().squeeze(1)
-        alive = (opacity >= self.config.relocate_opacity).nonzero().squeeze(1)
-        if dead.numel() == 0 or alive.numel() == 0:
+        faint = opacity < self.config.relocate_opacity
+        alive = (~faint).nonzero().squeeze(1)
+        dead = faint.nonzero().squeeze(1)
+        dead = dead[opacity[dead].argsort()[: alive.numel()]]
+        if dead.numel() == 0:
             return 0
-        pick = torch.multinomial(opacity[alive].cpu(), dead.numel(), replacement=True, generator=self.generator)
+        pick = torch.multinomial(opacity[alive].cpu(), dead.numel(), replacement=False, generator=self.generator)
         targets = alive[pick.to(alive.device)]
         source = torch.arange(n, device=opacity.device)
         source[dead] = targets
