@@ -16,7 +16,8 @@ their views at the size of the prior's x0 image (`Prior.latent_space`) and decod
   encodings of the original images (fading out), `anchor_alpha` keeps the source silhouette.
 - `latent-distill`: an RGB NeRF, started from the latent field's geometry (`NeRF.continue_from`),
   fitted photometrically to the prior's decoding of the latent field's render of every scene
-  view (decoded once, when the stage starts) and to its alpha, so the run ends with an ordinary
+  view (decoded once, when the stage starts), and its alpha to the scene's masks (the edit keeps
+  the silhouette; without masks, to the latent field's alpha), so the run ends with an ordinary
   asset: exports, previews and toyworld scores as every run's.
 
 On a pixel-space prior (toyworld) x0 is the image itself in [-1, 1] (`LatentSpace` with
@@ -163,7 +164,7 @@ class LatentDistillConfig(PhotometricConfig):
 
 @OBJECTIVES.register("latent-distill")
 class LatentDistillObjective(_DecodingPhotometric):
-    """Fit an RGB field to the decoded renders (and alpha) of the latent field the stage starts from."""
+    """Fit an RGB field to the decoded renders of the latent field the stage starts from (alpha: the scene's masks)."""
 
     Config = LatentDistillConfig
     config: LatentDistillConfig
@@ -179,9 +180,8 @@ class LatentDistillObjective(_DecodingPhotometric):
                                       latent_cameras(self.prior, scene.cameras))
         if latent.rgb.shape[1] != self.prior.latent_space().channels:
             raise RuntimeError("latent-distill starts from a latent field (the stage before it must be latent-dds or latent-fit)")
-        size = scene.images.shape[-2:]
         self.images = _resized(decode_views(self.prior, latent.rgb), scene.images)
-        self.masks = torch.nn.functional.interpolate(latent.alpha, size=size, mode="bilinear", align_corners=False).clamp(0, 1)
+        self.masks = scene.masks if scene.masks is not None else _resized(latent.alpha, scene.images[:, :1]).clamp(0, 1)
 
     def __call__(self, images: Tensor, cams: Cameras, emb: Optional[TextEmbeddings], step: int,
                  out: Optional[RenderOutput] = None) -> ObjectiveOutput:
