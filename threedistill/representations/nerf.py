@@ -447,12 +447,14 @@ class LatentRefiner(nn.Module):
     def __init__(self, channels: int, layers: int, width: int, generator: torch.Generator) -> None:
         super().__init__()
         sizes = [channels + 1] + [width] * max(layers - 1, 0) + [channels]
-        self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, padding=1) for a, b in zip(sizes[:-1], sizes[1:])) if layers > 0 else nn.ModuleList()
+        convs = [nn.Conv2d(a, b, 3, padding=1) for a, b in zip(sizes[:-1], sizes[1:])] if layers > 0 else []
+        self.convs = nn.ModuleList(convs)
         with torch.no_grad():
-            for i, conv in enumerate(self.convs):
-                last = i == len(self.convs) - 1
+            for i, conv in enumerate(convs):
+                last = i == len(convs) - 1
                 bound = 0.0 if last else 1.0 / math.sqrt(conv.in_channels * 9)
                 conv.weight.copy_((torch.rand(conv.weight.shape, generator=generator) * 2 - 1) * bound)
+                assert conv.bias is not None
                 conv.bias.zero_()
 
     def forward(self, latent: Tensor, alpha: Tensor) -> Tensor:

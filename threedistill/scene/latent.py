@@ -146,11 +146,13 @@ class LatentDDSObjective(SceneDDSObjective):
     def prepare(self, context: StageContext) -> None:
         """Render every scene view once from the field as the stage starts (the source), and read the encodings."""
         scene: PosedImages = _scene(context, "latent-dds")
+        prior = self.prior
+        assert isinstance(prior, Prior), "latent-dds runs on a registered prior (its latent_space)"
         self.source_prompts = context.embed(self.config.source_prompt)
-        source = render_in_chunks(lambda cams: context.render(cams.to(context.device)), latent_cameras(self.prior, scene.cameras))
+        source = render_in_chunks(lambda cams: context.render(cams.to(context.device)), latent_cameras(prior, scene.cameras))
         self.source_x0 = source.rgb
         self.source_alpha = scene.masks if scene.masks is not None else source.alpha
-        self.originals = encode_views(self.prior, scene.images)
+        self.originals = encode_views(prior, scene.images)
 
     def to_x0(self, images: Tensor) -> Tensor:
         """A latent field's render is x0 itself: no encoder."""
