@@ -13,6 +13,7 @@ import torch
 
 from support import SMALL_NERF, run_cli, assert_one_line_error
 from threedistill.cli import main
+from threedistill.engine.run import Run
 from threedistill.core.cameras import OrbitSamplerConfig, scene_cameras
 from threedistill.core.objective import StageContext
 from threedistill.priors.base import PRIORS
@@ -73,6 +74,8 @@ def test_latent_edit_on_toyworld_sd_fits_the_encodings_and_is_scored(mug_scene: 
     assert _errors(run, "anchor_alpha") and _errors(run, "rgb_error")  # the edit's anchors, the distillation
     config = (run / "config.yaml").read_text()
     assert "latent_channels: 4" in config and "latent-distill" in config
+    resumed = Run.resume(run).trainer  # the decoded views come back from the checkpoint (the latent field is gone)
+    assert resumed.stage.label == "distill" and resumed.objective.images.shape == (6, 3, 64, 64)
 
 
 def test_latent_edit_on_a_tiny_sd_pipeline(tiny_sd: dict[str, Path], mug_scene: Path, tmp_path: Path,
@@ -190,4 +193,7 @@ def test_latent_edit_needs_a_source_and_a_latent_field_needs_a_latent_objective(
     proc = run_cli("run", "--prompt", "a red mug", "--prior", "toyworld", "--representation", "nerf", "--representation.latent-channels", "4",
                    "--steps", "2", "--out", str(tmp_path))
     assert_one_line_error(proc, "latent-channels")
+    proc = run_cli("run", "--prompt", "a red mug", "--prior", "toyworld", "--guidance", "latent-distill", "--sampler.scene",
+                   str(mug_scene), "--steps", "2", "--out", str(tmp_path))
+    assert_one_line_error(proc, "follows a latent stage")
     assert not any(tmp_path.iterdir())

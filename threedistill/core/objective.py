@@ -42,6 +42,9 @@ class Needs:
     """It trains a latent field (a NeRF whose `latent_channels` are the prior's, scene/latent.py): the stage's
     views render at the size of the prior's x0 image (`Prior.latent_space`), its previews are decoded, and it is
     not scored against ground truth (its renders are not RGB)."""
+    after_latent: bool = False
+    """It starts from a latent stage's result (`StageContext.previous`, latent-distill): the stage before it trains
+    a latent field."""
 
 
 @dataclass

@@ -244,11 +244,16 @@ class StageTrainer:
         self.last_render, self.last_cameras, self.last_preview = out.rgb.detach(), cams, g.preview
         return {"loss": float(loss.detach()), **logs}
 
+    def rendered_images(self) -> Tensor:
+        """The latest step's training views as RGB images [B,3,H,W] on the CPU (a latent stage's decoded by the prior)."""
+        assert self.last_render is not None
+        render = self._require_prior().decode(self.last_render) if self.latent else self.last_render[:, :3]
+        return render.float().cpu()
+
     def preview_grid(self) -> tuple[Tensor, Optional[int]]:
         """The latest training views, and with `log.x0_previews` the objective's x0 estimates of them in a second
         row ([2B,3,H,W], B per row); the grid's images and images per row (None: near-square)."""
-        assert self.last_render is not None
-        render = (self._require_prior().decode(self.last_render) if self.latent else self.last_render[:, :3]).float().cpu()
+        render = self.rendered_images()
         if not self.cfg.log.x0_previews or self.last_preview is None:
             return render, None
         x0 = self.last_preview().float().cpu()

@@ -39,6 +39,10 @@ def validate_plan(plan: list[Stage], start_from: Optional[str] = None, first: in
     for stage in plan[first:]:
         try:
             _check_stage(stage, len(plan), scenes)
+            if OBJECTIVES[stage.names.guidance].needs.after_latent and (
+                    previous is None or not OBJECTIVES[previous.names.guidance].needs.latent):
+                raise UserError(f"--guidance {stage.names.guidance} distils a latent field: it follows a latent stage "
+                                "(threedistill edit --method latent-dds makes the stages)")
             if previous is not None or (start_from is not None and stage is plan[first]):
                 _check_transition(previous, start_from if previous is None else previous.names.representation, stage)
         except UserError as exc:

@@ -170,7 +170,7 @@ class LatentDistillObjective(_DecodingPhotometric):
 
     Config = LatentDistillConfig
     config: LatentDistillConfig
-    needs = Needs(prior=True, scene=True, clips=False)
+    needs = Needs(prior=True, scene=True, clips=False, after_latent=True)
 
     def prepare(self, context: StageContext) -> None:
         """Decode the previous stage's latent renders of every scene view (a resumed stage reads them from its checkpoint)."""
