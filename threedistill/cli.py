@@ -229,7 +229,7 @@ def cmd_edit(argv: list[str]) -> int:
     p = OneLineParser(
         prog="threedistill edit",
         description="Edit a captured scene toward a target prompt: reconstruct it from its posed images, then edit "
-        "with DDS (or Instruct-NeRF2NeRF). A threedistill run folder is edited directly. Other flags are those of "
+        "with DDS (or Instruct-NeRF2NeRF, or DDS in the prior's latent space: latent-dds). A threedistill run folder is edited directly. Other flags are those of "
         "`threedistill run` (--prior NAME, --prior.*, --guidance.*, --representation.*, --sampler.*, --seed, --device); "
         "--steps is the edit stage's length (default 400). " + VIEWER_HELP,
     )
@@ -237,31 +237,43 @@ def cmd_edit(argv: list[str]) -> int:
     p.add_argument("--source", default="", help="text describing the scene as it is (dds)")
     p.add_argument("--target", required=True, help="text describing the wanted result")
     p.add_argument("--instruction", default="", help="in2n: the InstructPix2Pix instruction (default: --target)")
-    p.add_argument("--method", choices=["dds", "in2n"], default="dds")
+    p.add_argument("--method", choices=["dds", "in2n", "latent-dds"], default="dds",
+                   help="latent-dds: ED-NeRF, a NeRF of the prior's latent image edited by DDS without the VAE, then an RGB NeRF "
+                   "distilled from its decoded renders")
     p.add_argument("--representation", choices=["nerf", "gaussians"], default="nerf")
     p.add_argument("--out", default="outputs/edits", help="folder under which a new run folder is made")
-    p.add_argument("--reconstruct-steps", type=int, default=500, help="steps fitting the posed images (skipped for run folders)")
+    p.add_argument("--reconstruct-steps", type=int, default=500, help="steps fitting the posed images (skipped for run folders, "
+                   "except with latent-dds, which fits a latent field to the run's renders)")
+    p.add_argument("--distill-steps", type=int, default=200, help="latent-dds: steps fitting the RGB field to the decoded latent renders")
     viewer, argv = viewer_flags(argv)
     args, rest = p.parse_known_args(argv)
-    if args.method == "dds" and not args.source.strip():
-        raise UserError("--method dds needs --source TEXT describing the scene as it is")
-    if args.reconstruct_steps < 1:
-        raise UserError(f"--reconstruct-steps must be >= 1, got {args.reconstruct_steps}")
+    latent = args.method == "latent-dds"
+    if args.method in ("dds", "latent-dds") and not args.source.strip():
+        raise UserError(f"--method {args.method} needs --source TEXT describing the scene as it is")
+    for flag, value in (("--reconstruct-steps", args.reconstruct_steps), ("--distill-steps", args.distill_steps)):
+        if value < 1:
+            raise UserError(f"{flag} must be >= 1, got {value}")
     if not args.scene.exists():
         raise UserError(f"scene not found: '{args.scene}'; pass a folder with transforms.json or a threedistill run folder")
     console = _console()
     rest = _with_default_steps(rest, 400)
-    guidance = "scene-dds" if args.method == "dds" else "in2n"
+    guidance = {"dds": "scene-dds", "in2n": "in2n", "latent-dds": "latent-dds"}[args.method]
     source_run = load_run(args.scene) if is_run_folder(args.scene) else None
     representation = source_run.names.representation if source_run is not None else args.representation
+    if latent:
+        if args.representation != "nerf":
+            raise UserError("--method latent-dds edits a latent NeRF; drop --representation gaussians")
+        representation = "nerf"  # a run folder's renders are the scene; its asset is not continued
 
     def plan_for(scene: Path) -> Any:
         flags = ["--guidance", guidance, "--representation", representation, "--prompt", args.target, "--out", args.out,
                  "--sampler.scene", str(scene), *rest]
-        if args.method == "dds":
+        if args.method in ("dds", "latent-dds"):
             flags += ["--guidance.source-prompt", args.source]
         elif args.instruction:
             flags += ["--guidance.instruction", args.instruction]
+        if latent:
+            return parse_run_plan(flags, "threedistill edit", stages=latent_edit_stages(flags, args.reconstruct_steps, args.distill_steps))
         edit = {"name": "edit", "share": 1.0}  # --steps, whole
         stages = [edit] if source_run is not None else [
             {"name": "reconstruct", "steps": args.reconstruct_steps, "guidance": {"name": "photometric"}}, edit]
@@ -269,8 +281,8 @@ def cmd_edit(argv: list[str]) -> int:
 
     if source_run is None:
         return _finished(run_plan(plan_for(args.scene), viewer=viewer, console=console))
-    start = source_run.as_previous()
-    validate_plan(plan_for(args.scene / "source_scene"), start.name, scenes=False)  # everything but the scene it renders next
+    start = None if latent else source_run.as_previous()
+    validate_plan(plan_for(args.scene / "source_scene"), None if start is None else start.name, scenes=False)  # everything but the scene it renders next
     run_dir = new_run_dir(args.out, args.target, args.method, representation)
     try:
         console.print(f"rendering {shown(args.scene)} as the source scene")
@@ -282,6 +294,24 @@ def cmd_edit(argv: list[str]) -> int:
         raise
     return _finished(run_plan(plan, viewer=viewer, console=console, start=start, run_dir=run_dir,
                               discard=lambda: remove_run_folder(run_dir)))
+
+
+def latent_edit_stages(flags: list[str], reconstruct_steps: int, distill_steps: int) -> list[dict[str, Any]]:
+    """latent-dds's stages (scene/latent.py): a latent field of the prior's channels fitted to the encoded images, its
+    DDS edit (--steps), an RGB field distilled from its decoded renders. The prior must have a latent image."""
+    from .engine.plan import parse_run_plan
+    from .priors.base import PRIORS
+
+    stage = parse_run_plan(flags, "threedistill edit")[0]  # the prior the flags name, before anything is loaded
+    prior = stage.names.prior
+    channels = PRIORS[prior].latent_channels(stage.cfg.prior)
+    if channels is None:
+        raise UserError(f"--method latent-dds edits in the prior's latent image, which --prior {prior} does not have; "
+                        "use --prior toyworld-sd, sd or toyworld (pixel space: its 'latent' is the image)")
+    field = {"latent_channels": channels}
+    return [{"name": "reconstruct", "steps": reconstruct_steps, "guidance": {"name": "latent-fit"}, "representation": field},
+            {"name": "edit", "share": 1.0, "representation": field},
+            {"name": "distill", "steps": distill_steps, "guidance": {"name": "latent-distill"}}]
 
 
 def _with_default_steps(rest: list[str], steps: int) -> list[str]:
@@ -450,7 +480,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "view": (cmd_view, "show a run, a splats.ply or a mesh in the web viewer"),
     "edit-image": (cmd_edit_image, "edit an image toward a target prompt with DDS"),
     "animate": (cmd_animate, "animate a static run with a video prior (4D)"),
-    "edit": (cmd_edit, "edit a captured scene or a run toward a target prompt (dds, in2n)"),
+    "edit": (cmd_edit, "edit a captured scene or a run toward a target prompt (dds, in2n, latent-dds)"),
     "batch": (cmd_batch, "many runs (prompts x seeds x settings) on Ray; sweeps with Ray Tune"),
     "toyworld": (cmd_toyworld, "the built-in ground-truth prior: list, scene"),
 }

@@ -38,6 +38,13 @@ class Needs:
     perp_neg: bool = False
     """Its guidance is CFG-shaped, e_u + s (e_c - e_u), through `Guidance.guidance_delta`, so
     `--prompts.perp-neg` applies (guidance/base.py)."""
+    latent: bool = False
+    """It trains a latent field (a NeRF whose `latent_channels` are the prior's, scene/latent.py): the stage's
+    views render at the size of the prior's x0 image (`Prior.latent_space`), its previews are decoded, and it is
+    not scored against ground truth (its renders are not RGB)."""
+    after_latent: bool = False
+    """It starts from a latent stage's result (`StageContext.previous`, latent-distill): the stage before it trains
+    a latent field."""
 
 
 @dataclass
@@ -93,6 +100,9 @@ class StageContext:
     """Renders the stage's representation as it starts (no gradients), on the solid background."""
     embed: Callable[[str], Any]
     """A `PromptEmbedder` for another text (e.g. DDS's source prompt) with the run's prompt settings."""
+    previous: Optional[Callable[[Cameras], RenderOutput]] = None
+    """Renders the result the stage started from as it was (the previous stage's representation, before any
+    conversion; no gradients); None for a run's first stage and for a resumed stage."""
 
 
 class Objective:

@@ -35,6 +35,7 @@ from ..reference.view import ReferenceView
 from ..render.background import Background
 from ..representations.base import active_loss_weights, weighted_losses
 from ..representations.convert import PreviousAsset
+from ..scene.views import SizedViews
 from .build import (
     build_image_objective,
     build_objective,
@@ -83,6 +84,11 @@ class StageTrainer:
         self.num_particles = cfg.guidance.particle_count()
         self.frames = clip_frames(cfg)
         self.representation = build_representation(cfg, self.generator, previous).to(self.device)
+        self.latent = objective_cls.needs.latent
+        """The stage trains a latent field: its views render at the prior's x0 size, previews are decoded, no scores."""
+        if self.latent:
+            self.sampler = SizedViews(self.sampler, self._require_prior().latent_space().size)
+        self.previous = previous
         self.objective = build_objective(cfg, self.prior if objective_cls.needs.prior else None, self.generator)
         self.image_objective = build_image_objective(cfg, run.priors, self.generator)
         self.text_objective = build_text_objective(cfg, run.priors, self.generator, cfg.prompt.strip() or self.prompt)
@@ -115,7 +121,12 @@ class StageTrainer:
             prompt=self.prompt, negative_prompt=self.cfg.negative_prompt, device=self.device, scene=self.scene,
             render=lambda cams: self.representation.render(cams, self.background),
             embed=lambda text: build_prompts(self.cfg, self._require_prior(), text),
+            previous=None if self.previous is None else self._render_previous,
         )
+
+    def _render_previous(self, cams: Cameras) -> RenderOutput:
+        assert self.previous is not None
+        return self.previous.representation.render(cams, self.background)
 
     def _require_prior(self) -> Prior:
         if self.prior is None:
@@ -233,11 +244,16 @@ class StageTrainer:
         self.last_render, self.last_cameras, self.last_preview = out.rgb.detach(), cams, g.preview
         return {"loss": float(loss.detach()), **logs}
 
+    def rendered_images(self) -> Tensor:
+        """The latest step's training views as RGB images [B,3,H,W] on the CPU (a latent stage's decoded by the prior)."""
+        assert self.last_render is not None
+        render = self._require_prior().decode(self.last_render) if self.latent else self.last_render[:, :3]
+        return render.float().cpu()
+
     def preview_grid(self) -> tuple[Tensor, Optional[int]]:
         """The latest training views, and with `log.x0_previews` the objective's x0 estimates of them in a second
         row ([2B,3,H,W], B per row); the grid's images and images per row (None: near-square)."""
-        assert self.last_render is not None
-        render = self.last_render[:, :3].float().cpu()
+        render = self.rendered_images()
         if not self.cfg.log.x0_previews or self.last_preview is None:
             return render, None
         x0 = self.last_preview().float().cpu()
@@ -361,7 +377,7 @@ class StageTrainer:
     def evaluate(self) -> Optional[dict[str, Any]]:
         """Scores on held-out cameras against ground truth (None for priors without it)."""
         truth = self.ground_truth()
-        if truth is None:
+        if truth is None or self.latent:
             return None
         meshes = any(f in MESH_FORMATS for f in self.cfg.log.export_formats)
         return score_asset(self.representation, truth, self.prompt, self.cfg.log.eval_views, self.background, self.frames,

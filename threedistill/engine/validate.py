@@ -23,6 +23,7 @@ from ..reference.view import read_reference
 from ..representations.base import REPRESENTATIONS
 from ..representations.convert import transition_error
 from ..representations.deformation import DEFORMABLE
+from ..representations.nerf import NeRFConfig
 from ..scene.views import scene_for
 from .build import resolve_device
 from .plan import Stage
@@ -38,6 +39,10 @@ def validate_plan(plan: list[Stage], start_from: Optional[str] = None, first: in
     for stage in plan[first:]:
         try:
             _check_stage(stage, len(plan), scenes)
+            if OBJECTIVES[stage.names.guidance].needs.after_latent and (
+                    previous is None or not OBJECTIVES[previous.names.guidance].needs.latent):
+                raise UserError(f"--guidance {stage.names.guidance} distils a latent field: it follows a latent stage "
+                                "(threedistill edit --method latent-dds makes the stages)")
             if previous is not None or (start_from is not None and stage is plan[first]):
                 _check_transition(previous, start_from if previous is None else previous.names.representation, stage)
         except UserError as exc:
@@ -87,9 +92,34 @@ def _check_stage(stage: Stage, stages: int, scenes: bool) -> None:
         for text in ((() if image_named else (cfg.prompt,)) + tuple(cfg.guidance.texts())):
             prior.check_prompt(cfg.prior, text)
     cfg.representation.check()
+    _check_latent(cfg, needs.latent, scenes)
     unknown = [f for f in cfg.log.export_formats if f not in EXPORT_FORMATS]
     if unknown:
         raise UserError(f"unknown export format '{unknown[0]}' in --log.export-formats; valid formats: {', '.join(EXPORT_FORMATS)}")
+
+
+def _check_latent(cfg: RunConfig, latent: bool, scenes: bool) -> None:
+    """A latent field (a NeRF with latent_channels) only in stages whose objective trains one, with the prior's
+    channels, on a square scene (both sides of the prior's x0 image are one size)."""
+    names, rep = cfg.component_names(), cfg.representation
+    channels = rep.latent_channels if isinstance(rep, NeRFConfig) else 0
+    if not latent:
+        if channels:
+            raise UserError(f"--representation.latent-channels {channels} makes a latent field, which only latent editing trains "
+                            "(threedistill edit --method latent-dds); drop it")
+        return
+    wanted = PRIORS[names.prior].latent_channels(cfg.prior)
+    if wanted is None:
+        raise UserError(f"--guidance {names.guidance} edits in the prior's latent image, which --prior {names.prior} does not have; "
+                        "use --prior toyworld-sd, sd or toyworld")
+    if not isinstance(rep, NeRFConfig) or channels != wanted:
+        raise UserError(f"--guidance {names.guidance} trains a latent field: --representation nerf with "
+                        f"--representation.latent-channels {wanted} (--prior {names.prior}'s)")
+    if scenes and cfg.sampler.scene:
+        height, width = scene_for(cfg.sampler).images.shape[-2:]
+        if height != width:
+            raise UserError(f"--guidance {names.guidance} renders square latent images; the scene's views are {width}x{height} "
+                            "(crop them square)")
 
 
 def _check_image(cfg: RunConfig, prior_name: str, reads_prior: bool) -> bool:
@@ -158,8 +188,9 @@ def _check_transition(previous: Optional[Stage], before: Optional[str], stage: S
     cls = REPRESENTATIONS[after]
     if previous is None or before != after or not cls.fixed_state_shapes or previous.cfg.representation == stage.cfg.representation:
         return
-    shapes = [{k: tuple(v.shape) for k, v in cls.build(s.cfg.representation, torch.Generator(), "torch").state_dict().items()}
-              for s in (previous, stage)]
+    kept = cls.continued_state(previous.cfg.representation, stage.cfg.representation)
+    shapes = [{k: tuple(v.shape) for k, v in cls.build(s.cfg.representation, torch.Generator(), "torch").state_dict().items()
+               if kept is None or k.split(".")[0] in kept} for s in (previous, stage)]
     if shapes[0] != shapes[1]:
         changed = sorted(k for k in shapes[0].keys() | shapes[1].keys() if shapes[0].get(k) != shapes[1].get(k))[:3]
         raise UserError(f"this stage changes the {after}'s shape settings ({', '.join(changed)}), so it cannot continue from the "

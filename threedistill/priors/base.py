@@ -33,6 +33,18 @@ class GuidanceDefaults:
     DDS; 7.5 in their papers). None: the same as `cfg_scale`."""
 
 
+@dataclass(frozen=True)
+class LatentSpace:
+    """The image a prior's x0 is, for fields that render x0 directly (latent editing, scene/latent.py):
+    `encode` maps renders [B,3,H,W] to x0 [B,channels,size,size] and `decode` maps x0 back to pixels."""
+
+    channels: int
+    size: int
+    """Side of the square x0 image (SD: the UNet's latent size; a pixel-space prior: its resolution)."""
+    downscale: int
+    """Decoded pixels per x0 pixel along a side (SD: the VAE's 8, toyworld-sd's 4; pixel space: 1)."""
+
+
 @runtime_checkable
 class DiffusionPrior(Protocol):
     """A frozen 2D (or video) diffusion model seen through the few operations score distillation needs."""
@@ -187,6 +199,17 @@ class Prior:
         """Condition the prior on an image-to-3D run's image (priors whose class sets `reads_image`); returns the
         text the run's prompt embeddings are then made of (toyworld: the object it identified; zero123: a marker)."""
         raise NotImplementedError(f"{type(self).__name__} is not conditioned on images")
+
+    @classmethod
+    def latent_channels(cls, config: PriorConfig) -> Optional[int]:
+        """Channels of this prior's x0 image when a field can render it for latent editing (`LatentSpace`),
+        known before loading; None: its x0 is no single image a field renders (video clips, multi-view groups,
+        image-conditioned or cascaded models)."""
+        return None
+
+    def latent_space(self) -> LatentSpace:
+        """The loaded prior's x0 image (priors whose `latent_channels` is not None)."""
+        raise NotImplementedError(f"{type(self).__name__} has no latent image a field renders")
 
     @classmethod
     def sharing_key(cls, config: PriorConfig, sampler_config: OrbitSamplerConfig) -> str:

@@ -100,9 +100,9 @@ def render_volume_nerfacc(
     rgb = accumulate_along_rays(weights, values=rgbs, ray_indices=ray_indices, n_rays=n_rays)
     alpha = accumulate_along_rays(weights, values=None, ray_indices=ray_indices, n_rays=n_rays)
     t_exp = accumulate_along_rays(weights, values=((t_starts + t_ends) * 0.5)[:, None], ray_indices=ray_indices, n_rays=n_rays)
-    rgb, alpha = rgb.view(B, H, W, 3), alpha.view(B, H, W)
+    rgb, alpha = rgb.view(B, H, W, -1), alpha.view(B, H, W)  # 3 channels, or a latent field's
     depth = t_exp.view(B, H, W) * z_scale
-    bg = background.to(rgb).expand(B, 3) if background.dim() == 1 else background.to(rgb)
+    bg = background.to(rgb).expand(B, -1) if background.dim() == 1 else background.to(rgb)
     rgb = rgb + (1.0 - alpha[..., None]) * bg[:, None, None, :]
     extras: dict[str, Any] = {"samples": int(ray_indices.numel()), "backend": "cuda"}
     if depth_moments:

@@ -205,8 +205,9 @@ def _render_rays(
     flat = mask.view(-1).nonzero().squeeze(1)
     sig_k, rgb_k = field.query(points.view(-1, 3)[flat])
     sigmas = torch.zeros(R * samples_per_ray, device=points.device, dtype=sig_k.dtype).index_put((flat,), sig_k)
-    rgbs = torch.zeros(R * samples_per_ray, 3, device=points.device, dtype=rgb_k.dtype).index_put((flat,), rgb_k)
-    rgb, alpha, t_exp, weights = composite(t_starts, t_ends, t_mid, sigmas.view(R, -1), rgbs.view(R, -1, 3))
+    C = rgb_k.shape[-1]  # 3, or a latent field's channels
+    rgbs = torch.zeros(R * samples_per_ray, C, device=points.device, dtype=rgb_k.dtype).index_put((flat,), rgb_k)
+    rgb, alpha, t_exp, weights = composite(t_starts, t_ends, t_mid, sigmas.view(R, -1), rgbs.view(R, -1, C))
     result = {"rgb": rgb, "alpha": alpha, "t": t_exp, "samples": torch.tensor(flat.numel())}
     if depth_moments:
         result["t2"] = (weights * t_mid * t_mid).sum(dim=-1)
@@ -225,7 +226,7 @@ def render_volume_torch(
 ) -> RenderOutput:
     """Render the B cameras of `cams` through `field` (see the module docstring).
 
-    background [3] or [B,3]. Returns rgb composited on it, alpha, depth (expected camera z,
+    background [C] or [B,C] (C = the field's channels: 3, or a latent field's). Returns rgb composited on it, alpha, depth (expected camera z,
     not divided by alpha) and extras "samples" (field evaluations with gradient),
     "backend" = "torch" and, with `keep_samples` (one chunk only, i.e. with gradients),
     "sample_points" [K,3], "sample_weights" [K] and "sample_dirs" [K,3]; with `depth_moments`,
@@ -241,10 +242,10 @@ def render_volume_torch(
                      stratified, generator, early_stop_eps, alpha_threshold, keep_samples, depth_moments)
         for i in range(0, n, step)
     ]
-    rgb = torch.cat([p["rgb"] for p in parts]).view(B, H, W, 3)
+    rgb = torch.cat([p["rgb"] for p in parts]).view(B, H, W, -1)
     alpha = torch.cat([p["alpha"] for p in parts]).view(B, H, W)
     depth = torch.cat([p["t"] for p in parts]).view(B, H, W) * z_scale
-    bg = background.to(rgb).expand(B, 3) if background.dim() == 1 else background.to(rgb)
+    bg = background.to(rgb).expand(B, -1) if background.dim() == 1 else background.to(rgb)
     rgb = rgb + (1.0 - alpha[..., None]) * bg[:, None, None, :]
     extras: dict = {"samples": int(sum(int(p["samples"]) for p in parts)), "backend": "torch"}
     if depth_moments:

@@ -105,6 +105,16 @@ class Representation(nn.Module):
         return False
 
     # ------------------------------------------------------------------ capabilities
+    @classmethod
+    def continued_state(cls, before: RepresentationConfig, after: RepresentationConfig) -> Optional[tuple[str, ...]]:
+        """The top-level modules a stage configured `after` takes over from a stage configured `before`
+        (`continue_from`); None: all of its state."""
+        return None
+
+    def continue_from(self, previous: "Representation") -> None:
+        """Start from `previous`, a result of the same representation (convert.py): its state, loaded as is."""
+        self.load_state_dict(previous.static().state_dict())
+
     def as_splats(self, time: float = 0.0) -> Optional[SplatTensors]:
         """Its 3D Gaussians at `time` in the 3DGS layout (None: it has none)."""
         return None

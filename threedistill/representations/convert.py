@@ -49,7 +49,7 @@ def representation_from(previous: PreviousAsset, name: str, config: Representati
     if name == previous.name:
         model = REPRESENTATIONS[name].build(config, generator, backend)
         try:
-            model.load_state_dict(previous.representation.static().state_dict())
+            model.continue_from(previous.representation)
         except (RuntimeError, KeyError, ValueError) as exc:
             raise UserError(f"this stage changes the {name}'s shape settings, so it cannot continue from the previous result "
                             f"({str(exc).splitlines()[0][:120]}); keep them equal") from None

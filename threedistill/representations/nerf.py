@@ -9,6 +9,14 @@ corners into a table of 2^log2_table_size entries (instant-NGP's spatial hash). 
 a density bias, then softplus/trunc_exp) and albedo (sigmoid). Score distillation on toyworld needs no shading:
 its references are lit by a fixed world light, so the albedo bakes it in.
 
+A latent field (`latent_channels` N > 0; ED-NeRF, `threedistill edit --method latent-dds`) renders
+the prior's latent image instead of RGB: the colour head gives N unbounded channels, composited on
+a learnt background latent, then a small residual stack of 3x3 convolutions over the rendered map
+(and its alpha) refines it (`refine_layers`; its last layer starts at zero, so it starts as the
+identity). It has no albedo, so no mesh is extracted from it (`as_field` is None); an edit ends by
+distilling an RGB field from its decoded renders (scene/latent.py), which starts from its geometry
+(`continue_from`).
+
 Rendering (render/volume_torch.py, or nerfacc's kernels on CUDA) skips empty space with a
 binary occupancy grid that `after_step` refreshes from the density every few steps.
 """
@@ -101,6 +109,17 @@ class NeRFConfig(RepresentationConfig):
     """Opacity loss weight: binary entropy of alpha (pushes alpha to 0 or 1)."""
     lambda_z_variance: Schedule = 0.0
     """HiFA's z-variance weight (hifa preset: 100): variance of depth along each ray, on pixels with alpha > 0.5."""
+    latent_channels: int = 0
+    """0: an RGB field. N > 0: a latent field rendering the prior's N-channel latent image (see the module docstring)."""
+    refine_layers: int = 2
+    """Latent fields: 3x3 convolutions of the residual refinement over the rendered latent map (0: none)."""
+    refine_width: int = 32
+    """Latent fields: channels of the refinement's hidden layers."""
+
+    @property
+    def channels(self) -> int:
+        """Channels a render has: 3 (RGB) or `latent_channels`."""
+        return self.latent_channels or 3
 
     def check(self) -> None:
         super().check()
@@ -258,7 +277,12 @@ class NeRF(Representation):
         self.encoding = HashGrid(cfg.levels, cfg.features_per_level, cfg.log2_table_size, cfg.base_resolution, cfg.max_resolution, cfg.bound, generator)
         self.trunk = nn.Sequential(_linear(self.encoding.out_dim, cfg.hidden_dim, generator), nn.ReLU(inplace=True))
         self.density_head = _linear(cfg.hidden_dim, 1, generator)
-        self.albedo_head = _linear(cfg.hidden_dim, 3, generator)
+        self.albedo_head = _linear(cfg.hidden_dim, cfg.channels, generator)
+        self.latent_background: Optional[nn.Parameter] = None
+        self.refiner: Optional[LatentRefiner] = None
+        if cfg.latent_channels:
+            self.latent_background = nn.Parameter(torch.zeros(cfg.latent_channels))
+            self.refiner = LatentRefiner(cfg.latent_channels, cfg.refine_layers, cfg.refine_width, generator)
         self.occupancy = OccupancyGrid(cfg.occ_resolution, cfg.bound, cfg.occ_threshold, cfg.occ_ema_decay, cfg.occ_dilate)
         cfg.check()
         self.keep_samples = False  # the next training render keeps its samples (orientation loss)
@@ -279,11 +303,12 @@ class NeRF(Representation):
         return self._density_from_raw(self.density_head(self.trunk(self.encoding(points))).squeeze(-1), points)
 
     def query(self, points: Tensor) -> tuple[Tensor, Tensor]:
-        """Density [M] and albedo [M,3] at points [M,3] (both heads in one product)."""
+        """Density [M] and albedo [M,3] (a latent field: latent [M,N], unbounded) at points [M,3] (both heads in one product)."""
         h = self.trunk(self.encoding(points))
         heads = (self.density_head, self.albedo_head)
         out = F.linear(h, torch.cat([head.weight for head in heads]), torch.cat([head.bias for head in heads]))
-        return self._density_from_raw(out[:, 0], points), torch.sigmoid(out[:, 1:])
+        colour = out[:, 1:] if self.is_latent else torch.sigmoid(out[:, 1:])
+        return self._density_from_raw(out[:, 0], points), colour
 
     def albedo(self, points: Tensor) -> Tensor:
         """Albedo [M,3] in [0,1] at points [M,3] (with `density`: the field mesh export reads)."""
@@ -293,8 +318,13 @@ class NeRF(Representation):
     def device(self) -> torch.device:
         return self.encoding.table.device
 
-    def as_field(self, time: float = 0.0) -> Field:
-        return NeRFField(self)
+    @property
+    def is_latent(self) -> bool:
+        """It renders a latent image (`latent_channels` > 0), not RGB."""
+        return self.refiner is not None
+
+    def as_field(self, time: float = 0.0) -> Optional[Field]:
+        return None if self.is_latent else NeRFField(self)
 
     def normals(self, points: Tensor) -> Tensor:
         """Unit normals [M,3] = -grad(density) by central finite differences."""
@@ -316,10 +346,19 @@ class NeRF(Representation):
         return [
             {"params": list(self.encoding.parameters()), "lr": cfg.lr_encoding, "name": "encoding"},
             {"params": [p for m in (self.trunk, self.density_head, self.albedo_head) for p in m.parameters()], "lr": cfg.lr_network, "name": "network"},
+            *([{"params": [*self.refiner.parameters(), self.latent_background], "lr": cfg.lr_network, "name": "refiner"}]
+              if self.refiner is not None and self.latent_background is not None else []),
         ]
 
     def render(self, cams: Cameras, background: Tensor) -> RenderOutput:
-        """Render the cameras on `background` [3] or [B,3]."""
+        """Render the cameras on `background` [3] or [B,3]; a latent field renders on its own learnt background
+        latent and refines the map (see the module docstring)."""
+        if self.refiner is not None and self.latent_background is not None:
+            out = self._render_volume(cams, self.latent_background)
+            return RenderOutput(rgb=self.refiner(out.rgb, out.alpha), alpha=out.alpha, depth=out.depth, extras=out.extras)
+        return self._render_volume(cams, background)
+
+    def _render_volume(self, cams: Cameras, background: Tensor) -> RenderOutput:
         cfg = self.config
         occupancy = self.occupancy if cfg.occ_update_every > 0 else None
         keep = self.training and torch.is_grad_enabled() and self.keep_samples
@@ -370,11 +409,61 @@ class NeRF(Representation):
         if every > 0 and step % every == 0:
             self.update_occupancy(step)
 
+    @classmethod
+    def continued_state(cls, before: RepresentationConfig, after: RepresentationConfig) -> Optional[tuple[str, ...]]:
+        """A field whose colour output changes (latent -> RGB) takes over the geometry alone."""
+        assert isinstance(before, NeRFConfig) and isinstance(after, NeRFConfig)
+        return None if before.latent_channels == after.latent_channels else GEOMETRY_MODULES
+
+    def continue_from(self, previous: Representation) -> None:
+        """Start from `previous` (a NeRF): all of it, or its geometry alone when the colour output differs
+        (the RGB field distilled at the end of a latent edit keeps the latent field's density)."""
+        source = previous.static()
+        if not isinstance(source, NeRF) or self.continued_state(source.config, self.config) is None:
+            return super().continue_from(previous)
+        own = self.state_dict()
+        geometry = {k: v for k, v in source.state_dict().items() if k.split(".")[0] in GEOMETRY_MODULES}
+        mismatched = [k for k, v in geometry.items() if k not in own or own[k].shape != v.shape]
+        if mismatched:
+            raise UserError(f"this stage changes the NeRF's shape settings ({mismatched[0]}), so it cannot continue from the "
+                            "previous result; keep them equal")
+        nn.Module.load_state_dict(self, geometry, strict=False)
+
     def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> Any:  # type: ignore[override]
         missing = [k for k in self.state_dict() if k not in state]
         if missing:
             raise UserError(f"checkpoint lacks NeRF parameters {missing[:3]}; it was not written by a NeRF run with this configuration")
         return super().load_state_dict(state, strict=strict)
+
+
+GEOMETRY_MODULES = ("encoding", "trunk", "density_head", "occupancy")
+"""The NeRF's modules that hold its shape (an RGB field distilled from a latent one starts with them)."""
+
+
+class LatentRefiner(nn.Module):
+    """ED-NeRF's refinement of a rendered latent map: x + convs([x, alpha]), 3x3 convolutions with SiLU
+    between them; the last starts at zero (the identity)."""
+
+    def __init__(self, channels: int, layers: int, width: int, generator: torch.Generator) -> None:
+        super().__init__()
+        sizes = [channels + 1] + [width] * max(layers - 1, 0) + [channels]
+        convs = [nn.Conv2d(a, b, 3, padding=1) for a, b in zip(sizes[:-1], sizes[1:])] if layers > 0 else []
+        self.convs = nn.ModuleList(convs)
+        with torch.no_grad():
+            for i, conv in enumerate(convs):
+                last = i == len(convs) - 1
+                bound = 0.0 if last else 1.0 / math.sqrt(conv.in_channels * 9)
+                conv.weight.copy_((torch.rand(conv.weight.shape, generator=generator) * 2 - 1) * bound)
+                assert conv.bias is not None
+                conv.bias.zero_()
+
+    def forward(self, latent: Tensor, alpha: Tensor) -> Tensor:
+        if not len(self.convs):
+            return latent
+        h = torch.cat([latent, alpha.to(latent)], dim=1)
+        for i, conv in enumerate(self.convs):
+            h = conv(h) if i == len(self.convs) - 1 else F.silu(conv(h))
+        return latent + h
 
 
 def _linear(n_in: int, n_out: int, generator: torch.Generator) -> nn.Linear:

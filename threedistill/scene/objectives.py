@@ -154,7 +154,7 @@ class SceneDDSObjective(DDSGuidance):
         if self.source_x0 is None or self.originals is None or self.source_alpha is None or emb is None:
             raise RuntimeError("SceneDDSObjective.prepare(context) was not called")
         views = _views(cams)
-        g = self.edit_loss(self.prior.encode(images), self.source_x0[views].to(images), emb,
+        g = self.edit_loss(self.to_x0(images), self.source_x0[views].to(images), emb,
                            self.source_prompts.for_cameras(cams), cams, step, images)
         w_rgb = evaluate_schedule(self.config.anchor_rgb, step, self.total_steps)
         w_alpha = evaluate_schedule(self.config.anchor_alpha, step, self.total_steps)
@@ -166,6 +166,10 @@ class SceneDDSObjective(DDSGuidance):
             anchor = squared_error(out.alpha, _resized(self.source_alpha[views], out.alpha))
             loss, logs["anchor_alpha"] = loss + w_alpha * anchor, float(anchor.detach())
         return ObjectiveOutput(loss=loss, logs=logs)
+
+    def to_x0(self, images: Tensor) -> Tensor:
+        """The step's renders in the prior's space: encoded (a latent field's renders already are, scene/latent.py)."""
+        return self.prior.encode(images)
 
     def state_dict(self) -> dict[str, Any]:
         return {"source_x0": self.source_x0, "source_alpha": self.source_alpha}

@@ -95,3 +95,22 @@ class SceneViewSampler:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._order, self._next = state.get("order"), int(state.get("next", 0))
+
+
+class SizedViews:
+    """Another sampler's cameras rendering at `size` x `size` (same field of view): the views of a latent
+    field, rendered at the size of the prior's x0 image (`Needs.latent`)."""
+
+    def __init__(self, sampler: Any, size: int) -> None:
+        self.sampler, self.size = sampler, size
+
+    def sample(self, generator: torch.Generator, batch_size: Optional[int] = None, time: Optional[torch.Tensor] = None) -> Cameras:
+        cams: Cameras = self.sampler.sample(generator, batch_size, time)
+        return cams.with_size(self.size, self.size)
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = self.sampler.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sampler.load_state_dict(state)

@@ -160,9 +160,9 @@ class LiveViewer(LoopCallback):
 
     def _send_step(self, trainer: "StageTrainer") -> None:
         self._send_asset(trainer)
-        render, cams = trainer.last_render, trainer.last_cameras
-        if render is None or cams is None:
+        if trainer.last_render is None or trainer.last_cameras is None:
             return
+        render, cams = trainer.rendered_images(), trainer.last_cameras  # a latent stage's views decoded
         self.views_image.image = image_grid(render)
         if trainer.last_preview is not None:
             self.x0_image.image = image_grid(trainer.last_preview())

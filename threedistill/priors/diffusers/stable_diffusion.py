@@ -32,7 +32,7 @@ from ...core.cameras import Cameras, OrbitSamplerConfig
 from ...core.errors import UserError
 from ...core.runtime import quiet_libraries
 from ...core.types import RenderOutput
-from ..base import PRIORS, GuidanceDefaults, Prior, PriorConfig, VariationalConfig, noise_coefficients
+from ..base import PRIORS, GuidanceDefaults, LatentSpace, Prior, PriorConfig, VariationalConfig, noise_coefficients
 from .loading import ModelKind, ModelLocation, check_tokenizer, load_pipeline, locate_model, model_key, resolve_dtype
 
 if TYPE_CHECKING:
@@ -124,6 +124,17 @@ def _load(location: ModelLocation) -> Any:
 def load_sd_pipeline(config: StableDiffusionConfig) -> Any:
     """The diffusers pipeline named by `config.model` (priors/diffusers/loading.py); failures are one-line UserErrors."""
     return load_pipeline(config.model, config.allow_download, SD_MODEL, _load)
+
+
+def vae_latent_channels(model: str) -> int:
+    """Latent channels of the VAE of a local diffusers folder (its vae/config.json), else SD's 4."""
+    import json
+
+    config = Path(model) / "vae" / "config.json"
+    try:
+        return int(json.loads(config.read_text()).get("latent_channels", 4)) if config.is_file() else 4
+    except (OSError, ValueError, TypeError):
+        return 4
 
 
 @PRIORS.register("sd")
@@ -270,6 +281,19 @@ class StableDiffusionPrior(Prior):
         return hidden, {"text_embeds": pooled, "time_ids": time_ids.expand(emb.shape[0], 6)}
 
     # ------------------------------------------------------------------ latents
+    @classmethod
+    def latent_channels(cls, config: PriorConfig) -> Optional[int]:
+        """The VAE's latent channels (its vae/config.json when the model is a local folder, else SD's 4); None for
+        the subclasses whose x0 is not one image (video clips, MVDream's view groups)."""
+        if cls.is_video or config.view_group() > 1:
+            return None
+        assert isinstance(config, StableDiffusionConfig)
+        return vae_latent_channels(config.model)
+
+    def latent_space(self) -> LatentSpace:
+        """The VAE latent: `latent_channels` x the UNet's sample size, `vae_scale_factor` pixels per latent pixel."""
+        return LatentSpace(channels=int(self.vae.config.latent_channels), size=self.latent_size, downscale=self.vae_scale_factor)
+
     def _to_resolution(self, images: Tensor, size: int) -> Tensor:
         if images.shape[-2:] == (size, size):
             return images

@@ -34,7 +34,7 @@ from ...render.mesh_torch import render_mesh
 from ...core.runtime import default_cache_dir
 from ...core.tensor_cache import TensorCache
 from ...core.types import ReferenceImage, RenderOutput
-from ..base import PRIORS, GuidanceDefaults, Prior, PriorConfig, VariationalConfig, noise_coefficients, scaled_linear_alphas_cumprod
+from ..base import PRIORS, GuidanceDefaults, LatentSpace, Prior, PriorConfig, VariationalConfig, noise_coefficients, scaled_linear_alphas_cumprod
 from .catalogue import catalogue_prompts, resolve_prompt
 from .references import SKIP_MASS, ReferenceSet, posterior_mean, sparse_posterior
 
@@ -200,6 +200,16 @@ class ToyworldPrior(Prior):
         from .identify import identify_catalogue_object
 
         return identify_catalogue_object(reference, self.device)
+
+    # ------------------------------------------------------------------ encoding
+    @classmethod
+    def latent_channels(cls, config: PriorConfig) -> Optional[int]:
+        """Pixel space: x0 is the RGB image in [-1, 1], so a latent field on toyworld renders 3 channels."""
+        return None if cls.is_video else 3
+
+    def latent_space(self) -> LatentSpace:
+        """The identity 'latent': RGB in [-1, 1] at the prior resolution (`encode`/`decode` are affine maps)."""
+        return LatentSpace(channels=3, size=self.resolution, downscale=1)
 
     # ------------------------------------------------------------------ encoding
     def encode(self, images: Tensor) -> Tensor:

@@ -65,6 +65,12 @@ class ToyworldSDPrior(StableDiffusionPrior):
         self._model_id = f"{self._model_id}:{self._fingerprint()}"  # a retrained model in the same folder embeds anew
 
     @classmethod
+    def latent_channels(cls, config: PriorConfig) -> Optional[int]:
+        """The shipped (or given) model's VAE latent channels."""
+        assert isinstance(config, ToyworldSDConfig)
+        return super().latent_channels(config.located())
+
+    @classmethod
     def check_prompt(cls, config: PriorConfig, prompt: str) -> None:
         """Prompts name catalogue objects: runs are scored against them."""
         catalogue_modes(prompt)
