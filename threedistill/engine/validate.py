@@ -19,10 +19,12 @@ from ..core.objective import OBJECTIVES
 from ..core.schedule import validate_schedule
 from ..export.asset import EXPORT_FORMATS
 from ..priors.base import PRIORS
+from ..priors.toyworld.prior import ToyworldConfig
 from ..reference.view import read_reference
 from ..representations.base import REPRESENTATIONS
 from ..representations.convert import transition_error
 from ..representations.deformation import DEFORMABLE
+from ..representations.mesh import MeshConfig
 from ..scene.views import scene_for
 from .build import resolve_device
 from .plan import Stage
@@ -87,9 +89,23 @@ def _check_stage(stage: Stage, stages: int, scenes: bool) -> None:
         for text in ((() if image_named else (cfg.prompt,)) + tuple(cfg.guidance.texts())):
             prior.check_prompt(cfg.prior, text)
     cfg.representation.check()
+    _check_material(cfg, names.guidance, needs.pbr_material)
     unknown = [f for f in cfg.log.export_formats if f not in EXPORT_FORMATS]
     if unknown:
         raise UserError(f"unknown export format '{unknown[0]}' in --log.export-formats; valid formats: {', '.join(EXPORT_FORMATS)}")
+
+
+def _check_material(cfg: RunConfig, guidance: str, needs_pbr: bool) -> None:
+    """PBR materials (DreamMat) live on a static explicit mesh; toyworld's PBR references need its lights."""
+    pbr = isinstance(cfg.representation, MeshConfig) and cfg.representation.material == "pbr"
+    if needs_pbr and not pbr:
+        raise UserError(f"--guidance {guidance} distils a PBR material for a given mesh; add --representation mesh --material pbr "
+                        "--representation.path MESH_FILE")
+    if pbr and cfg.dynamic:
+        raise UserError("--material pbr needs a static run (a material on a fixed mesh); drop --dynamic")
+    if isinstance(cfg.prior, ToyworldConfig) and cfg.prior.material == "pbr" and not pbr:
+        raise UserError("--prior.material pbr scores each view under the light it was rendered with, which only a PBR mesh reports; "
+                        "add --representation mesh --material pbr, or drop --prior.material")
 
 
 def _check_image(cfg: RunConfig, prior_name: str, reads_prior: bool) -> bool:
