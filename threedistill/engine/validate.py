@@ -19,6 +19,7 @@ from ..core.objective import OBJECTIVES
 from ..core.schedule import validate_schedule
 from ..export.asset import EXPORT_FORMATS
 from ..priors.base import PRIORS
+from ..priors.diffusers.stable_diffusion import StableDiffusionConfig
 from ..priors.toyworld.prior import ToyworldConfig
 from ..reference.view import read_reference
 from ..representations.base import REPRESENTATIONS
@@ -96,13 +97,15 @@ def _check_stage(stage: Stage, stages: int, scenes: bool) -> None:
 
 
 def _check_material(cfg: RunConfig, guidance: str, needs_pbr: bool) -> None:
-    """PBR materials (DreamMat) live on a static explicit mesh; toyworld's PBR references need its lights."""
+    """PBR materials (DreamMat) live on an explicit mesh (static: 4D never wraps a mesh); toyworld's PBR references
+    and the ControlNet's light condition need its lights."""
     pbr = isinstance(cfg.representation, MeshConfig) and cfg.representation.material == "pbr"
     if needs_pbr and not pbr:
         raise UserError(f"--guidance {guidance} distils a PBR material for a given mesh; add --representation mesh --material pbr "
                         "--representation.path MESH_FILE")
-    if pbr and cfg.dynamic:
-        raise UserError("--material pbr needs a static run (a material on a fixed mesh); drop --dynamic")
+    if isinstance(cfg.prior, StableDiffusionConfig) and cfg.prior.controlnet and "light" in cfg.prior.controlnet_condition and not pbr:
+        raise UserError("--prior.controlnet-condition light reads the light renders of a PBR mesh; add --representation mesh --material pbr, "
+                        "or drop `light`")
     if isinstance(cfg.prior, ToyworldConfig) and cfg.prior.material == "pbr" and not pbr:
         raise UserError("--prior.material pbr scores each view under the light it was rendered with, which only a PBR mesh reports; "
                         "add --representation mesh --material pbr, or drop --prior.material")

@@ -72,7 +72,9 @@ def write_pbr_glb(path: str | Path, mesh: SurfaceMesh, material: TextureColour, 
                                               metallicRoughnessTexture=Image.fromarray(rough_metal),
                                               metallicFactor=1.0, roughnessFactor=1.0, baseColorFactor=[255, 255, 255, 255])
     tm = trimesh.Trimesh(to_y_up(vertices), faces, visual=trimesh.visual.TextureVisuals(uv=uvs, material=pbr), process=False)
-    atomic_write_bytes(path, tm.export(file_type="glb"))
+    data = tm.export(file_type="glb")
+    assert isinstance(data, bytes)  # glb is binary
+    atomic_write_bytes(path, data)
     return Path(path)
 
 

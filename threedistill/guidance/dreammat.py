@@ -16,8 +16,8 @@ DreamMat distils a material for a fixed mesh: use it with `--representation mesh
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar, Optional
 
 import torch
 from torch import Tensor
@@ -29,6 +29,11 @@ from ..core.schedule import Schedule, evaluate_schedule
 from ..core.types import TextEmbeddings
 from .base import BaseGuidanceConfig, Guidance, repeat_cams
 
+UNCOND_SCALE: Schedule = [(0, -1.0), (2000, -0.5)]
+"""DreamMat's s_u: -1 -> -0.5 over steps 0-2000."""
+NULL_SCALE: Schedule = [(0, 0.0), (2000, -0.5)]
+"""DreamMat's s_n: 0 -> -0.5 over steps 0-2000."""
+
 
 @dataclass
 class DreamMatConfig(BaseGuidanceConfig):
@@ -38,10 +43,11 @@ class DreamMatConfig(BaseGuidanceConfig):
 
     cond_scale: float = 1.05
     """c_y, the weight of the prompt's prediction."""
-    uncond_scale: Schedule = field(default_factory=lambda: [(0, -1.0), (2000, -0.5)])
-    """s_u(step), the weight of the negative prompt's prediction (steps: absolute, or fractions of the run)."""
-    null_scale: Schedule = field(default_factory=lambda: [(0, 0.0), (2000, -0.5)])
-    """s_n(step), the weight of the empty prompt's prediction."""
+    uncond_scale: Optional[Schedule] = None
+    """s_u(step), the weight of the negative prompt's prediction (steps: absolute, or fractions of the
+    run); None: DreamMat's [(0, -1), (2000, -0.5)]."""
+    null_scale: Optional[Schedule] = None
+    """s_n(step), the weight of the empty prompt's prediction; None: DreamMat's [(0, 0), (2000, -0.5)]."""
     t_switch: float = 500
     """The step (absolute, or a fraction of the run in (0, 1)) where t's range changes."""
     early_t: tuple[float, float] = (0.2, 0.8)
@@ -69,7 +75,9 @@ class DreamMatGuidance(Guidance):
     def coefficients(self, step: int) -> tuple[float, float, float]:
         """(c_y, s_u, s_n) at this optimisation step."""
         cfg = self.config
-        return cfg.cond_scale, evaluate_schedule(cfg.uncond_scale, step, self.total_steps), evaluate_schedule(cfg.null_scale, step, self.total_steps)
+        s_u = evaluate_schedule(UNCOND_SCALE if cfg.uncond_scale is None else cfg.uncond_scale, step, self.total_steps)
+        s_n = evaluate_schedule(NULL_SCALE if cfg.null_scale is None else cfg.null_scale, step, self.total_steps)
+        return cfg.cond_scale, s_u, s_n
 
     def step_range(self, step: int) -> tuple[int, int]:
         """DreamMat's two-phase t range, unless min_step / max_step are given."""
