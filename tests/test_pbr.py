@@ -74,7 +74,7 @@ def test_ggx_lobe_matches_hand_computed_values() -> None:
 
 
 def test_gradients_reach_roughness_and_metallic_through_the_render() -> None:
-    mesh = Mesh(MeshConfig(material="pbr", init_subdivisions=2, optimise="texture"), torch.Generator().manual_seed(0))
+    mesh = Mesh(MeshConfig(material="pbr", init_subdivisions=2, optimise="texture", light_condition=True), torch.Generator().manual_seed(0))
     cams = heldout_cameras(2, 32, 32)
     out = mesh.render(cams, torch.ones(3))
     assert out.rgb.shape == (2, 3, 32, 32) and out.extras["light_index"].tolist() != [-1, -1]
@@ -247,13 +247,14 @@ def test_dreammat_through_a_22_channel_controlnet_on_a_tiny_sd(tiny_sd: dict, cu
                                "--log.export-formats", "glb", "--out", str(tmp_path / "runs")))
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all(r["grad_norm"] > 0 for r in rows)
+    assert "light_condition: true" in (run / "config.yaml").read_text()  # switched on for the ControlNet
     _glb_material(run / "export" / "mesh.glb")
 
 
 def test_light_condition_is_rendered_from_the_mesh() -> None:
     from threedistill.priors.diffusers.controlnet import render_condition
 
-    mesh = Mesh(MeshConfig(material="pbr", init_subdivisions=2), torch.Generator().manual_seed(0))
+    mesh = Mesh(MeshConfig(material="pbr", init_subdivisions=2, light_condition=True), torch.Generator().manual_seed(0))
     cams = heldout_cameras(2, 32, 32)
     image = render_condition(mesh.render(cams, torch.ones(3)), cams, ("depth", "normal", "light"), 16)
     assert image.shape == (2, 22, 16, 16)
@@ -277,3 +278,15 @@ def test_pbr_bad_inputs_are_one_line_errors(cube_file: Path, tmp_path: Path) -> 
     assert_one_line_error(proc, "a 4D deformation wraps gaussians or nerf, not mesh")
     assert not list(tmp_path.glob("*/*/metrics.json"))
     assert HELDOUT_LIGHT not in TRAINING_LIGHTS
+
+
+def test_a_pbr_mesh_asks_toyworld_for_pbr_references_whichever_flag_made_it() -> None:
+    from threedistill.config import parse_run_args
+
+    for flags in (["--material", "pbr"], ["--representation.material", "pbr"]):
+        _, cfg = parse_run_args(["--prior", "toyworld", "--representation", "mesh", *flags])
+        assert cfg.prior.material == "pbr"  # type: ignore[attr-defined]
+    _, cfg = parse_run_args(["--prior", "toyworld", "--representation", "mesh", "--material", "pbr", "--prior.material", "lambert"])
+    assert cfg.prior.material == "lambert"  # type: ignore[attr-defined]  # an explicit choice stays
+    _, cfg = parse_run_args(["--prior", "toyworld", "--representation", "mesh"])
+    assert cfg.prior.material is None  # type: ignore[attr-defined]

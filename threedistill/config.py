@@ -264,11 +264,14 @@ def apply_material_flag(names: ComponentNames, data: dict[str, Any], material: s
 
 
 def apply_material_prior_defaults(cfg: RunConfig) -> None:
-    """A PBR mesh run asks a prior with a `material` setting left unset (toyworld) for PBR references."""
+    """A PBR mesh run asks a prior with a `material` setting left unset (toyworld) for PBR references,
+    and renders the light condition when the prior's ControlNet reads it."""
     if not isinstance(cfg.representation, MeshConfig) or cfg.representation.material != "pbr":
         return
     if isinstance(cfg.prior, ToyworldConfig) and cfg.prior.material is None:
         cfg.prior.material = "pbr"
+    if isinstance(cfg.prior, StableDiffusionConfig) and cfg.prior.controlnet and "light" in cfg.prior.controlnet_condition:
+        cfg.representation.light_condition = True
 
 
 def read_config_data(name_or_path: Optional[str]) -> tuple[dict[str, Any], str]:
@@ -408,6 +411,8 @@ def parse_base_args(argv: list[str], prog: str = "threedistill run") -> ParsedRu
         "dotted flags set their fields."
     )
     cfg = _tyro_one_line_errors(lambda: tyro.cli(RunConfig, args=rest, default=defaults, prog=prog, description=description))
+    if not stages:  # flags may have made the mesh PBR or the ControlNet read `light` (stages get it per stage)
+        apply_material_prior_defaults(cfg)
     return ParsedRun(names, cfg, defaults, stages, source)
 
 

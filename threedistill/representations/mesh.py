@@ -64,6 +64,9 @@ class MeshConfig(RepresentationConfig):
     material: Literal["albedo", "pbr"] = "albedo"
     """albedo: unlit colours; pbr: albedo, roughness and metallic shaded by GGX under environment lights
     (DreamMat; use with `optimise texture` on a given mesh)."""
+    light_condition: bool = False
+    """pbr: training renders also carry DreamMat's six light-condition renders (extras["light_condition"]);
+    switched on for a ControlNet whose `--prior.controlnet-condition` reads `light`."""
     lr_offsets: float = 1e-3
     """Adam learning rate of the vertex offsets (world units)."""
     lr_encoding: float = 1e-2
@@ -345,7 +348,7 @@ class Mesh(Representation):
             index, lights = torch.full((len(cams),), -1, dtype=torch.long), [HELDOUT_LIGHT] * len(cams)
         out = render_pbr_mesh(vertices, self.faces, cams, lights, self._colour, torch.cat([vertices, self.vertex_logits], -1),
                               background=background, supersample=self.config.supersample, antialias_edges=self.config.antialias,
-                              neighbours=self.neighbours, light_condition=torch.is_grad_enabled())
+                              neighbours=self.neighbours, light_condition=self.config.light_condition and torch.is_grad_enabled())
         out.extras["light_index"] = index.to(vertices.device)
         return out
 
