@@ -290,3 +290,19 @@ def test_a_pbr_mesh_asks_toyworld_for_pbr_references_whichever_flag_made_it() ->
     assert cfg.prior.material == "lambert"  # type: ignore[attr-defined]  # an explicit choice stays
     _, cfg = parse_run_args(["--prior", "toyworld", "--representation", "mesh"])
     assert cfg.prior.material is None  # type: ignore[attr-defined]
+
+
+def test_toyworld_mesh_writes_the_catalogue_object_in_each_format(tmp_path: Path) -> None:
+    from threedistill.core.mesh_file import load_mesh_file
+
+    toy = resolve_prompt("a red ball")[0]
+    for name in ("ball.glb", "ball.obj", "ball.ply"):
+        proc = run_cli("toyworld", "mesh", "a red ball", str(tmp_path / name))
+        assert proc.returncode == 0, proc.stderr
+        mesh = load_mesh_file(tmp_path / name, "ball")  # z up again, as --representation.path reads it
+        assert len(mesh.faces) == len(toy.faces)
+        assert np.abs(np.sort(mesh.vertices, 0) - np.sort(toy.vertices, 0)).max() < 1e-5
+        assert np.allclose(mesh.face_colors.mean(0), toy.face_colors.mean(0), atol=0.01)
+    assert run_cli("toyworld", "mesh", "a red ball", str(tmp_path / "bare.ply"), "--geometry-only").returncode == 0
+    assert not np.allclose(load_mesh_file(tmp_path / "bare.ply", "bare").face_colors.mean(0), toy.face_colors.mean(0), atol=0.01)
+    assert_one_line_error(run_cli("toyworld", "mesh", "a red ball", str(tmp_path / "ball.stl")), "name a .ply, .obj or .glb file")

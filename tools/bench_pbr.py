@@ -3,8 +3,8 @@
     python tools/bench_pbr.py [--objects "a red ball,a red cube"] [--guidance dreammat,sds] [--steps 600]
                               [--seeds 0] [--write docs/benchmarks.md] [-- RUN FLAGS]
 
-For every catalogue object and objective: the object's own mesh is written to a .ply (the fixed mesh
-a DreamMat run distils a material for), and `threedistill run --prior toyworld --representation mesh
+For every catalogue object and objective: the object's own mesh is written to a .ply without its
+colours (the fixed mesh a DreamMat run distils a material for; the material starts from none), and `threedistill run --prior toyworld --representation mesh
 --material pbr --representation.optimise texture --representation.lr-network 0.01` trains its
 albedo / roughness / metallic fields against toyworld's PBR references (GGX-shaded under a light drawn
 per view); dreammat's coefficient and t schedules are given as fractions of the run (`t-switch 0.25`,
@@ -37,13 +37,9 @@ SCHEDULES = {"dreammat": ["--guidance.t-switch", "0.25", "--guidance.uncond-scal
 
 
 def write_object_mesh(prompt: str, path: Path) -> Path:
-    """The catalogue object's geometry as a .ply (z up, already inside the unit sphere)."""
-    import trimesh
-
-    from threedistill.priors.toyworld.catalogue import resolve_prompt
-
-    toy = resolve_prompt(prompt)[0]
-    trimesh.Trimesh(toy.vertices, toy.faces, process=False).export(str(path))
+    """The catalogue object's geometry, without its colours, as a .ply (`threedistill toyworld mesh --geometry-only`)."""
+    cmd = [sys.executable, "-m", "threedistill.cli", "toyworld", "mesh", prompt, str(path), "--geometry-only"]
+    subprocess.run(cmd, check=True, capture_output=True)
     return path
 
 
