@@ -306,3 +306,19 @@ def test_toyworld_mesh_writes_the_catalogue_object_in_each_format(tmp_path: Path
     assert run_cli("toyworld", "mesh", "a red ball", str(tmp_path / "bare.ply"), "--geometry-only").returncode == 0
     assert not np.allclose(load_mesh_file(tmp_path / "bare.ply", "bare").face_colors.mean(0), toy.face_colors.mean(0), atol=0.01)
     assert_one_line_error(run_cli("toyworld", "mesh", "a red ball", str(tmp_path / "ball.stl")), "name a .ply, .obj or .glb file")
+
+
+@pytest.mark.slow
+def test_sds_recovers_the_metal_balls_roughness_and_metallic(tmp_path: Path) -> None:
+    """The must-show at a test's budget (32 px, 800 references, 600 steps, ~1 minute): a polished metal
+    ball (roughness 0.35, metallic 1) from a grey start (0.5, 0.5); docs/benchmarks.md has the 64 px runs."""
+    ball = run_cli("toyworld", "mesh", "a red ball", str(tmp_path / "ball.ply"), "--geometry-only")
+    assert ball.returncode == 0, ball.stderr
+    _, metrics = _finished(run_cli("run", "--prior", "toyworld", "--prompt", "a red ball", *PBR, "--representation.path",
+                                   str(tmp_path / "ball.ply"), "--representation.lr-network", "0.01", "--steps", "600",
+                                   "--prior.resolution", "32", "--sampler.width", "32", "--sampler.height", "32",
+                                   "--prior.num-references", "800", "--log.no-progress", "--log.preview-every", "0",
+                                   "--log.checkpoint-every", "0", "--log.export-formats", "glb", "--out", str(tmp_path / "runs")))
+    assert abs(metrics["roughness_mean"] - 0.35) < 0.1, metrics
+    assert abs(metrics["metallic_mean"] - 1.0) < 0.15, metrics
+    assert metrics["albedo_psnr"] > 18 and metrics["psnr"] > 21, metrics
