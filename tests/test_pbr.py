@@ -322,3 +322,17 @@ def test_sds_recovers_the_metal_balls_roughness_and_metallic(tmp_path: Path) -> 
     assert abs(metrics["roughness_mean"] - 0.35) < 0.1, metrics
     assert abs(metrics["metallic_mean"] - 1.0) < 0.15, metrics
     assert metrics["albedo_psnr"] > 18 and metrics["psnr"] > 21, metrics
+
+
+@pytest.mark.cuda
+def test_the_pbr_render_on_cuda_equals_the_cpu_one() -> None:
+    mesh = Mesh(MeshConfig(material="pbr", init_subdivisions=3, light_condition=True), torch.Generator().manual_seed(0))
+    cams = heldout_cameras(3, 64, 64)
+    with torch.no_grad():
+        cpu = mesh.render(cams, torch.ones(3))
+        gpu = mesh.to("cuda").render(cams.to("cuda"), torch.ones(3, device="cuda"))
+    assert (gpu.rgb.cpu() - cpu.rgb).abs().max() < 1e-3 and (gpu.alpha.cpu() - cpu.alpha).abs().max() < 1e-3
+    out = mesh.render(cams.to("cuda"), torch.ones(3, device="cuda"))
+    out.rgb.mean().backward()
+    assert mesh.vertex_logits.grad is not None and mesh.vertex_logits.grad[:, 3:].abs().sum() > 0
+    assert out.extras["light_condition"].is_cuda
