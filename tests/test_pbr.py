@@ -199,7 +199,7 @@ def test_the_prior_scores_each_view_under_its_own_light() -> None:
         prior.observe_render(RenderOutput(x, x[:, :1], x[:, :1], {"light_index": torch.tensor(lights)}), cams)
         denoised.append(prior.denoise(x, t, emb, cams))
     assert not torch.allclose(denoised[0], denoised[1])
-    assert set(prior._sets) == {(1, 0), (1, 2)}  # one reference set per (prompt, light)
+    assert set(prior._lit_sets) == {(1, 0), (1, 2)}  # one reference set per (prompt, light)
 
 
 # ---------------------------------------------------------------------- end to end

@@ -155,7 +155,8 @@ class ToyworldPrior(Prior):
         self.cache_dir = Path(config.cache_dir or default_cache_dir()) / "toyworld"
         self._user_mesh: Optional[ColouredMesh] = load_mesh_file(config.mesh, name="user mesh") if config.mesh else None
         self._prompt_ids: dict[str, int] = {"": UNCOND_ID}
-        self._sets: dict[tuple[int, int], ReferenceSet] = {}
+        self._sets: dict[int, ReferenceSet] = {}
+        self._lit_sets: dict[tuple[int, int], ReferenceSet] = {}  # pbr: one per (set id, training light)
         self.pbr = config.material == "pbr"
         self._lights: Optional[Tensor] = None  # the latest render's light per view (pbr)
         self._meshes: dict[int, list[ColouredMesh]] = {}
@@ -310,12 +311,15 @@ class ToyworldPrior(Prior):
         """The (lazily built) references of one embedding id (view phrases share their object's) under
         training light `light` (pbr; always 0 otherwise)."""
         set_id = self._set_of.get(set_id, set_id)
-        key = (set_id, light if self.pbr else 0)
-        if key not in self._sets:
-            if set_id != UNCOND_ID and set_id not in self._meshes:
-                raise ValueError(f"unknown toyworld embedding id {set_id}")
-            self._sets[key] = self._build_set(*key)
-        return self._sets[key]
+        if set_id != UNCOND_ID and set_id not in self._meshes and set_id not in self._sets:
+            raise ValueError(f"unknown toyworld embedding id {set_id}")
+        if self.pbr:
+            if (set_id, light) not in self._lit_sets:
+                self._lit_sets[(set_id, light)] = self._build_set(set_id, light)
+            return self._lit_sets[(set_id, light)]
+        if set_id not in self._sets:
+            self._sets[set_id] = self._build_set(set_id, 0)
+        return self._sets[set_id]
 
     # ------------------------------------------------------------------ denoiser
     def _likelihood(self, t: Tensor) -> tuple[Tensor, Tensor]:
