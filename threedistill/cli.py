@@ -421,6 +421,10 @@ def cmd_toyworld(argv: list[str]) -> int:
     render.add_argument("--fov", type=float, default=40.0, help="vertical field of view in degrees")
     render.add_argument("--resolution", type=int, default=256)
     render.add_argument("--mesh", default=None, help="a user mesh to render instead of a catalogue object")
+    mesh = sub.add_parser("mesh", help="write an object's mesh with its face colours (.ply, .obj or .glb): a fixed mesh for --material pbr")
+    mesh.add_argument("prompt")
+    mesh.add_argument("out", type=Path, help="the .ply, .obj or .glb to write")
+    mesh.add_argument("--geometry-only", action="store_true", help="leave the colours out (a material then starts from none)")
     args = p.parse_args(argv)
     if args.action == "list":
         from .priors.toyworld.catalogue import describe_catalogue
@@ -430,7 +434,29 @@ def cmd_toyworld(argv: list[str]) -> int:
         return 0
     if args.action == "render":
         return _write_toyworld_view(args)
+    if args.action == "mesh":
+        return _write_toyworld_mesh(args)
     return _write_toyworld_scene(args)
+
+
+def _write_toyworld_mesh(args: argparse.Namespace) -> int:
+    """The catalogue object's triangles and face colours as a mesh file (glb: y up, as glTF requires)."""
+    import trimesh
+
+    from .core.atomic import atomic_write_bytes
+    from .export.mesh import to_y_up
+    from .priors.toyworld.catalogue import resolve_prompt
+
+    suffix = args.out.suffix.lower()
+    if suffix not in (".ply", ".obj", ".glb"):
+        raise UserError(f"cannot write '{args.out.name}'; name a .ply, .obj or .glb file")
+    toy = resolve_prompt(args.prompt)[0]
+    vertices = to_y_up(toy.vertices) if suffix == ".glb" else toy.vertices
+    colours = None if args.geometry_only else (toy.face_colors * 255 + 0.5).astype("uint8")
+    data = trimesh.Trimesh(vertices, toy.faces, face_colors=colours, process=False).export(file_type=suffix[1:])
+    atomic_write_bytes(args.out, data if isinstance(data, bytes) else str(data).encode())
+    print(args.out)
+    return 0
 
 
 def _write_toyworld_view(args: argparse.Namespace) -> int:
@@ -482,7 +508,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "animate": (cmd_animate, "animate a static run with a video prior (4D)"),
     "edit": (cmd_edit, "edit a captured scene or a run toward a target prompt (dds, in2n, latent-dds)"),
     "batch": (cmd_batch, "many runs (prompts x seeds x settings) on Ray; sweeps with Ray Tune"),
-    "toyworld": (cmd_toyworld, "the built-in ground-truth prior: list, scene"),
+    "toyworld": (cmd_toyworld, "the built-in ground-truth prior: list, scene, render, mesh"),
 }
 
 

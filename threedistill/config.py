@@ -40,6 +40,8 @@ from .reference.view import ReferenceConfig
 from .representations.base import REPRESENTATIONS, RepresentationConfig
 from .representations.deformation import DeformationConfig
 from .representations.gaussians import GaussiansConfig
+from .representations.mesh import MeshConfig
+from .priors.toyworld.prior import ToyworldConfig
 
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 """The shipped presets (package data: found from a wheel as from a checkout)."""
@@ -234,6 +236,7 @@ def config_from_dict(data: dict[str, Any], names: ComponentNames, source: str) -
     for (section, name), value in schedules.items():
         setattr(getattr(cfg, section), name, _normalise_schedule(f"{section}.{name}", value))
     apply_objective_prior_defaults(names, cfg)
+    apply_material_prior_defaults(cfg)
     return cfg
 
 
@@ -247,6 +250,28 @@ def apply_objective_prior_defaults(names: ComponentNames, cfg: RunConfig) -> Non
     for key, value in preferred.items():
         if key in prior_fields and getattr(cfg.prior, key) is None:
             setattr(cfg.prior, key, value)
+
+
+def apply_material_flag(names: ComponentNames, data: dict[str, Any], material: str) -> None:
+    """`--material pbr|albedo`: shorthand for `--representation.material` of a mesh."""
+    if names.representation != "mesh":
+        raise UserError(f"--material {material} is a material of an explicit mesh, not of --representation {names.representation}; "
+                        "add --representation mesh --representation.path MESH_FILE")
+    section = data.get("representation")
+    if not isinstance(section, dict):
+        section = data["representation"] = {}
+    section["material"] = material
+
+
+def apply_material_prior_defaults(cfg: RunConfig) -> None:
+    """A PBR mesh run asks a prior with a `material` setting left unset (toyworld) for PBR references,
+    and renders the light condition when the prior's ControlNet reads it."""
+    if not isinstance(cfg.representation, MeshConfig) or cfg.representation.material != "pbr":
+        return
+    if isinstance(cfg.prior, ToyworldConfig) and cfg.prior.material is None:
+        cfg.prior.material = "pbr"
+    if isinstance(cfg.prior, StableDiffusionConfig) and cfg.prior.controlnet and "light" in cfg.prior.controlnet_condition:
+        cfg.representation.light_condition = True
 
 
 def read_config_data(name_or_path: Optional[str]) -> tuple[dict[str, Any], str]:
@@ -292,6 +317,7 @@ def name_flag_parser() -> argparse.ArgumentParser:
     p.add_argument("--representation", default=None)
     p.add_argument("--dynamic", action="store_true", default=None)
     p.add_argument("--image", default=None)
+    p.add_argument("--material", default=None)
     return p
 
 
@@ -374,6 +400,8 @@ def parse_base_args(argv: list[str], prog: str = "threedistill run") -> ParsedRu
     if not isinstance(stages, list):
         raise UserError(f"config {source}: `stages` must be a list of stage mappings, got {type(stages).__name__}")
     names = split_component_names(data, overrides)
+    if known.material is not None:
+        apply_material_flag(names, data, known.material)
     apply_situational_defaults(names, data, bool(stages))
     defaults = config_from_dict(data, names, source)
     description = (
@@ -383,6 +411,8 @@ def parse_base_args(argv: list[str], prog: str = "threedistill run") -> ParsedRu
         "dotted flags set their fields."
     )
     cfg = _tyro_one_line_errors(lambda: tyro.cli(RunConfig, args=rest, default=defaults, prog=prog, description=description))
+    if not stages:  # flags may have made the mesh PBR or the ControlNet read `light` (stages get it per stage)
+        apply_material_prior_defaults(cfg)
     return ParsedRun(names, cfg, defaults, stages, source)
 
 

@@ -35,6 +35,8 @@ class Needs:
     """It edits a given source image (DDS): `threedistill edit-image`, not `run`."""
     particles: bool = False
     """It can optimise several particles at once (`ObjectiveConfig.particle_count`)."""
+    pbr_material: bool = False
+    """It distils a PBR material: the stage's representation must be a mesh with `--material pbr`."""
     perp_neg: bool = False
     """Its guidance is CFG-shaped, e_u + s (e_c - e_u), through `Guidance.guidance_delta`, so
     `--prompts.perp-neg` applies (guidance/base.py)."""

@@ -19,10 +19,13 @@ from ..core.objective import OBJECTIVES
 from ..core.schedule import validate_schedule
 from ..export.asset import EXPORT_FORMATS
 from ..priors.base import PRIORS
+from ..priors.diffusers.stable_diffusion import StableDiffusionConfig
+from ..priors.toyworld.prior import ToyworldConfig
 from ..reference.view import read_reference
 from ..representations.base import REPRESENTATIONS
 from ..representations.convert import transition_error
 from ..representations.deformation import DEFORMABLE
+from ..representations.mesh import MeshConfig
 from ..representations.nerf import NeRFConfig
 from ..scene.views import scene_for
 from .build import resolve_device
@@ -93,6 +96,7 @@ def _check_stage(stage: Stage, stages: int, scenes: bool) -> None:
             prior.check_prompt(cfg.prior, text)
     cfg.representation.check()
     _check_latent(cfg, needs.latent, scenes)
+    _check_material(cfg, names.guidance, needs.pbr_material)
     unknown = [f for f in cfg.log.export_formats if f not in EXPORT_FORMATS]
     if unknown:
         raise UserError(f"unknown export format '{unknown[0]}' in --log.export-formats; valid formats: {', '.join(EXPORT_FORMATS)}")
@@ -120,6 +124,21 @@ def _check_latent(cfg: RunConfig, latent: bool, scenes: bool) -> None:
         if height != width:
             raise UserError(f"--guidance {names.guidance} renders square latent images; the scene's views are {width}x{height} "
                             "(crop them square)")
+
+
+def _check_material(cfg: RunConfig, guidance: str, needs_pbr: bool) -> None:
+    """PBR materials (DreamMat) live on an explicit mesh (static: 4D never wraps a mesh); toyworld's PBR references
+    and the ControlNet's light condition need its lights."""
+    pbr = isinstance(cfg.representation, MeshConfig) and cfg.representation.material == "pbr"
+    if needs_pbr and not pbr:
+        raise UserError(f"--guidance {guidance} distils a PBR material for a given mesh; add --representation mesh --material pbr "
+                        "--representation.path MESH_FILE")
+    if isinstance(cfg.prior, StableDiffusionConfig) and cfg.prior.controlnet and "light" in cfg.prior.controlnet_condition and not pbr:
+        raise UserError("--prior.controlnet-condition light reads the light renders of a PBR mesh; add --representation mesh --material pbr, "
+                        "or drop `light`")
+    if isinstance(cfg.prior, ToyworldConfig) and cfg.prior.material == "pbr" and not pbr:
+        raise UserError("--prior.material pbr scores each view under the light it was rendered with, which only a PBR mesh reports; "
+                        "add --representation mesh --material pbr, or drop --prior.material")
 
 
 def _check_image(cfg: RunConfig, prior_name: str, reads_prior: bool) -> bool:

@@ -129,7 +129,8 @@ class AssetExports:
             if mesh is None:
                 continue
             stem = "mesh" if i == 0 else f"mesh_particle{i}"
-            files = write_mesh_files(mesh, self.out_dir, mesh_formats, self.texture_colour(i), self.settings.mesh, stem)
+            files = write_mesh_files(mesh, self.out_dir, mesh_formats, self.texture_colour(i), self.settings.mesh, stem,
+                                     self.members[i].pbr_material())
             done.files += files
             done.objs += [(i, f) for f in files if f.suffix == ".obj"]
         return done

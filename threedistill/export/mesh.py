@@ -2,6 +2,10 @@
 
 - `mesh.glb`: vertex colours (COLOR_0), y up as glTF requires: our world is z up, so points are
   rotated by -90 degrees about x, (x, y, z) -> (x, z, -y); the object's front (+x) stays +x.
+  A PBR material (`--material pbr`) is written instead as a glTF pbrMetallicRoughness material on
+  xatlas UVs: baseColorTexture (the albedo as rendered, stored as sRGB like every glTF colour
+  texture) and metallicRoughnessTexture (roughness in G, metallic in B, R = 1), factors 1, which
+  is what Blender's glTF importer wires into its Principled BSDF.
 - `mesh.obj`: y up as for glTF (what Blender's and most tools' OBJ importers assume), UVs from
   xatlas and a texture baked from the field's albedo: every texel whose centre lies in a UV
   triangle gets the albedo of the 3D surface point with the same barycentric coordinates;
@@ -36,11 +40,41 @@ def to_y_up(points: np.ndarray) -> np.ndarray:
     return (np.asarray(points, np.float64) @ Z_UP_TO_Y_UP.T).astype(np.float32)
 
 
-def write_glb(path: str | Path, mesh: SurfaceMesh) -> Path:
-    """Binary glTF with vertex colours, y up."""
+def write_glb(path: str | Path, mesh: SurfaceMesh, material: Optional[TextureColour] = None,
+              config: Optional[MeshExportConfig] = None) -> Path:
+    """Binary glTF, y up: vertex colours, or with `material` (5 channels: albedo, roughness,
+    metallic) baked baseColor and metallicRoughness textures."""
+    if material is not None:
+        return write_pbr_glb(path, mesh, material, config or MeshExportConfig())
     tm = mesh.to_trimesh()
     tm.vertices = to_y_up(mesh.vertices)
     atomic_write_bytes(path, tm.export(file_type="glb"))
+    return Path(path)
+
+
+def pbr_textures(baked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 [S,S,5] (albedo, roughness, metallic) -> (baseColor [S,S,3], metallicRoughness [S,S,3] = (255, r, m))."""
+    rough_metal = np.concatenate([np.full_like(baked[..., :1], 255), baked[..., 3:5]], -1)
+    return np.ascontiguousarray(baked[..., :3]), np.ascontiguousarray(rough_metal)
+
+
+def write_pbr_glb(path: str | Path, mesh: SurfaceMesh, material: TextureColour, config: MeshExportConfig) -> Path:
+    """glb with a pbrMetallicRoughness material whose textures are baked from `material` on xatlas UVs."""
+    import trimesh
+    from PIL import Image
+
+    vmap, faces, uvs, uncharted = uv_unwrap(mesh.vertices, mesh.faces, config.texture_size, config.texture_padding)
+    vertices = mesh.vertices[vmap]
+    baked = bake_texture(vertices, faces, uvs, material, config.texture_size, config.texture_padding, config.chunk_points, uncharted,
+                         vertex_ids=vmap)
+    base, rough_metal = pbr_textures(baked)
+    pbr = trimesh.visual.material.PBRMaterial(name="material", baseColorTexture=Image.fromarray(base),
+                                              metallicRoughnessTexture=Image.fromarray(rough_metal),
+                                              metallicFactor=1.0, roughnessFactor=1.0, baseColorFactor=[255, 255, 255, 255])
+    tm = trimesh.Trimesh(to_y_up(vertices), faces, visual=trimesh.visual.TextureVisuals(uv=uvs, material=pbr), process=False)
+    data = tm.export(file_type="glb")
+    assert isinstance(data, bytes)  # glb is binary
+    atomic_write_bytes(path, data)
     return Path(path)
 
 
@@ -126,7 +160,7 @@ def rasterise_uv(uvs: np.ndarray, faces: np.ndarray, size: int, pair_budget: int
 
 
 def dilate(image: np.ndarray, filled: np.ndarray, rings: int) -> tuple[np.ndarray, np.ndarray]:
-    """Grow the filled texels of image [H,W,3] outward `rings` times (mean of filled 3x3 neighbours).
+    """Grow the filled texels of image [H,W,C] outward `rings` times (mean of filled 3x3 neighbours).
 
     Returns the grown image and its filled mask."""
     from scipy import ndimage
@@ -138,14 +172,14 @@ def dilate(image: np.ndarray, filled: np.ndarray, rings: int) -> tuple[np.ndarra
         grow = ~filled & (weight > 0)
         if not grow.any():
             break
-        total = np.stack([ndimage.convolve(image[..., c] * filled, kernel, mode="constant") for c in range(3)], -1)
+        total = np.stack([ndimage.convolve(image[..., c] * filled, kernel, mode="constant") for c in range(image.shape[-1])], -1)
         image[grow] = total[grow] / weight[grow, None]
         filled |= grow
     return image, filled
 
 
 def _at_surface(colour: TextureColour, points: np.ndarray, corners: np.ndarray, bary: np.ndarray) -> np.ndarray:
-    """`colour.at_surface` on numpy arrays -> float32 numpy [N,3]."""
+    """`colour.at_surface` on numpy arrays -> float32 numpy [N,C]."""
     import torch
 
     assert colour.at_surface is not None
@@ -157,7 +191,7 @@ def _at_surface(colour: TextureColour, points: np.ndarray, corners: np.ndarray, 
 def bake_texture(vertices: np.ndarray, faces: np.ndarray, uvs: np.ndarray, colour: TextureColour,
                  size: int, padding: int, chunk: int = 1 << 18, skip: Optional[np.ndarray] = None,
                  vertex_ids: Optional[np.ndarray] = None) -> np.ndarray:
-    """uint8 texture [size,size,3]: the colour at the surface point of every covered texel, dilated by
+    """uint8 texture [size,size,C]: the colour (C channels) at the surface point of every covered texel, dilated by
     `padding`; faces marked in `skip` [F] are not rasterised. A colour with `at_surface` gets each
     texel's corner vertices as ids of the original mesh (`vertex_ids` [V]: the UV unwrap's map)."""
     ids = np.arange(len(vertices)) if vertex_ids is None else vertex_ids
@@ -172,7 +206,7 @@ def bake_texture(vertices: np.ndarray, faces: np.ndarray, uvs: np.ndarray, colou
                                   for i in range(0, len(points), chunk)] or [np.zeros((0, 3), np.float32)])
     else:
         colours = eval_chunked(colour.at_points, points.astype(np.float32), chunk)
-    image = np.zeros((size * size, 3), np.float32)
+    image = np.zeros((size * size, colours.shape[1] if colours.ndim == 2 else 3), np.float32)
     filled = np.zeros(size * size, bool)
     image[texel], filled[texel] = colours, True
     # the texel under every vertex, for charts too thin to cover a texel centre
@@ -187,7 +221,7 @@ def bake_texture(vertices: np.ndarray, faces: np.ndarray, uvs: np.ndarray, colou
         image[under[missing]] = eval_chunked(colour.at_points, vertices[missing].astype(np.float32), chunk)
         filled[under[missing]] = True
     covered = filled.reshape(size, size)
-    texture, grown = dilate(image.reshape(size, size, 3), covered, padding)
+    texture, grown = dilate(image.reshape(size, size, -1), covered, padding)
     if covered.any():
         texture[~grown] = texture[covered].mean(0)  # the unused rest of the atlas: the mean colour
     return (np.clip(texture, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
@@ -238,13 +272,14 @@ def _interpolated_colours(mesh: SurfaceMesh) -> Callable[..., Any]:
 
 # ---------------------------------------------------------------------- entry points
 def write_mesh_files(mesh: SurfaceMesh, out_dir: str | Path, formats: Sequence[str], colour: Optional[TextureColour] = None,
-                     config: Optional[MeshExportConfig] = None, stem: str = "mesh") -> list[Path]:
-    """Write `mesh` as out_dir/{stem}.glb, .obj (+ .mtl, _albedo.png), .ply for the requested formats."""
+                     config: Optional[MeshExportConfig] = None, stem: str = "mesh", material: Optional[TextureColour] = None) -> list[Path]:
+    """Write `mesh` as out_dir/{stem}.glb, .obj (+ .mtl, _albedo.png), .ply for the requested formats
+    (`material`: a PBR material for the glb, see `write_glb`)."""
     out = Path(out_dir)
     written: list[Path] = []
     for fmt in formats:
         if fmt == "glb":
-            written.append(write_glb(out / f"{stem}.glb", mesh))
+            written.append(write_glb(out / f"{stem}.glb", mesh, material, config))
         elif fmt == "obj":
             written += write_obj(out / f"{stem}.obj", mesh, colour, config)
         elif fmt == "ply":

@@ -131,6 +131,14 @@ class Representation(nn.Module):
         """Colours for its baked texture when they are not its field's albedo (an explicit mesh)."""
         return None
 
+    def pbr_material(self) -> Optional[TextureColour]:
+        """[albedo rgb, roughness, metallic] per surface point for a PBR export (None: no PBR material)."""
+        return None
+
+    def material_maps(self, cams: Cameras) -> Optional[tuple[Tensor, Tensor]]:
+        """Unshaded [albedo rgb, roughness, metallic] [B,5,H,W] and alpha [B,1,H,W] (None: no PBR material)."""
+        return None
+
 
 REPRESENTATIONS: Registry[Representation] = Registry("representation")
 """Every representation `--representation NAME` can choose."""

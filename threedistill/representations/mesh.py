@@ -10,6 +10,14 @@ logit(colour) - field(vertex), so the first render already shows those colours e
 the vertices without any pre-fitting; the field then learns detail finer than the vertices.
 Colours are baked (unlit), like the NeRF's albedo.
 
+`material="pbr"` (DreamMat): the field and the residual carry five channels, albedo rgb,
+roughness and metallic (all sigmoids), shaded by the GGX shader (render/pbr.py,
+render/mesh_pbr.py) with the mesh's face normals. A render with gradients (a training step)
+lights each view by one of `TRAINING_LIGHTS`, drawn from the run's generator, and records the
+draw in extras["light_index"] (the toyworld prior reads it to score the view under the same
+light); a render without gradients (scores, previews, exports, the viewer) uses `HELDOUT_LIGHT`
+(index -1). The glb export then carries baseColor and metallicRoughness textures.
+
 Rendering: render/mesh_torch.py (z-buffer, perspective-correct barycentrics, silhouette
 antialiasing that gives vertices gradients from the outline), or nvdiffrast on CUDA
 (render/mesh_nvdiffrast.py). Regularisers: uniform Laplacian smoothing of the deformed
@@ -32,7 +40,9 @@ from ..core.mesh_file import load_mesh_file
 from ..core.schedule import Schedule
 from ..core.types import RenderOutput
 from ..render.mesh_nvdiffrast import render_textured_mesh_nvdiffrast, resolve_mesh_backend
+from ..render.mesh_pbr import render_material_maps, render_pbr_mesh
 from ..render.mesh_torch import edge_neighbours, mesh_normals, render_textured_mesh
+from ..render.pbr import HELDOUT_LIGHT, TRAINING_LIGHTS
 from .base import REPRESENTATIONS, Representation, RepresentationConfig
 from .nerf import HashGrid, _linear
 
@@ -51,6 +61,12 @@ class MeshConfig(RepresentationConfig):
     """Icosphere subdivisions (4: 2562 vertices, 5120 faces)."""
     optimise: Literal["all", "geometry", "texture"] = "all"
     """Which parameters train: vertex offsets, the texture (field + vertex residual), or both."""
+    material: Literal["albedo", "pbr"] = "albedo"
+    """albedo: unlit colours; pbr: albedo, roughness and metallic shaded by GGX under environment lights
+    (DreamMat; use with `optimise texture` on a given mesh)."""
+    light_condition: bool = False
+    """pbr: training renders also carry DreamMat's six light-condition renders (extras["light_condition"]);
+    switched on for a ControlNet whose `--prior.controlnet-condition` reads `light`."""
     lr_offsets: float = 1e-3
     """Adam learning rate of the vertex offsets (world units)."""
     lr_encoding: float = 1e-2
@@ -86,6 +102,13 @@ class MeshConfig(RepresentationConfig):
         super().check()
         if self.optimise not in ("all", "geometry", "texture"):
             raise UserError(f"unknown mesh optimise '{self.optimise}'; valid: all, geometry, texture")
+        if self.material not in ("albedo", "pbr"):
+            raise UserError(f"unknown mesh material '{self.material}'; valid: albedo, pbr")
+
+    @property
+    def channels(self) -> int:
+        """Channels of the texture field: rgb, or albedo rgb + roughness + metallic."""
+        return 5 if self.material == "pbr" else 3
 
 
 # ---------------------------------------------------------------------- regularisers
@@ -150,7 +173,7 @@ class Mesh(Representation):
         self.generator, self.backend = generator, backend
         self.encoding = HashGrid(cfg.levels, cfg.features_per_level, cfg.log2_table_size, cfg.base_resolution, cfg.max_resolution, cfg.bound, generator)
         self.trunk = nn.Sequential(_linear(self.encoding.out_dim, cfg.hidden_dim, generator), nn.ReLU(inplace=True))
-        self.colour_head = _linear(cfg.hidden_dim, 3, generator)
+        self.colour_head = _linear(cfg.hidden_dim, cfg.channels, generator)
         if vertices is None or faces is None:
             vertices, faces, vertex_colors = self._initial_mesh()
         self._set_topology(vertices, faces)
@@ -190,7 +213,7 @@ class Mesh(Representation):
         self.register_buffer("base_vertices", vertices.clone())
         self.register_buffer("faces", faces.clone())
         self.offsets = nn.Parameter(torch.zeros_like(vertices))
-        self.vertex_logits = nn.Parameter(torch.zeros_like(vertices))
+        self.vertex_logits = nn.Parameter(vertices.new_zeros(len(vertices), self.config.channels))
         neighbours = edge_neighbours(faces)
         self.register_buffer("neighbours", neighbours, persistent=False)
         pairs = torch.stack([torch.arange(len(faces), device=device).repeat_interleave(3), neighbours.reshape(-1)], 1)
@@ -219,7 +242,7 @@ class Mesh(Representation):
         if colours.shape != self.base_vertices.shape:
             raise UserError(f"vertex colours have shape {tuple(colours.shape)}, the mesh has {len(self.base_vertices)} vertices")
         target = torch.logit(colours.to(self.base_vertices).clamp(1e-3, 1 - 1e-3))
-        self.vertex_logits.copy_(target - self._field_logits(self.vertices))
+        self.vertex_logits[:, :3].copy_(target - self._field_logits(self.vertices)[:, :3])
 
     # ------------------------------------------------------------------ field
     @property
@@ -231,27 +254,32 @@ class Mesh(Representation):
         return self.colour_head(self.trunk(self.encoding(points)))
 
     def _colour(self, attrs: Tensor) -> Tensor:
-        """rgb [N,3] from interpolated [position, vertex logit residual] [N,6]."""
+        """rgb [N,3] (pbr: the material [N,5]) from interpolated [position, vertex logit residual] [N,3+C]."""
         if attrs.shape[0] == 0:
-            return attrs[:, :3] * 0
+            return attrs[:, 3:] * 0
         return torch.sigmoid(self._field_logits(attrs[:, :3]) + attrs[:, 3:])
 
     def albedo(self, points: Tensor) -> Tensor:
         """The texture field's colour [M,3] at points [M,3] (without the vertex residual)."""
-        return torch.sigmoid(self._field_logits(points))
+        return torch.sigmoid(self._field_logits(points)[:, :3])
+
+    @torch.no_grad()
+    def surface_material(self, points: Tensor, corners: Tensor, bary: Tensor) -> Tensor:
+        """All channels [M,C] at surface points [M,3] given their face's vertex ids [M,3] and
+        barycentrics [M,3] (field + interpolated residual; texture baking)."""
+        residual = (bary.to(self.vertex_logits)[..., None] * self.vertex_logits[corners.long()]).sum(1)
+        return torch.sigmoid(self._field_logits(points.to(self.vertex_logits)) + residual)
 
     @torch.no_grad()
     def surface_colour(self, points: Tensor, corners: Tensor, bary: Tensor) -> Tensor:
-        """The rendered colour [M,3] at surface points [M,3] given their face's vertex ids
-        [M,3] and barycentrics [M,3] (field + interpolated residual; texture baking)."""
-        residual = (bary.to(self.vertex_logits)[..., None] * self.vertex_logits[corners.long()]).sum(1)
-        return torch.sigmoid(self._field_logits(points.to(self.vertex_logits)) + residual)
+        """The colour (albedo) [M,3] at surface points (see `surface_material`)."""
+        return self.surface_material(points, corners, bary)[:, :3]
 
     @torch.no_grad()
     def vertex_colours(self) -> Tensor:
         """Colour [V,3] at every deformed vertex (field + residual), as rendered there."""
         v = self.vertices
-        return torch.sigmoid(self._field_logits(v) + self.vertex_logits)
+        return torch.sigmoid(self._field_logits(v) + self.vertex_logits)[:, :3]
 
     @torch.no_grad()
     def as_mesh(self) -> SurfaceMesh:
@@ -265,6 +293,20 @@ class Mesh(Representation):
     def texture_colour(self) -> TextureColour:
         """Its rendered colour per face (field + interpolated residual) for texture baking."""
         return TextureColour(at_points=self.albedo, at_surface=self.surface_colour)
+
+    def pbr_material(self) -> Optional[TextureColour]:
+        """[albedo rgb, roughness, metallic] per surface point for PBR texture baking (None unless pbr)."""
+        if self.config.material != "pbr":
+            return None
+        return TextureColour(at_points=lambda p: torch.sigmoid(self._field_logits(p)), at_surface=self.surface_material)
+
+    @torch.no_grad()
+    def material_maps(self, cams: Cameras) -> Optional[tuple[Tensor, Tensor]]:
+        """Unshaded [albedo, roughness, metallic] [B,5,H,W] (premultiplied) and alpha of the cameras (None unless pbr)."""
+        if self.config.material != "pbr":
+            return None
+        vertices = self.vertices
+        return render_material_maps(vertices, self.faces, cams, self._colour, torch.cat([vertices, self.vertex_logits], -1), self.config.supersample)
 
     # ------------------------------------------------------------------ interface
     @property
@@ -288,11 +330,27 @@ class Mesh(Representation):
         """Render the cameras on `background` [3] or [B,3] (rgb, alpha, depth; extras face_index)."""
         cfg = self.config
         vertices = self.vertices
+        if cfg.material == "pbr":
+            return self._render_pbr(cams, background)
         render = render_textured_mesh_nvdiffrast if resolve_mesh_backend(self.backend, vertices.device) == "cuda" else render_textured_mesh
         return render(
             vertices, self.faces, cams, colour_fn=self._colour, colour_attrs=torch.cat([vertices, self.vertex_logits], -1),
             background=background, supersample=cfg.supersample, antialias_edges=cfg.antialias, neighbours=self.neighbours,
         )
+
+    def _render_pbr(self, cams: Cameras, background: Tensor) -> RenderOutput:
+        """Shaded renders: training lights drawn per view with gradients on, the held-out light otherwise."""
+        vertices = self.vertices
+        if torch.is_grad_enabled():
+            index = torch.randint(len(TRAINING_LIGHTS), (len(cams),), generator=self.generator)
+            lights = [TRAINING_LIGHTS[int(i)] for i in index]
+        else:
+            index, lights = torch.full((len(cams),), -1, dtype=torch.long), [HELDOUT_LIGHT] * len(cams)
+        out = render_pbr_mesh(vertices, self.faces, cams, lights, self._colour, torch.cat([vertices, self.vertex_logits], -1),
+                              background=background, supersample=self.config.supersample, antialias_edges=self.config.antialias,
+                              neighbours=self.neighbours, light_condition=self.config.light_condition and torch.is_grad_enabled())
+        out.extras["light_index"] = index.to(vertices.device)
+        return out
 
     def losses(self, out: RenderOutput, active: frozenset[str]) -> dict[str, Tensor]:
         """laplacian and normal_consistency of the deformed mesh, where asked for."""

@@ -12,7 +12,10 @@ The loop hands the prior every step's render (`Prior.observe_render`); the condi
 * `normal`: camera-space normals from the depth map (x right, y up, z toward the viewer,
   mapped to [0, 1]; background 0), as normal-map ControlNets read them;
 * a list of channels concatenated in order, for a ControlNet trained on them: `rgb` (3),
-  `alpha` (1), `depth` (1), `normal` (3), e.g. `--prior.controlnet-condition depth normal alpha`.
+  `alpha` (1), `depth` (1), `normal` (3), `light` (18: DreamMat's six renders of the mesh under the
+  view's environment light, white albedo at metallic {0, 1} x roughness {0, 0.5, 1}; a PBR mesh
+  (`--material pbr`) renders them, render/mesh_pbr.py), e.g. `--prior.controlnet-condition depth
+  normal alpha`, or DreamMat's 22 channels `depth normal light`.
 
 The total must equal the ControlNet's `conditioning_channels` (checked when it loads).
 """
@@ -32,7 +35,7 @@ from ...core.runtime import load_quietly
 from ...core.types import RenderOutput
 from .loading import hf_cache_dir, load_errors, looks_like_path, offline_mode, one_line, safetensors_problem
 
-CHANNELS = {"rgb": 3, "alpha": 1, "depth": 1, "normal": 3}
+CHANNELS = {"rgb": 3, "alpha": 1, "depth": 1, "normal": 3, "light": 18}
 FIX = "pass --prior.controlnet PATH to a diffusers ControlNetModel folder (config.json + weights), or drop --prior.controlnet"
 
 
@@ -118,6 +121,11 @@ def render_condition(out: RenderOutput, cams: Cameras, names: tuple[str, ...], s
         normal = F.normalize(torch.cross(dv, du, dim=1), dim=1)  # toward the camera (OpenCV: -z)
         normal = normal * torch.tensor([1.0, -1.0, -1.0], device=normal.device).view(1, 3, 1, 1)  # x right, y up, z to viewer
         parts["normal"] = torch.where(solid, normal * 0.5 + 0.5, torch.zeros_like(normal))
+    if "light" in names:
+        light = out.extras.get("light_condition")
+        if light is None:  # the plan refuses `light` without a PBR mesh; a render without gradients has none
+            light = torch.zeros(alpha.shape[0], CHANNELS["light"], *alpha.shape[-2:], device=alpha.device, dtype=alpha.dtype)
+        parts["light"] = light.detach().to(alpha)
     if names == ("depth",):
         image = parts["depth"].expand(-1, 3, -1, -1)
     else:

@@ -5,6 +5,11 @@ centre and scaled so its farthest vertex lies at radius 0.85. A prompt is
 `[a|an|the] [colour] object`; a colour word recolours the object's main part(s). An object
 may declare `modes` (colour words) that a prompt without a colour word resolves to, one mesh
 per mode ("a ball" is a red, a green, a blue and a yellow ball).
+
+Every part also has a known PBR material, roughness and metallic (default 0.7 and 0: matte
+plastic), which `--representation.material pbr` runs are scored against: the balls are polished
+metal (0.35, 1), the can's body and lids brushed metal (0.3, 1), the dumbbell's bar and the
+lamp's base and pole metal, the mug glossy ceramic (0.25, 0), the cube matte (0.85, 0).
 """
 
 from __future__ import annotations
@@ -48,6 +53,8 @@ class ToyMesh(ColouredMesh):
     """A catalogue object: a coloured triangle mesh inside the unit sphere whose main faces a
     colour word recolours."""
 
+    face_materials: Optional[np.ndarray] = None  # [F,2] float32: roughness, metallic
+
     def recoloured(self, colour: str, name: str) -> "ToyMesh":
         """A copy whose main faces have the colour word `colour`."""
         colors = self.face_colors.copy()
@@ -62,6 +69,8 @@ class Part:
     mesh: trimesh.Trimesh
     colour: Colour
     main: bool = False
+    roughness: float = 0.7
+    metallic: float = 0.0
 
 
 def _rgb(colour: Colour) -> tuple[float, float, float]:
@@ -76,8 +85,9 @@ def assemble(parts: Sequence[Part], name: str, normalised: bool = True) -> ToyMe
     colors = np.concatenate([np.tile(_rgb(p.colour), (len(p.mesh.faces), 1)) for p in parts])
     main = np.concatenate([np.full(len(p.mesh.faces), p.main) for p in parts])
     vertices = np.concatenate([np.asarray(p.mesh.vertices) for p in parts])
+    materials = np.concatenate([np.tile((p.roughness, p.metallic), (len(p.mesh.faces), 1)) for p in parts]).astype(np.float32)
     vertices = normalise(vertices) if normalised else vertices.astype(np.float32)
-    return ToyMesh(vertices, faces.astype(np.int64), colors.astype(np.float32), name, main)
+    return ToyMesh(vertices, faces.astype(np.int64), colors.astype(np.float32), name, main, materials)
 
 
 # --- geometry helpers (z up, front +x) ---------------------------------------------------
@@ -131,18 +141,18 @@ def _upper(mesh: trimesh.Trimesh, z: float) -> trimesh.Trimesh:
 
 
 def _cube() -> list[Part]:
-    return [Part(_box(1, 1, 1), "red", main=True)]
+    return [Part(_box(1, 1, 1), "red", main=True, roughness=0.85)]
 
 
 def _ball() -> list[Part]:
-    return [Part(_sphere(0.5, 3), "red", main=True)]
+    return [Part(_sphere(0.5, 3), "red", main=True, roughness=0.35, metallic=1.0)]
 
 
 def _mug() -> list[Part]:
     handle = _at(_turn(trimesh.creation.torus(0.28, 0.07, 24, 12), "y", 90.0), y=0.5)
     return [
-        Part(_cylinder(0.5, 1.0), "blue", main=True),
-        Part(handle, "blue", main=True),
+        Part(_cylinder(0.5, 1.0), "blue", main=True, roughness=0.25),
+        Part(handle, "blue", main=True, roughness=0.25),
         Part(_at(_cylinder(0.44, 0.02), z=0.5), (0.30, 0.18, 0.08)),
         Part(_at(_box(0.04, 0.40, 0.35), x=0.5), "yellow"),
     ]
@@ -161,9 +171,9 @@ def _snowman() -> list[Part]:
 
 def _can() -> list[Part]:
     return [
-        Part(_cylinder(0.4, 1.1), "red", main=True),
-        Part(_at(_cylinder(0.37, 0.03), z=0.56), "grey"),
-        Part(_at(_cylinder(0.37, 0.03), z=-0.56), "grey"),
+        Part(_cylinder(0.4, 1.1), "red", main=True, roughness=0.3, metallic=1.0),
+        Part(_at(_cylinder(0.37, 0.03), z=0.56), "grey", roughness=0.3, metallic=1.0),
+        Part(_at(_cylinder(0.37, 0.03), z=-0.56), "grey", roughness=0.3, metallic=1.0),
         Part(_at(_cylinder(0.405, 0.25), z=0.05), "white"),
     ]
 
@@ -232,8 +242,8 @@ def _duck() -> list[Part]:
 
 def _lamp() -> list[Part]:
     return [
-        Part(_at(_cylinder(0.35, 0.08), z=0.04), "grey"),
-        Part(_at(_cylinder(0.035, 1.1), z=0.6), "grey"),
+        Part(_at(_cylinder(0.35, 0.08), z=0.04), "grey", roughness=0.35, metallic=1.0),
+        Part(_at(_cylinder(0.035, 1.1), z=0.6), "grey", roughness=0.35, metallic=1.0),
         Part(_at(_frustum(0.45, 0.25, 0.45), z=1.0), "purple", main=True),
     ]
 
@@ -260,7 +270,7 @@ def _tree() -> list[Part]:
 def _dumbbell() -> list[Part]:
     bar = _turn(_cylinder(0.05, 1.4), "x", 90.0)
     weights = [Part(_at(_turn(_cylinder(0.3, 0.2), "x", 90.0), y=y), "black", main=True) for y in (-0.5, 0.5)]
-    return [Part(bar, "grey")] + weights
+    return [Part(bar, "grey", roughness=0.3, metallic=1.0)] + weights
 
 
 @dataclass(frozen=True)

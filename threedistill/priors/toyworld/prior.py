@@ -13,6 +13,10 @@ with Stable Diffusion's noise schedule. x lives in pixel space scaled to [-1, 1]
 cached on disk. View phrases ("a red mug, side view", "side view of a red mug") get their own
 id that shares the object's references and carries the phrase's camera direction, used when
 `predict_eps` is called without cameras.
+
+`material = "pbr"`: the references are GGX-shaded under the training lights, one reference set
+per (prompt, light), and each view is scored against those of the light it was rendered with
+(materials.py; the light comes from the step's render, `observe_render`).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Literal, Optional
 
 import numpy as np
 import torch
@@ -36,6 +40,8 @@ from ...core.tensor_cache import TensorCache
 from ...core.types import ReferenceImage, RenderOutput
 from ..base import PRIORS, GuidanceDefaults, LatentSpace, Prior, PriorConfig, VariationalConfig, noise_coefficients, scaled_linear_alphas_cumprod
 from .catalogue import catalogue_prompts, resolve_prompt
+from .materials import face_materials, light_of, render_material_truth, render_pbr_ground_truth
+from ...render.pbr import TRAINING_LIGHTS
 from .references import SKIP_MASS, ReferenceSet, posterior_mean, sparse_posterior
 
 if TYPE_CHECKING:
@@ -74,9 +80,15 @@ class ToyworldConfig(PriorConfig):
     """Seed of the reference cameras (independent of the run seed)."""
     cache_dir: Optional[str] = None
     """Reference cache folder (default: $THREEDISTILL_CACHE or ~/.cache/threedistill)."""
+    material: Optional[Literal["lambert", "pbr"]] = None
+    """lambert: flat Lambertian references under one light; pbr: GGX-shaded with the objects' known
+    roughness and metallic under the training lights (materials.py). None: pbr for a
+    `--representation.material pbr` run, else lambert."""
 
     def check(self) -> None:
         check_posterior_settings(self.temperature, self.data_noise)
+        if self.material not in (None, "lambert", "pbr"):
+            raise UserError(f"unknown --prior.material '{self.material}'; valid: lambert, pbr")
         if self.mesh:
             load_mesh_file(self.mesh, name="user mesh")  # readable, with faces
 
@@ -144,6 +156,9 @@ class ToyworldPrior(Prior):
         self._user_mesh: Optional[ColouredMesh] = load_mesh_file(config.mesh, name="user mesh") if config.mesh else None
         self._prompt_ids: dict[str, int] = {"": UNCOND_ID}
         self._sets: dict[int, ReferenceSet] = {}
+        self._lit_sets: dict[tuple[int, int], ReferenceSet] = {}  # pbr: one per (set id, training light)
+        self.pbr = config.material == "pbr"
+        self._lights: Optional[Tensor] = None  # the latest render's light per view (pbr)
         self._meshes: dict[int, list[ColouredMesh]] = {}
         self._set_of: dict[int, int] = {}  # view-phrase id -> the object's reference-set id
         self._view_dirs: dict[int, Tensor] = {}  # view-phrase id -> default camera direction [3]
@@ -232,22 +247,45 @@ class ToyworldPrior(Prior):
         cams = OrbitSampler(cfg).sample(gen, batch_size=n)
         return cams[torch.randperm(n, generator=torch.Generator().manual_seed(seed))]
 
-    def render_ground_truth(self, mesh: ColouredMesh, cams: Cameras) -> RenderOutput:
-        """Render a catalogue mesh with the reference renderer (Lambertian, white background)."""
+    def render_ground_truth(self, mesh: ColouredMesh, cams: Cameras, light: int = -1) -> RenderOutput:
+        """Render a catalogue mesh with the reference renderer (Lambertian, white background; pbr:
+        GGX-shaded under training light `light`, or the held-out one for -1)."""
+        if self.pbr:
+            return render_pbr_ground_truth(mesh, cams, [light_of(light)] * len(cams), self.device)
         return render_ground_truth(mesh, cams, self.device)
 
-    def _cache_key(self, meshes: list[ColouredMesh], counts: list[int], seed: int) -> str:
+    def material_truth(self, mesh: ColouredMesh, cams: Cameras) -> tuple[Tensor, Tensor]:
+        """The mesh's unshaded [albedo, roughness, metallic] maps [B,5,H,W] and alpha (materials.py)."""
+        return render_material_truth(mesh, cams, self.device)
+
+    def observe_render(self, out: RenderOutput, cams: Cameras) -> None:
+        """pbr: the light each view was rendered with (extras["light_index"]; -1 = held out)."""
+        if self.pbr:
+            light = out.extras.get("light_index")
+            self._lights = None if light is None else torch.as_tensor(light).to(self.device).long()
+
+    def _row_lights(self, rows: int) -> Tensor:
+        """The light of each of `rows` prior rows (branches of one batch repeat its views); 0 without pbr."""
+        lights = self._lights
+        if not self.pbr or lights is None or rows % len(lights):
+            return torch.zeros(rows, dtype=torch.long, device=self.device)
+        return lights.repeat(rows // len(lights))
+
+    def _cache_key(self, meshes: list[ColouredMesh], counts: list[int], seed: int, light: int) -> str:
         h = hashlib.sha1()
         h.update(f"v{REFERENCE_FORMAT_VERSION}|{self.resolution}|{counts}|{seed}|{asdict(self.sampler_config)}".encode())
+        if self.pbr:
+            h.update(f"pbr|{light_of(light)!r}".encode())
         for m in meshes:
-            for arr in (m.vertices, m.faces, m.face_colors):
+            arrays = (m.vertices, m.faces, m.face_colors) + ((face_materials(m),) if self.pbr else ())
+            for arr in arrays:
                 h.update(np.ascontiguousarray(arr).tobytes())
         return h.hexdigest()[:20]
 
-    def _render_references(self, meshes: list[ColouredMesh], counts: list[int], seed: int) -> tuple[Tensor, Tensor]:
+    def _render_references(self, meshes: list[ColouredMesh], counts: list[int], seed: int, light: int = 0) -> tuple[Tensor, Tensor]:
         """Images [N,3,R,R] in [0,1] and camera directions [N,3]: counts[i] views of meshes[i], cached
         (core/tensor_cache.py: a damaged cache file is warned about and re-rendered)."""
-        key = self._cache_key(meshes, counts, seed)
+        key = self._cache_key(meshes, counts, seed, light)
         n, r = sum(counts), self.resolution
         cache = TensorCache(self.cache_dir, "toyworld reference cache")
         cached = cache.load(key, {"key": key}, lambda t: reference_shape_problem(t, {"images": (n, 3, r, r), "dirs": (n, 3)}))
@@ -256,35 +294,41 @@ class ToyworldPrior(Prior):
         cams = self.reference_cameras(n, seed)
         images, start = [], 0
         for mesh, count in zip(meshes, counts):
-            images.append(self.render_ground_truth(mesh, cams[start : start + count]).rgb.cpu())
+            images.append(self.render_ground_truth(mesh, cams[start : start + count], light).rgb.cpu())
             start += count
         images_t, dirs = torch.cat(images).half(), cams.directions().cpu()
         cache.save(key, {"key": key}, {"images": images_t, "dirs": dirs})
         return images_t.float(), dirs
 
-    def _build_set(self, set_id: int) -> ReferenceSet:
+    def _build_set(self, set_id: int, light: int) -> ReferenceSet:
         cfg = self.config
+        share = len(TRAINING_LIGHTS) if self.pbr else 1  # pbr: the references are split over the lights
         meshes: list[ColouredMesh]
         if set_id == UNCOND_ID:
             meshes = [m for p in catalogue_prompts() for m in resolve_prompt(p)]
             if self._user_mesh is not None:
                 meshes.append(self._user_mesh)
-            counts = [cfg.uncond_references_per_object] * len(meshes)
+            counts = [max(cfg.uncond_references_per_object // share, 1)] * len(meshes)
         else:
             meshes = self._meshes[set_id]
-            base, extra = divmod(cfg.num_references, len(meshes))
+            base, extra = divmod(max(cfg.num_references // share, len(meshes)), len(meshes))
             counts = [base + (1 if i < extra else 0) for i in range(len(meshes))]
-        images, dirs = self._render_references(meshes, counts, cfg.reference_seed + set_id * 7919)
+        images, dirs = self._render_references(meshes, counts, cfg.reference_seed + set_id * 7919 + light * 104729, light)
         x = (images * 2.0 - 1.0).flatten(1).to(self.device, torch.float64)
         return ReferenceSet(x, dirs.to(self.device, torch.float64))
 
-    def reference_set(self, set_id: int) -> ReferenceSet:
-        """The (lazily built) references of one embedding id (view phrases share their object's)."""
+    def reference_set(self, set_id: int, light: int = 0) -> ReferenceSet:
+        """The (lazily built) references of one embedding id (view phrases share their object's) under
+        training light `light` (pbr; always 0 otherwise)."""
         set_id = self._set_of.get(set_id, set_id)
+        if set_id != UNCOND_ID and set_id not in self._meshes and set_id not in self._sets:
+            raise ValueError(f"unknown toyworld embedding id {set_id}")
+        if self.pbr:
+            if (set_id, light) not in self._lit_sets:
+                self._lit_sets[(set_id, light)] = self._build_set(set_id, light)
+            return self._lit_sets[(set_id, light)]
         if set_id not in self._sets:
-            if set_id != UNCOND_ID and set_id not in self._meshes:
-                raise ValueError(f"unknown toyworld embedding id {set_id}")
-            self._sets[set_id] = self._build_set(set_id)
+            self._sets[set_id] = self._build_set(set_id, 0)
         return self._sets[set_id]
 
     # ------------------------------------------------------------------ denoiser
@@ -329,9 +373,11 @@ class ToyworldPrior(Prior):
         flat = x_t.detach().flatten(1).double()
         dirs = cameras.directions().double().to(self.device) if cameras is not None else None
         out = torch.empty_like(flat)
-        for emb_id in emb.unique().tolist():
-            rows = (emb == emb_id).nonzero().squeeze(1)
-            refs = self.reference_set(emb_id)
+        lights = self._row_lights(len(emb))
+        groups = torch.stack([emb.to(self.device), lights.clamp(min=0)], 1).unique(dim=0).tolist()
+        for emb_id, light in groups:
+            rows = ((emb.to(self.device) == emb_id) & (lights.clamp(min=0) == light)).nonzero().squeeze(1)
+            refs = self.reference_set(emb_id, light)
             if dirs is not None:
                 row_dirs: Optional[Tensor] = dirs[rows]
             else:  # a view phrase's direction stands in for the missing cameras

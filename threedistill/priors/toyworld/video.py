@@ -176,7 +176,7 @@ class ToyworldVideoPrior(ToyworldPrior):
         cache.save(key, {"key": key}, {"clips": clips_t, "dirs": dirs})
         return clips_t.float(), dirs
 
-    def _build_set(self, set_id: int) -> ReferenceSet:
+    def _build_set(self, set_id: int, light: int = 0) -> ReferenceSet:
         cfg = self.config
         if set_id == UNCOND_ID:
             toys = [m for p in animated_prompts() for m in resolve_animated(p)]

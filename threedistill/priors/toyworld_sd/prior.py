@@ -18,12 +18,14 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from torch import Tensor
 
 from ...core.cameras import Cameras, OrbitSamplerConfig
 from ...core.mesh_file import ColouredMesh
 from ...core.types import ReferenceImage, RenderOutput
 from ..base import PRIORS, PriorConfig
 from ..diffusers.stable_diffusion import StableDiffusionConfig, StableDiffusionPrior
+from ..toyworld.materials import render_material_truth
 from ..toyworld.prior import catalogue_modes, render_ground_truth
 
 SHIPPED_MODEL = Path(__file__).resolve().parent / "model"
@@ -87,3 +89,7 @@ class ToyworldSDPrior(StableDiffusionPrior):
 
     def render_ground_truth(self, mesh: ColouredMesh, cams: Cameras) -> RenderOutput:
         return render_ground_truth(mesh, cams, self.device)
+
+    def material_truth(self, mesh: ColouredMesh, cams: Cameras) -> tuple[Tensor, Tensor]:
+        """The mesh's unshaded [albedo, roughness, metallic] maps and alpha (toyworld/materials.py)."""
+        return render_material_truth(mesh, cams, self.device)
