@@ -399,7 +399,7 @@ def parse_base_args(argv: list[str], prog: str = "threedistill run") -> ParsedRu
         "Optimise a 3D representation so its renders score well under a frozen 2D diffusion prior.\n"
         f"Choose components with --prior {{{','.join(PRIORS)}}} --guidance {{{','.join(OBJECTIVES)}}} "
         f"--representation {{{','.join(REPRESENTATIONS)}}} and a preset with --config NAME_OR_PATH; "
-        "dotted flags set their fields."
+        "dotted flags set their fields. --dynamic --pipeline explicit: 4D from generated clips, no score distillation (the eg4d preset)."
     )
     cfg = _tyro_one_line_errors(lambda: tyro.cli(RunConfig, args=rest, default=defaults, prog=prog, description=description))
     return ParsedRun(names, cfg, defaults, stages, source)
