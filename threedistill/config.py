@@ -318,7 +318,26 @@ def name_flag_parser() -> argparse.ArgumentParser:
     p.add_argument("--dynamic", action="store_true", default=None)
     p.add_argument("--image", default=None)
     p.add_argument("--material", default=None)
+    p.add_argument("--pipeline", default=None)
     return p
+
+
+PIPELINE_PRESETS = {"distill": None, "explicit": "eg4d"}
+"""`--pipeline NAME`: distill (score distillation, the default) or explicit (EG4D / PLA4D: the `eg4d` preset)."""
+
+
+def pipeline_config(pipeline: Optional[str], config: Optional[str], dynamic: bool) -> Optional[str]:
+    """The `--config` a `--pipeline` choice stands for (explicit 4D: the eg4d preset; it needs --dynamic)."""
+    if pipeline is None or pipeline == "distill":
+        return config
+    if pipeline not in PIPELINE_PRESETS:
+        raise UserError(f"unknown --pipeline '{pipeline}'; choose one of: {', '.join(PIPELINE_PRESETS)}")
+    if not dynamic:
+        raise UserError(f"--pipeline {pipeline} makes a 4D asset from generated clips; add --dynamic")
+    if config is not None:
+        raise UserError(f"--pipeline {pipeline} is the preset '{PIPELINE_PRESETS[pipeline]}'; drop --config {config} "
+                        f"(or copy threedistill/configs/{PIPELINE_PRESETS[pipeline]}.yaml and pass it with --config)")
+    return PIPELINE_PRESETS[pipeline]
 
 
 def parse_run_args(argv: list[str], prog: str = "threedistill run") -> tuple[ComponentNames, RunConfig]:
@@ -389,7 +408,7 @@ def parse_base_args(argv: list[str], prog: str = "threedistill run") -> ParsedRu
 
     known, rest = name_flag_parser().parse_known_args(argv)
     overrides = {"prior": known.prior, "guidance": known.guidance, "representation": known.representation}
-    data, source = read_config_data(known.config)
+    data, source = read_config_data(pipeline_config(known.pipeline, known.config, bool(known.dynamic)))
     if known.dynamic:
         data["dynamic"] = True
     if known.image is not None:
@@ -408,7 +427,7 @@ def parse_base_args(argv: list[str], prog: str = "threedistill run") -> ParsedRu
         "Optimise a 3D representation so its renders score well under a frozen 2D diffusion prior.\n"
         f"Choose components with --prior {{{','.join(PRIORS)}}} --guidance {{{','.join(OBJECTIVES)}}} "
         f"--representation {{{','.join(REPRESENTATIONS)}}} and a preset with --config NAME_OR_PATH; "
-        "dotted flags set their fields."
+        "dotted flags set their fields. --dynamic --pipeline explicit: 4D from generated clips, no score distillation (the eg4d preset)."
     )
     cfg = _tyro_one_line_errors(lambda: tyro.cli(RunConfig, args=rest, default=defaults, prog=prog, description=description))
     if not stages:  # flags may have made the mesh PBR or the ControlNet read `light` (stages get it per stage)

@@ -221,6 +221,50 @@ class OrbitSampler:
         """Nothing to restore."""
 
 
+class FixedViewSampler:
+    """Batches of a fixed camera set (a scene's views, an objective's `training_views`), each camera
+    carrying its index in `Cameras.view`; every view is used once per epoch (a fresh random order
+    each epoch) before any repeats."""
+
+    def __init__(self, cameras: Cameras, batch_size: int, device: torch.device | str = "cpu") -> None:
+        self.cameras = cameras
+        self.config_batch_size = batch_size
+        self.device = torch.device(device)
+        self._order: Optional[Tensor] = None
+        self._next = 0
+
+    def sample(self, generator: torch.Generator, batch_size: Optional[int] = None, time: Optional[Tensor] = None) -> Cameras:
+        n = len(self.cameras)
+        chosen = []
+        for _ in range(batch_size or self.config_batch_size):
+            if self._order is None or self._next >= n:
+                self._order, self._next = torch.randperm(n, generator=generator), 0
+            chosen.append(int(self._order[self._next]))
+            self._next += 1
+        index = torch.tensor(chosen, dtype=torch.long)
+        cams = self.cameras[index]
+        cams.view = index
+        return cams.to(self.device)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"order": self._order, "next": self._next}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._order, self._next = state.get("order"), int(state.get("next", 0))
+
+
+def ring_cameras(n: int, elevations: Sequence[float], sampler: OrbitSamplerConfig) -> Cameras:
+    """n cameras evenly spaced in azimuth from -180 degrees, elevations cycling through `elevations`, at the
+    middle of the sampler's distance and field-of-view ranges and its image size, each with its `view` index."""
+    azimuth = torch.arange(n, dtype=torch.float32) * (360.0 / n) - 180.0
+    elevation = torch.tensor([float(elevations[i % len(elevations)]) for i in range(n)], dtype=torch.float32)
+    distance = torch.full((n,), 0.5 * sum(sampler.distance_range))
+    fov = torch.full((n,), 0.5 * sum(sampler.fov_range))
+    cams = orbit_cameras(elevation, azimuth, distance, fov, sampler.width, sampler.height)
+    cams.view = torch.arange(n)
+    return cams
+
+
 class CameraSampler(Protocol):
     """Where a stage's training cameras come from: the random orbit, or a scene's views."""
 

@@ -9,6 +9,7 @@ the first step of the first stage (engine/validate.py), so the loop never probes
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, ClassVar, Optional, Protocol
 
 import torch
@@ -37,6 +38,8 @@ class Needs:
     """It can optimise several particles at once (`ObjectiveConfig.particle_count`)."""
     pbr_material: bool = False
     """It distils a PBR material: the stage's representation must be a mesh with `--material pbr`."""
+    samples_clips: bool = False
+    """A video prior that samples clips (`Prior.samples_clips`: toyworld-video, video-sd)."""
     perp_neg: bool = False
     """Its guidance is CFG-shaped, e_u + s (e_c - e_u), through `Guidance.guidance_delta`, so
     `--prompts.perp-neg` applies (guidance/base.py)."""
@@ -78,6 +81,17 @@ class ObjectiveConfig:
     def check(self) -> None:
         """Raise a UserError for a setting that cannot work (called when the run plan is validated)."""
 
+    def training_views(self, sampler: Any) -> Optional[Cameras]:
+        """Fixed cameras the stage trains on (each carrying its `view` index; the sampler then draws every one
+        once per epoch), from the stage's `OrbitSamplerConfig`; None: the sampler's random orbit or scene."""
+        return None
+
+    def image_prior_settings(self) -> Optional[dict[str, Any]]:
+        """None: the stage needs no image prior besides its own. A dict: it needs the image counterpart of its
+        video prior (toyworld-video -> toyworld, video-sd -> sd; `StageContext.image_prior`, checked by the
+        plan), with these fields of that prior's config set (e.g. {"model": PATH})."""
+        return None
+
 
 class PosedImages(Protocol):
     """A scene's posed views, as scene objectives read them (scene/loading.py's `Scene`)."""
@@ -105,6 +119,15 @@ class StageContext:
     previous: Optional[Callable[[Cameras], RenderOutput]] = None
     """Renders the result the stage started from as it was (the previous stage's representation, before any
     conversion; no gradients); None for a run's first stage and for a resumed stage."""
+    views: Optional[Cameras] = None
+    """The stage's fixed training cameras (`ObjectiveConfig.training_views`), None where it has none."""
+    run_dir: Optional[Path] = None
+    """The run folder: what an objective generates once and must not regenerate on resume is cached there."""
+    log: Callable[[str], None] = print
+    """A line into the run's log.txt."""
+    image_prior: Optional[Callable[[], tuple[Any, Any]]] = None
+    """Loads (once per run) the image counterpart of the stage's video prior and a `PromptEmbedder` of the
+    prompt for it (`ObjectiveConfig.image_prior_settings`); None in stages without one."""
 
 
 class Objective:

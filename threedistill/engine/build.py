@@ -9,7 +9,7 @@ from typing import Optional
 import torch
 
 from ..config import RunConfig
-from ..core.cameras import CameraSampler, OrbitSampler
+from ..core.cameras import CameraSampler, FixedViewSampler, OrbitSampler
 from ..core.errors import UserError
 from ..core.objective import OBJECTIVES, Objective
 from ..guidance.sds import SDSConfig, SDSGuidance
@@ -39,9 +39,13 @@ def load_stage_scene(cfg: RunConfig) -> Optional[Scene]:
 
 
 def make_sampler(cfg: RunConfig, scene: Optional[Scene], device: torch.device) -> CameraSampler:
-    """The stage's camera sampler: the scene's views when it has one, else the random orbit."""
+    """The stage's camera sampler: the scene's views when it has one, the objective's fixed training views
+    when it has them (the explicit 4D pipeline), else the random orbit."""
     if scene is not None:
         return SceneViewSampler(scene, cfg.sampler.batch_size, device)
+    views = cfg.guidance.training_views(cfg.sampler)
+    if views is not None:
+        return FixedViewSampler(views, cfg.sampler.batch_size, device)
     return OrbitSampler(cfg.sampler, device, group=cfg.prior.view_group())
 
 
@@ -91,6 +95,16 @@ class ImageObjective:
 
     objective: Objective
     prompts: PromptEmbedder
+
+
+def load_image_prior(cfg: RunConfig, pool: PriorPool) -> tuple[Prior, PromptEmbedder]:
+    """The image counterpart of a dynamic stage's video prior (with the objective's overrides) and the
+    prompt's embeddings for it (`ObjectiveConfig.image_prior_settings`; the plan checked that it exists)."""
+    counterpart = image_prior_of(cfg, cfg.guidance.image_prior_settings())
+    if counterpart is None:
+        raise UserError(f"--prior {cfg.component_names().prior} has no image counterpart; use toyworld-video or video-sd")
+    prior = pool.get(*counterpart, cfg.sampler)
+    return prior, build_prompts(cfg, prior)
 
 
 def build_image_objective(cfg: RunConfig, pool: PriorPool, generator: torch.Generator) -> Optional[ImageObjective]:

@@ -43,6 +43,7 @@ from .build import (
     build_representation,
     build_text_objective,
     clip_frames,
+    load_image_prior,
     load_stage_scene,
     make_sampler,
     resolve_device,
@@ -122,6 +123,9 @@ class StageTrainer:
             render=lambda cams: self.representation.render(cams, self.background),
             embed=lambda text: build_prompts(self.cfg, self._require_prior(), text),
             previous=None if self.previous is None else self._render_previous,
+            views=self.cfg.guidance.training_views(self.cfg.sampler), run_dir=self.run_dir, log=self.log,
+            image_prior=(lambda: load_image_prior(self.cfg, self.context.priors))
+            if self.cfg.guidance.image_prior_settings() is not None else None,
         )
 
     def _render_previous(self, cams: Cameras) -> RenderOutput:
@@ -369,8 +373,9 @@ class StageTrainer:
     # ------------------------------------------------------------------ the end
     def ground_truth(self) -> Optional[GroundTruth]:
         """The stage's prior when it knows its data exactly (toyworld), else None."""
-        if not PRIORS[self.names.prior].has_ground_truth or self.prior is None:
-            return None
+        prior = PRIORS[self.names.prior]
+        if not prior.has_ground_truth or self.prior is None or (prior.is_video and not self.cfg.dynamic):
+            return None  # (a static stage on a video prior, explicit 4D's warm-up: its ground truth moves)
         truth: GroundTruth = self.prior  # type: ignore[assignment]  # toyworld priors implement GroundTruth
         return truth
 

@@ -9,7 +9,7 @@ Stable Diffusion run loads it once.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -52,15 +52,18 @@ def uses_image_objective(cfg: RunConfig) -> bool:
     return cfg.dynamic and not (isinstance(weight, (int, float)) and weight == 0)
 
 
-def image_prior_of(cfg: RunConfig) -> Optional[tuple[str, PriorConfig]]:
+def image_prior_of(cfg: RunConfig, overrides: Optional[dict[str, Any]] = None) -> Optional[tuple[str, PriorConfig]]:
     """The image counterpart of a dynamic stage's video prior and its config: the video prior's
-    settings of the same names, except the model and the clip length (None: no counterpart)."""
+    settings of the same names, except the model and the clip length, then `overrides` (fields of
+    the image prior's config, e.g. its model; None: no counterpart)."""
     name = IMAGE_PRIOR_OF.get(cfg.component_names().prior)
     if name is None:
         return None
     image_config = PRIORS.config_type(name)
     own = {f.name: getattr(cfg.prior, f.name) for f in dataclasses.fields(cfg.prior)}
     shared = {f.name: own[f.name] for f in dataclasses.fields(image_config) if f.name in own and f.name not in ("model", "frames")}
+    fields = {f.name for f in dataclasses.fields(image_config)}
+    shared.update({k: v for k, v in (overrides or {}).items() if k in fields})
     config: PriorConfig = image_config(**shared)
     return name, config
 

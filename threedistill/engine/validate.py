@@ -78,7 +78,7 @@ def _check_stage(stage: Stage, stages: int, scenes: bool) -> None:
         raise UserError("--guidance.particles needs a static run (4D runs train one asset); drop --dynamic or the particles")
     if cfg.dynamic:
         _check_dynamic(cfg)
-    elif prior.is_video:
+    elif prior.is_video and not needs.samples_clips:  # explicit 4D's static stage fits the first frames of its clips
         raise UserError(f"--prior {names.prior} scores video clips; add --dynamic (or use an image prior)")
     group = cfg.prior.view_group()
     if group > 1:
@@ -86,6 +86,9 @@ def _check_stage(stage: Stage, stages: int, scenes: bool) -> None:
             raise UserError(f"--prior {names.prior} scores groups of {group} views; make --sampler.batch-size a multiple of {group}")
         if cfg.sampler.scene:
             raise UserError(f"--prior {names.prior} scores groups of {group} orbit views; it cannot score a scene's views")
+    if needs.samples_clips and not prior.samples_clips:
+        raise UserError(f"--guidance {names.guidance} samples clips from a video prior, which --prior {names.prior} cannot do; "
+                        "add --dynamic (toyworld -> toyworld-video, sd -> video-sd) or use toyworld-video / video-sd")
     if needs.variational_model and not prior.provides_variational_model:
         raise UserError(f"--guidance {names.guidance} needs a variational model, which --prior {names.prior} does not provide; "
                         "use an objective such as sds, or --prior toyworld / sd")
@@ -186,10 +189,13 @@ def _check_dynamic(cfg: RunConfig) -> None:
         validate_schedule("motion.image_weight", cfg.motion.image_weight)
     except (ValueError, TypeError) as exc:
         raise UserError(f"--motion.image-weight: {exc}") from None
-    if uses_image_objective(cfg):
-        counterpart = image_prior_of(cfg)
+    for what, overrides in (("--motion.image-weight", {} if uses_image_objective(cfg) else None),
+                            (f"--guidance {names.guidance}", cfg.guidance.image_prior_settings())):
+        if overrides is None:
+            continue
+        counterpart = image_prior_of(cfg, overrides)
         if counterpart is None:
-            raise UserError("--motion.image-weight needs a video prior with an image counterpart (toyworld-video, video-sd)")
+            raise UserError(f"{what} needs a video prior with an image counterpart (toyworld-video, video-sd)")
         name, config = counterpart
         config.check()
         PRIORS[name].check_prompt(config, cfg.prompt)

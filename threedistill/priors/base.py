@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ..core.cameras import Cameras, OrbitSamplerConfig
 from ..core.registry import Registry
-from ..core.types import ReferenceImage, RenderOutput
+from ..core.types import ReferenceImage, RenderOutput, TextEmbeddings
 
 
 @dataclass
@@ -157,6 +157,8 @@ class Prior:
     """`variational_model(config)` works (VSD, ESD)."""
     reads_image: ClassVar[bool] = False
     """It can be conditioned on the reference image of an image-to-3D run (`condition_on_image`)."""
+    samples_clips: ClassVar[bool] = False
+    """`sample_clips` works: it generates clips at given cameras (the explicit 4D pipeline)."""
     needs_image: ClassVar[bool] = False
     """It is conditioned on an image and cannot run without one (zero123)."""
 
@@ -190,6 +192,13 @@ class Prior:
 
     def variational_model(self, config: VariationalConfig) -> VariationalModel:
         raise NotImplementedError(f"{type(self).__name__} provides no variational model")
+
+    def sample_clips(self, prompt: str, emb: TextEmbeddings, cams: Cameras, generator: torch.Generator,
+                     sampling_steps: int) -> tuple[Tensor, Optional[Tensor]]:
+        """Video priors whose class sets `samples_clips`: one clip per camera of `cams` (K cameras, each at
+        `time` 0; `emb` one row per camera) -> (clips [K,F,3,H,W] in [0,1] at the cameras' size, their
+        foreground masks [K,F,1,H,W] where the prior knows them, else None)."""
+        raise NotImplementedError(f"{type(self).__name__} does not sample clips")
 
     def observe_render(self, out: RenderOutput, cams: Cameras) -> None:
         """Called by the loop with every step's renders before the objective scores them: a prior conditioned on

@@ -9,7 +9,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from ..core.cameras import Cameras
+from ..core.cameras import Cameras, FixedViewSampler
 from ..core.errors import UserError
 from .loading import Scene, cameras_from_c2w, load_scene
 
@@ -65,36 +65,12 @@ def scene_for(sampler_config: Any) -> Scene:
     return normalised(scene) if sampler_config.scene_normalise else scene
 
 
-class SceneViewSampler:
-    """Batches of a scene's cameras, each carrying its index in `Cameras.view`.
-
-    Every view is used once per epoch (a fresh random order each epoch) before any repeats."""
+class SceneViewSampler(FixedViewSampler):
+    """Batches of a scene's cameras, each carrying its index in `Cameras.view` (every view once per epoch)."""
 
     def __init__(self, scene: Scene, batch_size: int, device: torch.device | str = "cpu") -> None:
+        super().__init__(scene.cameras, batch_size, device)
         self.scene = scene
-        self.config_batch_size = batch_size
-        self.device = torch.device(device)
-        self._order: Optional[torch.Tensor] = None
-        self._next = 0
-
-    def sample(self, generator: torch.Generator, batch_size: Optional[int] = None, time: Optional[torch.Tensor] = None) -> Cameras:
-        n = len(self.scene)
-        chosen = []
-        for _ in range(batch_size or self.config_batch_size):
-            if self._order is None or self._next >= n:
-                self._order, self._next = torch.randperm(n, generator=generator), 0
-            chosen.append(int(self._order[self._next]))
-            self._next += 1
-        index = torch.tensor(chosen, dtype=torch.long)
-        cams = self.scene.cameras[index]
-        cams.view = index
-        return cams.to(self.device)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"order": self._order, "next": self._next}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._order, self._next = state.get("order"), int(state.get("next", 0))
 
 
 class SizedViews:

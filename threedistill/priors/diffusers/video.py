@@ -21,9 +21,11 @@ from dataclasses import dataclass
 from typing import Any, Literal, NoReturn, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from ...core.cameras import OrbitSamplerConfig
+from ...core.cameras import Cameras, OrbitSamplerConfig
+from ...core.types import TextEmbeddings
 from ...core.errors import UserError
 from ..base import PRIORS, PriorConfig, VariationalConfig
 from .loading import ModelKind, ModelLocation, load_pipeline, locate_model, model_key
@@ -151,6 +153,32 @@ class VideoDiffusionPrior(StableDiffusionPrior):
         x = x_t.to(self.device, self.dtype).permute(0, 2, 1, 3, 4)  # [B,C,F,h,w]
         out = unet(x, t.to(self.device), encoder_hidden_states=hidden).sample
         return out.permute(0, 2, 1, 3, 4).float()
+
+    # ------------------------------------------------------------------ sampling (explicit 4D)
+    samples_clips = True
+
+    @torch.no_grad()
+    def sample_clips(self, prompt: str, emb: TextEmbeddings, cams: Cameras, generator: torch.Generator,
+                     sampling_steps: int) -> tuple[Tensor, Optional[Tensor]]:
+        """DDIM sampling (diffusers' DDIMScheduler on this model's schedule, eta 0) of one clip per camera with
+        CFG `cfg_scale_low` on `emb` (view-dependent prompts: the camera enters only through the text),
+        decoded and resized to the cameras' size; no masks (the model does not give them)."""
+        from diffusers import DDIMScheduler
+
+        scheduler = DDIMScheduler.from_config(self.scheduler.config, prediction_type="epsilon")
+        scheduler.set_timesteps(sampling_steps)
+        K = len(cams)
+        shape = (K, self.frames, int(self.unet.config.in_channels), self.latent_size, self.latent_size)
+        x = torch.randn(shape, generator=generator).to(self.device)
+        cond = torch.cat([emb.uncond, emb.cond]).to(self.device)
+        scale = float(self.config.cfg_scale_low)
+        for t in scheduler.timesteps:
+            steps = torch.full((2 * K,), int(t), dtype=torch.long, device=self.device)
+            e_u, e_c = self.predict_eps(torch.cat([x, x]), steps, cond).chunk(2)
+            x = scheduler.step(e_u + scale * (e_c - e_u), t, x).prev_sample
+        clips = self.decode(x).float().cpu()
+        frames = F.interpolate(clips.flatten(0, 1), size=(cams.height, cams.width), mode="bilinear", align_corners=False, antialias=True)
+        return frames.clamp(0.0, 1.0).unflatten(0, (K, self.frames)), None
 
     def variational_model(self, config: VariationalConfig) -> NoReturn:  # type: ignore[override]
         """Not supported: VSD/ESD's LoRA model is built for image UNets."""

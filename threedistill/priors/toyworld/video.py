@@ -34,7 +34,7 @@ from ...core.tensor_cache import TensorCache
 from ...core.errors import UserError
 from ...core.motion import frame_times
 from ...render.mesh_torch import render_mesh
-from ...core.types import RenderOutput
+from ...core.types import RenderOutput, TextEmbeddings
 from ..base import PRIORS, PriorConfig, VariationalConfig
 from .prior import UNCOND_ID, ReferenceSet, ToyworldConfig, ToyworldPrior, check_posterior_settings, reference_shape_problem
 from .animated import AnimatedToy, animated_mesh, animated_prompts, resolve_animated
@@ -188,6 +188,39 @@ class ToyworldVideoPrior(ToyworldPrior):
         clips, dirs = self.render_reference_clips(toys, counts, cfg.reference_seed + set_id * 7919)
         x = (clips * 2.0 - 1.0).flatten(1).to(self.device, torch.float64)
         return ReferenceSet(x, dirs.to(self.device, torch.float64))
+
+    # ------------------------------------------------------------------ sampling (explicit 4D)
+    samples_clips = True
+
+    def sample_clips(self, prompt: str, emb: TextEmbeddings, cams: Cameras, generator: torch.Generator,
+                     sampling_steps: int) -> tuple[Tensor, Optional[Tensor]]:
+        """An exact sample at each camera: one mode of the prompt, drawn once for every camera (a
+        multi-modal prompt: mode m with the posterior mass of its references at pure noise, seen from the
+        first camera), rendered at each camera at the F frame times, with its masks. At pure noise the
+        posterior over references is the camera kernel alone, and with it the sample at a camera is that
+        mode seen from that camera; `sampling_steps` is not needed."""
+        modes = self.modes(prompt)
+        mode = modes[0]
+        if len(modes) > 1:
+            weights = self.mode_weights(prompt, cams[:1])
+            mode = modes[int(torch.multinomial(weights, 1, generator=generator))]
+        times = frame_times(self.frames)
+        clip_cams = cams[torch.arange(len(cams)).repeat_interleave(self.frames)]
+        clip_cams.time = times.repeat(len(cams))
+        out = self.render_ground_truth(mode, clip_cams)
+        shape = (len(cams), self.frames)
+        return out.rgb.cpu().unflatten(0, shape), out.alpha.cpu().unflatten(0, shape)
+
+    def mode_weights(self, prompt: str, cam: Cameras) -> Tensor:
+        """Posterior mass [modes] of each mode's references at pure noise seen from `cam`: the camera kernel
+        softmax(kappa cos(angle(c, c_i)) / T), summed per mode (float64, CPU)."""
+        emb_id = self._embedding_id(split_view_phrase(prompt)[0])
+        refs = self.reference_set(emb_id)
+        logits = self.config.kappa * (refs.dirs @ cam.directions()[0].to(refs.dirs)) / self.temperature
+        w = torch.softmax(logits, 0).cpu()
+        base, extra = divmod(self.config.num_references, len(self.modes(prompt)))
+        counts = [base + (1 if i < extra else 0) for i in range(len(self.modes(prompt)))]
+        return torch.stack([part.sum() for part in w.split(counts)])
 
     # ------------------------------------------------------------------ denoiser
     def denoise(self, x_t: Tensor, t: Tensor, emb: Tensor, cameras: Optional[Cameras] = None) -> Tensor:
