@@ -303,15 +303,8 @@ class Gaussians(Representation):
         shared = (1 - (1 - opacity).pow(1 / (copies + 1))).clamp(1e-4, 1 - 1e-4)
         params = {name: getattr(self, name).detach()[source].clone() for name in PARAM_NAMES}
         params["opacity_logits"] = torch.logit(shared[source])
-        scales = self.log_scales.detach()[targets].exp()
-        offsets = torch.randn(dead.numel(), 3, generator=self.generator).to(scales.device) * scales
-        params["means"][dead] += torch.einsum("nij,nj->ni", quat_to_rotmat(self.quats.detach()[targets]), offsets)
-        old = {name: getattr(self, name) for name in PARAM_NAMES}
-        self._set_params(params)
-        if optimizer is not None:
-            for name in PARAM_NAMES:
-                replace_rows(optimizer, old[name], getattr(self, name), source, fresh)
-        self._reset_densify_stats()
+        params["means"][dead] += self._offsets_within(targets)
+        self._replace_rows(params, source, fresh, optimizer)
         return int(dead.numel())
 
     @torch.no_grad()
@@ -343,21 +336,27 @@ class Gaussians(Representation):
 
         params = {name: getattr(self, name).detach()[source].clone() for name in PARAM_NAMES}
         if split_idx.numel():
-            s = split_idx.numel()
             rows = slice(base.numel() + cloned.numel(), None)
-            scales = self.log_scales.detach()[split_idx].exp()
-            rot = quat_to_rotmat(self.quats.detach()[split_idx])
-            offsets = torch.randn(2 * s, 3, generator=self.generator).to(scales.device) * scales.repeat(2, 1)
-            params["means"][rows] += torch.einsum("nij,nj->ni", rot.repeat(2, 1, 1), offsets)
-            params["log_scales"][rows] = torch.log(scales / 1.6).repeat(2, 1)
+            params["means"][rows] += self._offsets_within(split_idx.repeat(2))
+            params["log_scales"][rows] = torch.log(self.log_scales.detach()[split_idx].exp() / 1.6).repeat(2, 1)
 
+        self._replace_rows(params, source, fresh, optimizer)
+        return {"cloned": int(cloned.numel()), "split": int(split_idx.numel()), "pruned": int(n - split_idx.numel() - base.numel())}
+
+    def _offsets_within(self, index: Tensor) -> Tensor:
+        """One offset [len(index),3] per row drawn from the Gaussian it names: N(0, its scales) in its frame."""
+        scales = self.log_scales.detach()[index].exp()
+        offsets = torch.randn(index.numel(), 3, generator=self.generator).to(scales.device) * scales
+        return torch.einsum("nij,nj->ni", quat_to_rotmat(self.quats.detach()[index]), offsets)
+
+    def _replace_rows(self, params: dict[str, Tensor], source: Tensor, fresh: Tensor, optimizer: Optional[torch.optim.Optimizer]) -> None:
+        """Swap in new parameter rows (row i made from old row source[i]); Adam's moments follow, zero where fresh."""
         old = {name: getattr(self, name) for name in PARAM_NAMES}
         self._set_params(params)
         if optimizer is not None:
             for name in PARAM_NAMES:
                 replace_rows(optimizer, old[name], getattr(self, name), source, fresh)
         self._reset_densify_stats()
-        return {"cloned": int(cloned.numel()), "split": int(split_idx.numel()), "pruned": int(n - split_idx.numel() - base.numel())}
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
