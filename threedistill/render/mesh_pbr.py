@@ -21,7 +21,7 @@ from torch import Tensor
 
 from ..core.cameras import Cameras
 from ..core.types import RenderOutput
-from .mesh_torch import Raster, _interpolate_packed, _scatter, antialias, composite, mesh_normals, rasterize
+from .mesh_torch import Raster, _interpolate_packed, _scatter, composite_surface, mesh_normals, rasterize
 from .pbr import Environment, environment_tensors, shade
 
 MaterialFn = Callable[[Tensor], Tensor]
@@ -72,17 +72,12 @@ def render_pbr_mesh(
     dirs, colours, ambient = environment_tensors(list(lights), vertices.device, material.dtype)
     dirs, colours, ambient = dirs[view_index], colours[view_index], ambient[view_index]
     rgb = shade(normal, view, material[:, :3], material[:, 3], material[:, 4], dirs, colours, ambient).clamp(0.0, 1.0)
-    depth = raster.depth_packed.to(rgb.dtype)
-    values = torch.cat([rgb, torch.ones_like(depth)[:, None], depth[:, None]], -1)
-    image = _scatter(values, raster.pixel, raster.shape)
-    if antialias_edges:
-        image = antialias(image, raster, faces, neighbours)
-    out = composite(image, k, background, {"face_index": raster.face_index})
-    out.alpha = out.alpha.clamp(0.0, 1.0)
+    out = composite_surface(rgb, raster, faces, k, background, antialias_edges, neighbours)
     if light_condition:
         with torch.no_grad():
-            white = torch.ones_like(normal)
-            renders = [shade(normal, view, white, torch.full_like(depth, r), torch.full_like(depth, m), dirs, colours, ambient).clamp(0.0, 1.0)
+            white, per_fragment = torch.ones_like(normal), normal[:, 0]
+            renders = [shade(normal, view, white, torch.full_like(per_fragment, r), torch.full_like(per_fragment, m), dirs, colours,
+                             ambient).clamp(0.0, 1.0)
                        for m, r in CONDITION_MATERIALS]
             maps = _scatter(torch.cat(renders, -1), raster.pixel, raster.shape)
             out.extras["light_condition"] = torch.nn.functional.avg_pool2d(maps, k) if k > 1 else maps

@@ -384,11 +384,18 @@ def render_textured_mesh(
         colour = _sample_packed(texture, _interpolate_packed(uvs[face_uvs.long()], raster, faces))
     else:
         raise ValueError("render_textured_mesh needs colour_fn, vertex_colors, or uvs + face_uvs + texture")
+    return composite_surface(colour, raster, faces, k, background, antialias_edges, neighbours)
+
+
+def composite_surface(colour: Tensor, raster: Raster, faces: Tensor, supersample: int, background: Tensor | Sequence[float],
+                      antialias_edges: bool, neighbours: Optional[Tensor]) -> RenderOutput:
+    """Per-fragment colours [P,C] -> the composited render: colour, alpha and depth scattered to the
+    supersampled image, silhouette edges antialiased, pooled and composited on `background`."""
     depth = raster.depth_packed.to(colour.dtype)
     values = torch.cat([colour, torch.ones_like(depth)[:, None], depth[:, None]], -1)
     image = _scatter(values, raster.pixel, raster.shape)
     if antialias_edges:
         image = antialias(image, raster, faces, neighbours)
-    out = composite(image, k, background, {"face_index": raster.face_index})
+    out = composite(image, supersample, background, {"face_index": raster.face_index})
     out.alpha = out.alpha.clamp(0.0, 1.0)
     return out
