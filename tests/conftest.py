@@ -11,8 +11,40 @@ import pytest
 import torch
 
 
+def _share_cores_between_workers() -> None:
+    """Under pytest-xdist (`-n N`), each worker's torch (and each process a test starts) gets cores / N threads:
+    N workers with torch's default of one thread per core would oversubscribe the CPU, and OpenMP threads
+    busy-wait for each other. An OMP_NUM_THREADS the user set is kept."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+_share_cores_between_workers()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """An xdist worker hands its count of generated bad inputs to the controller (pytest_testnodedown)."""
+    from support import FUZZ
+
+    workeroutput = getattr(session.config, "workeroutput", None)  # set by xdist on workers only
+    if workeroutput is not None:
+        workeroutput["fuzz"] = dict(FUZZ)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """The controller adds up the workers' counts of generated bad inputs."""
+    from support import FUZZ
+
+    for key, value in getattr(node, "workeroutput", {}).get("fuzz", {}).items():
+        FUZZ[key] += value
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """The count of generated bad inputs tried (tests/test_bad_inputs.py), printed and written to $THREEDISTILL_FUZZ_REPORT."""
+    """The count of generated bad inputs tried (tests/test_bad_inputs.py, in every worker), printed and written to
+    $THREEDISTILL_FUZZ_REPORT."""
     from support import FUZZ
 
     if FUZZ["cases"]:
