@@ -258,3 +258,72 @@ def test_query_heads_in_one_product_equal_density_and_albedo() -> None:
     sigma, rgb = nerf.query(points)
     torch.testing.assert_close(sigma, nerf.density(points), atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(rgb, nerf.albedo(points), atol=1e-6, rtol=1e-6)
+
+
+def test_rays_outside_the_occupied_box_are_not_marched_and_the_render_is_unchanged() -> None:
+    """Rays that miss the occupied cells' box are left out of the march; images, depth moments, kept samples and
+    gradients equal those of marching every ray with the same sample offsets."""
+    from threedistill.render.volume_torch import _march_rays, _render_rays, camera_rays
+
+    nerf = NeRF(NeRFConfig(**SMALL), torch.Generator().manual_seed(0), backend="torch")
+    nerf.occupancy.occs.zero_()
+    nerf.occupancy.occs.view(16, 16, 16)[3:9, 6:12, 5:10] = 1.0  # an off-centre block of occupied cells
+    nerf.occupancy.rebuild()
+    box = nerf.occupancy.occupied_box()
+    assert box is not None and bool((box[0] > -1.0).all() and (box[1] < 1.0).all())
+    origins, dirs, _ = camera_rays(orbit_cameras(torch.tensor([20.0, -10.0]), torch.tensor([30.0, 200.0]),
+                                                 torch.full((2,), 2.8), torch.full((2,), 40.0), 24, 24))
+    origins, dirs = origins.reshape(-1, 3), dirs.reshape(-1, 3)
+
+    def render(culled: bool) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        nerf.zero_grad()
+        generator = torch.Generator().manual_seed(5)
+        if culled:
+            out = _render_rays(nerf, origins, dirs, 1.0, 16, nerf.occupancy, True, generator, 0.0, 0.0, True, True)
+        else:
+            offsets = torch.rand((origins.shape[0], 16), generator=generator)
+            out = _march_rays(nerf, origins, dirs, offsets, 1.0, nerf.occupancy, 0.0, 0.0, True, True)
+        (out["rgb"].square().sum() + out["alpha"].sum() + out["t2"].sum()).backward()
+        return out, {name: p.grad.clone() for name, p in nerf.named_parameters() if p.grad is not None}
+
+    (culled, culled_grads), (marched, marched_grads) = render(True), render(False)
+    assert 0 < int(marched["samples"]) == int(culled["samples"])
+    hit = marched["alpha"] > 0
+    assert 0.05 < float(hit.float().mean()) < 0.6  # the test means something: many rays are culled, some are not
+    for key in ("rgb", "alpha", "t", "t2", "sample_points", "sample_weights", "sample_dirs"):
+        torch.testing.assert_close(culled[key], marched[key], atol=0.0, rtol=0.0)
+    assert culled_grads.keys() == marched_grads.keys() and culled_grads
+    for name, grad in marched_grads.items():
+        torch.testing.assert_close(culled_grads[name], grad, atol=1e-7, rtol=1e-6)
+    # no occupied cell at all: nothing is marched, nothing is drawn
+    nerf.occupancy.occs.zero_()
+    nerf.occupancy.rebuild()
+    assert nerf.occupancy.occupied_box() is None
+    empty = _render_rays(nerf, origins, dirs, 1.0, 16, nerf.occupancy, True, None, 0.0, 0.0)
+    assert int(empty["samples"]) == 0 and float(empty["alpha"].detach().abs().sum()) == 0.0
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_dense_levels_sampled_in_one_batch_per_thread_equal_one_batch(threads: int) -> None:
+    """The hash grid's dense levels split their points into one grid_sample batch per torch thread (3D grid_sample
+    runs a thread per batch entry on the CPU): the features are exactly those of one batch, the gradients equal
+    within rounding."""
+    import torch.nn.functional as F
+
+    from threedistill.representations.nerf import PARALLEL_GRID_SAMPLE_MIN_POINTS, sample_dense_level
+
+    gen = torch.Generator().manual_seed(3)
+    volume = torch.randn(1, 2, 17, 17, 17, generator=gen, requires_grad=True)
+    x = torch.rand(PARALLEL_GRID_SAMPLE_MIN_POINTS + 7, 3, generator=gen) * 2 - 1
+    weights = torch.randn(x.shape[0], 2, generator=gen)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        split = sample_dense_level(volume, x)
+        (grad_split,) = torch.autograd.grad((split * weights).sum(), volume)
+    finally:
+        torch.set_num_threads(previous)
+    whole = F.grid_sample(volume, x.view(1, -1, 1, 1, 3), mode="bilinear", align_corners=True).view(2, -1).t()
+    (grad_whole,) = torch.autograd.grad((whole * weights).sum(), volume)
+    torch.testing.assert_close(split, whole, atol=0.0, rtol=0.0)
+    torch.testing.assert_close(grad_split, grad_whole, atol=1e-5, rtol=1e-5)

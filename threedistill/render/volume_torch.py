@@ -24,7 +24,7 @@ renders (turntables) stay within memory.
 
 from __future__ import annotations
 
-from typing import Optional, Protocol
+from typing import Any, Optional, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -71,17 +71,23 @@ def ray_box_intersect(origins: Tensor, dirs: Tensor, bound: float, near: float =
     return t_near, t_far, t_far > t_near
 
 
+def sample_offsets(rays: int, n: int, stratified: bool, generator: Optional[torch.Generator], like: Tensor) -> Tensor:
+    """Where each of a ray's n samples sits in its interval [R,n]: uniform draws when `stratified`, else 0.5."""
+    if stratified:
+        return torch.rand((rays, n), generator=generator, dtype=like.dtype).to(like.device)
+    return torch.full((rays, n), 0.5, dtype=like.dtype, device=like.device)
+
+
 def sample_intervals(
     t_near: Tensor, t_far: Tensor, n: int, stratified: bool, generator: Optional[torch.Generator] = None,
+    offsets: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """n equal intervals per ray: t_starts, t_ends and sample positions t [R,n]."""
+    """n equal intervals per ray: t_starts, t_ends and sample positions t [R,n] (at `offsets` [R,n] within the
+    intervals when given, else drawn by `sample_offsets`)."""
     steps = torch.linspace(0.0, 1.0, n + 1, device=t_near.device, dtype=t_near.dtype)
     edges = t_near[:, None] + (t_far - t_near)[:, None] * steps  # [R,n+1]
     t_starts, t_ends = edges[:, :-1], edges[:, 1:]
-    if stratified:
-        u = torch.rand(t_starts.shape, generator=generator, dtype=t_near.dtype).to(t_near.device)
-    else:
-        u = torch.full_like(t_starts, 0.5)
+    u = sample_offsets(t_near.shape[0], n, stratified, generator, t_near) if offsets is None else offsets
     return t_starts, t_ends, t_starts + (t_ends - t_starts) * u
 
 
@@ -109,6 +115,8 @@ class OccupancyGrid(nn.Module):
         self.register_buffer("occs", torch.zeros(G**3))
         self.register_buffer("binary", torch.ones(G, G, G, dtype=torch.bool))
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+        self._box: Optional[tuple[Tensor, Tensor]] = None
+        self._box_known = False  # `_box` holds the occupied box of the current `binary`
 
     def cell_index(self, points: Tensor) -> Tensor:
         """Flat cell index [...] of points [...,3] (clamped into the grid)."""
@@ -153,10 +161,32 @@ class OccupancyGrid(nn.Module):
             k = 2 * self.dilate + 1
             binary = F.max_pool3d(binary, kernel_size=k, stride=1, padding=self.dilate)
         self.binary = binary.view(G, G, G) > 0.5
+        self._box_known = False
 
     def fill(self) -> None:
         """Mark every cell occupied (as before the first update)."""
         self.binary.fill_(True)
+        self._box_known = False
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._box_known = False
+
+    def occupied_box(self) -> Optional[tuple[Tensor, Tensor]]:
+        """The smallest axis-aligned box (lo [3], hi [3], world units) holding every occupied cell, grown by half a
+        cell; None when no cell is occupied. A sample outside it lies in an empty cell. Kept until `binary` changes."""
+        if not self._box_known:
+            self._box, self._box_known = self._find_occupied_box(), True
+        return self._box
+
+    def _find_occupied_box(self) -> Optional[tuple[Tensor, Tensor]]:
+        cell = 2.0 * self.bound / self.resolution
+        occupied = [self.binary.any(dim=d) for d in ((1, 2), (0, 2), (0, 1))]  # per axis [G]
+        if not bool(occupied[0].any()):
+            return None
+        first = torch.stack([o.nonzero()[0, 0] for o in occupied]).to(torch.float32)
+        last = torch.stack([o.nonzero()[-1, 0] for o in occupied]).to(torch.float32)
+        return first * cell - self.bound - 0.5 * cell, (last + 1.0) * cell - self.bound + 0.5 * cell
 
 
 # ---------------------------------------------------------------------- compositing
@@ -183,18 +213,53 @@ def visible_samples(field: RadianceField, points: Tensor, mask: Tensor, dt: Tens
     return keep
 
 
+def rays_through_box(origins: Tensor, dirs: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+    """Which rays [R] (bool) pass through the box [lo, hi] (slab test, in front of the near plane)."""
+    safe = torch.where(dirs.abs() < 1e-9, torch.full_like(dirs, 1e-9), dirs)
+    inv = 1.0 / safe
+    t0, t1 = (lo.to(origins) - origins) * inv, (hi.to(origins) - origins) * inv
+    return torch.maximum(t0, t1).amin(dim=-1) >= torch.minimum(t0, t1).amax(dim=-1).clamp_min(NEAR_PLANE)
+
+
 def _render_rays(
     field: RadianceField, origins: Tensor, dirs: Tensor, bound: float, samples_per_ray: int,
     occupancy: Optional[OccupancyGrid], stratified: bool, generator: Optional[torch.Generator],
     early_stop_eps: float, alpha_threshold: float, keep_samples: bool = False, depth_moments: bool = False,
 ) -> dict[str, Tensor]:
-    """Render R rays [R,3]: rgb [R,3] (not composited), alpha [R], t (weight x distance) [R],
-    the kept-sample count and, with `keep_samples`, the kept samples' points, weights and
-    ray directions (for regularisers)."""
+    """Render R rays [R,3] (see `_march_rays`), marching only those that pass through the occupancy grid's occupied
+    box: every sample of any other ray is in an empty cell, so it renders nothing, exactly as when marched (the
+    sample offsets are drawn for every ray, so the random stream is the same)."""
     R = origins.shape[0]
+    offsets = sample_offsets(R, samples_per_ray, stratified, generator, origins)
+    box = occupancy.occupied_box() if occupancy is not None else None
+    if occupancy is None or (box is not None and bool((box[0] <= -bound).all() and (box[1] >= bound).all())):
+        return _march_rays(field, origins, dirs, offsets, bound, occupancy, early_stop_eps, alpha_threshold, keep_samples, depth_moments)
+    rays = rays_through_box(origins, dirs, *box).nonzero().squeeze(1) if box is not None else origins.new_zeros(0, dtype=torch.long)
+    marched = _march_rays(field, origins[rays], dirs[rays], offsets[rays], bound, occupancy, early_stop_eps, alpha_threshold,
+                          keep_samples, depth_moments)
+    result = {"samples": marched["samples"]}
+    for key in ("rgb", "alpha", "t", "t2"):
+        if key in marched:
+            value = marched[key]
+            result[key] = value.new_zeros((R, *value.shape[1:])).index_put((rays,), value)
+    if keep_samples:
+        result["sample_points"], result["sample_weights"], result["sample_dirs"] = (
+            marched["sample_points"], marched["sample_weights"], marched["sample_dirs"])
+    return result
+
+
+def _march_rays(
+    field: RadianceField, origins: Tensor, dirs: Tensor, offsets: Tensor, bound: float,
+    occupancy: Optional[OccupancyGrid], early_stop_eps: float, alpha_threshold: float, keep_samples: bool = False,
+    depth_moments: bool = False,
+) -> dict[str, Tensor]:
+    """March R rays [R,3] with n = offsets.shape[1] samples each (at `offsets` [R,n] within equal intervals): rgb
+    [R,C] (not composited), alpha [R], t (weight x distance) [R], the kept-sample count and, with `keep_samples`,
+    the kept samples' points, weights and ray directions (for regularisers)."""
+    R, samples_per_ray = offsets.shape
     t_near, t_far, hit = ray_box_intersect(origins, dirs, bound)
     t_far = torch.where(hit, t_far, t_near)
-    t_starts, t_ends, t_mid = sample_intervals(t_near, t_far, samples_per_ray, stratified, generator)
+    t_starts, t_ends, t_mid = sample_intervals(t_near, t_far, samples_per_ray, False, offsets=offsets)
     points = origins[:, None, :] + dirs[:, None, :] * t_mid[..., None]  # [R,n,3]
     mask = hit[:, None].expand(R, samples_per_ray).clone()
     if occupancy is not None:
@@ -207,7 +272,7 @@ def _render_rays(
     sigmas = torch.zeros(R * samples_per_ray, device=points.device, dtype=sig_k.dtype).index_put((flat,), sig_k)
     C = rgb_k.shape[-1]  # 3, or a latent field's channels
     rgbs = torch.zeros(R * samples_per_ray, C, device=points.device, dtype=rgb_k.dtype).index_put((flat,), rgb_k)
-    rgb, alpha, t_exp, weights = composite(t_starts, t_ends, t_mid, sigmas.view(R, -1), rgbs.view(R, -1, C))
+    rgb, alpha, t_exp, weights = composite(t_starts, t_ends, t_mid, sigmas.view(R, samples_per_ray), rgbs.view(R, samples_per_ray, C))
     result = {"rgb": rgb, "alpha": alpha, "t": t_exp, "samples": torch.tensor(flat.numel())}
     if depth_moments:
         result["t2"] = (weights * t_mid * t_mid).sum(dim=-1)

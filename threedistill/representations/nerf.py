@@ -154,7 +154,7 @@ class HashGrid(nn.Module):
     def forward(self, points: Tensor) -> Tensor:
         x = (points / self.bound).clamp(-1.0, 1.0)
         M = x.shape[0]
-        feats = [F.grid_sample(vol, x.view(1, M, 1, 1, 3), mode="bilinear", align_corners=True).view(self.features, M).t() for vol in self.dense]
+        feats = [sample_dense_level(vol, x) for vol in self.dense]
         if self.hashed_res:
             feats.append(self._hashed(x).reshape(M, len(self.hashed_res) * self.features))  # M may be 0 (no ray hit)
         return torch.cat(feats, dim=-1)
@@ -178,6 +178,26 @@ class HashGrid(nn.Module):
         weights = (wx[..., :, None, None] * wy[..., None, :, None] * wz[..., None, None, :]).view(M, Lh, 8, 1)
         corner = self.table.view(-1, self.features).index_select(0, idx).view(M, Lh, 8, self.features)
         return (corner * weights).sum(dim=2)
+
+
+PARALLEL_GRID_SAMPLE_MIN_POINTS = 8192
+"""Fewer points than this are sampled in one grid_sample batch (splitting costs more than it saves)."""
+
+
+def sample_dense_level(volume: Tensor, x: Tensor) -> Tensor:
+    """Trilinear features [M,F] of a dense level `volume` [1,F,R+1,R+1,R+1] at points x [M,3] in [-1,1]^3.
+
+    On the CPU, torch's 3D grid_sample (and its backward) runs one thread per batch entry, so the points are split
+    into one batch entry per torch thread over the same (expanded) volume: every feature is computed as in a single
+    batch; the volume's gradient is summed over the entries (rounding may differ in the last bits). About 2x on 2
+    threads for the forward and backward together."""
+    M, features = x.shape[0], volume.shape[1]
+    parts = torch.get_num_threads() if x.device.type == "cpu" and M >= PARALLEL_GRID_SAMPLE_MIN_POINTS else 1
+    if parts <= 1:
+        return F.grid_sample(volume, x.view(1, M, 1, 1, 3), mode="bilinear", align_corners=True).view(features, M).t()
+    padded = F.pad(x, (0, 0, 0, (-M) % parts))
+    out = F.grid_sample(volume.expand(parts, -1, -1, -1, -1), padded.view(parts, -1, 1, 1, 3), mode="bilinear", align_corners=True)
+    return out.view(parts, features, -1).transpose(1, 2).reshape(-1, features)[:M]
 
 
 class _TruncExp(torch.autograd.Function):
