@@ -63,8 +63,10 @@ class GaussiansConfig(RepresentationConfig):
     """Prune Gaussians whose largest scale exceeds this fraction of scene_extent."""
     max_points: int = 20000
     relocate_every: int = 0
-    """Every this many steps from densify_from to relocate_until (0: never), move the Gaussians whose opacity
-    fell below relocate_opacity onto live ones drawn by opacity (3DGS-MCMC's relocation; the count is kept)."""
+    """Every this many steps from relocate_from to relocate_until (0: never), move the Gaussians whose opacity
+    fell below relocate_opacity onto live ones drawn by opacity (3DGS-MCMC's relocation; the count is kept).
+    On toyworld (SDS) it is on by default: every 25 steps from 250 to 450 (config.py SITUATIONAL_DEFAULTS)."""
+    relocate_from: int = 100
     relocate_until: int = 0
     relocate_opacity: float = 0.02
     lambda_z_variance: Schedule = 0.0
@@ -267,7 +269,7 @@ class Gaussians(Representation):
 
     def relocate_due(self, step: int) -> bool:
         cfg = self.config
-        return cfg.relocate_every > 0 and cfg.densify_from <= step <= cfg.relocate_until and step % cfg.relocate_every == 0
+        return cfg.relocate_every > 0 and cfg.relocate_from <= step <= cfg.relocate_until and step % cfg.relocate_every == 0
 
     def after_step(self, step: int, out: RenderOutput, optimizer: torch.optim.Optimizer) -> None:
         """Accumulate gradients and, on schedule, densify and prune or relocate (updating the optimiser)."""
