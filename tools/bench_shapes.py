@@ -10,8 +10,9 @@ per shape (mean and worst over seeds) and over the set (mean, worst). `--catalog
 same runs on catalogue objects (mug, chair, duck, lamp) as the reference the worst shape is
 compared with. Only `splats.ply` is exported (scores need no mesh or video).
 
-Cost: one default run is ~1-2 minutes on 2 CPU cores, plus ~30 s the first time a shape's
-references are rendered (cached in $THREEDISTILL_CACHE); 12 shapes x 3 seeds is about an hour.
+Cost: one default run is ~30-60 s on one thread, plus ~30 s the first time a shape's references
+are rendered (cached in $THREEDISTILL_CACHE); 12 shapes x 3 seeds plus the catalogue (48 runs) is
+20-30 minutes with `--parallel 2 --threads 1` on 2 cores.
 """
 
 from __future__ import annotations
