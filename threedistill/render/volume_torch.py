@@ -61,13 +61,18 @@ def camera_rays(cams: Cameras) -> tuple[Tensor, Tensor, Tensor]:
     return origins, dirs, 1.0 / norm
 
 
-def ray_box_intersect(origins: Tensor, dirs: Tensor, bound: float, near: float = NEAR_PLANE) -> tuple[Tensor, Tensor, Tensor]:
-    """Slab test against [-bound, bound]^3: t_near, t_far [R] and hit [R] (bool)."""
+def slab_interval(origins: Tensor, dirs: Tensor, lo: Tensor | float, hi: Tensor | float, near: float = NEAR_PLANE) -> tuple[Tensor, Tensor]:
+    """Slab test against the box [lo, hi] (corners [3] or one number per axis): the distances t_near, t_far [R]
+    where each ray [R,3] enters and leaves it (t_near at least `near`; the ray misses it when t_far < t_near)."""
     safe = torch.where(dirs.abs() < 1e-9, torch.full_like(dirs, 1e-9), dirs)
     inv = 1.0 / safe
-    t0, t1 = (-bound - origins) * inv, (bound - origins) * inv
-    t_near = torch.minimum(t0, t1).amax(dim=-1).clamp_min(near)
-    t_far = torch.maximum(t0, t1).amin(dim=-1)
+    t0, t1 = (lo - origins) * inv, (hi - origins) * inv
+    return torch.minimum(t0, t1).amax(dim=-1).clamp_min(near), torch.maximum(t0, t1).amin(dim=-1)
+
+
+def ray_box_intersect(origins: Tensor, dirs: Tensor, bound: float, near: float = NEAR_PLANE) -> tuple[Tensor, Tensor, Tensor]:
+    """Slab test against [-bound, bound]^3: t_near, t_far [R] and hit [R] (bool)."""
+    t_near, t_far = slab_interval(origins, dirs, -bound, bound, near)
     return t_near, t_far, t_far > t_near
 
 
@@ -214,11 +219,9 @@ def visible_samples(field: RadianceField, points: Tensor, mask: Tensor, dt: Tens
 
 
 def rays_through_box(origins: Tensor, dirs: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
-    """Which rays [R] (bool) pass through the box [lo, hi] (slab test, in front of the near plane)."""
-    safe = torch.where(dirs.abs() < 1e-9, torch.full_like(dirs, 1e-9), dirs)
-    inv = 1.0 / safe
-    t0, t1 = (lo.to(origins) - origins) * inv, (hi.to(origins) - origins) * inv
-    return torch.maximum(t0, t1).amin(dim=-1) >= torch.minimum(t0, t1).amax(dim=-1).clamp_min(NEAR_PLANE)
+    """Which rays [R] (bool) pass through (or touch) the box [lo, hi], in front of the near plane."""
+    t_near, t_far = slab_interval(origins, dirs, lo.to(origins), hi.to(origins))
+    return t_far >= t_near
 
 
 def _render_rays(
