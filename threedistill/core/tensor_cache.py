@@ -26,6 +26,20 @@ Check = Callable[[dict[str, Tensor]], Optional[str]]
 """Returns what is wrong with loaded tensors (e.g. a shape), or None."""
 
 
+def shape_problem(tensors: dict[str, Tensor], shapes: dict[str, tuple[int, ...]]) -> Optional[str]:
+    """What is wrong with loaded tensors against the expected {name: shape}: a missing name, a shape, a
+    non-finite value; None when nothing is (a `Check`'s common part)."""
+    for name, shape in shapes.items():
+        t = tensors.get(name)
+        if t is None:
+            return f"no '{name}'"
+        if tuple(t.shape) != shape:
+            return f"'{name}' has shape {list(t.shape)}, expected {list(shape)}"
+        if not torch.isfinite(t).all():
+            return f"'{name}' holds non-finite values"
+    return None
+
+
 def digest(tensors: dict[str, Tensor]) -> str:
     """blake2b over the names, dtypes, shapes and bytes of `tensors`."""
     h = hashlib.blake2b(digest_size=16)

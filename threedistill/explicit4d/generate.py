@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ..core.cameras import Cameras
 from ..core.objective import StageContext
-from ..core.tensor_cache import TensorCache
+from ..core.tensor_cache import TensorCache, shape_problem
 from ..export.images import save_image_grid
 from ..priors.base import Prior
 from .losses import estimated_masks
@@ -59,7 +59,7 @@ def generated_clips(context: StageContext, prior: Prior, prompt: str, embed: Cal
     cache: Optional[TensorCache] = None
     if context.run_dir is not None:
         cache = TensorCache(context.run_dir / CACHE_FOLDER, "generated clips")
-        found = cache.load(key, {"key": key, "prompt": prompt}, lambda t: _shape_problem(t, shapes))
+        found = cache.load(key, {"key": key, "prompt": prompt}, lambda t: shape_problem(t, shapes))
         if found is not None:
             context.log(f"generate: read {K} clips of {frames} frames from {cache.path(key).relative_to(context.run_dir)}")
             return GeneratedClips(found["clips"].float(), found["masks"].float(), cached=True)
@@ -78,12 +78,3 @@ def generated_clips(context: StageContext, prior: Prior, prompt: str, embed: Cal
         result = GeneratedClips(result.clips.half().float(), result.masks.half().float())  # what a resume reads
     return result
 
-
-def _shape_problem(tensors: dict[str, Tensor], shapes: dict[str, tuple[int, ...]]) -> Optional[str]:
-    for name, shape in shapes.items():
-        t = tensors.get(name)
-        if t is None or tuple(t.shape) != shape:
-            return f"'{name}' missing or not of shape {list(shape)}"
-        if not torch.isfinite(t).all():
-            return f"'{name}' holds non-finite values"
-    return None

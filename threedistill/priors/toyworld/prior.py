@@ -36,7 +36,7 @@ from ...core.errors import UserError
 from ...core.cameras import VIEW_LABEL_ANGLES, Cameras, OrbitSampler, OrbitSamplerConfig, orbit_cameras, split_view_phrase, view_phrase
 from ...render.mesh_torch import render_mesh
 from ...core.runtime import default_cache_dir
-from ...core.tensor_cache import TensorCache
+from ...core.tensor_cache import TensorCache, shape_problem
 from ...core.types import ReferenceImage, RenderOutput
 from ..base import PRIORS, GuidanceDefaults, LatentSpace, Prior, PriorConfig, VariationalConfig, noise_coefficients, scaled_linear_alphas_cumprod
 from .catalogue import catalogue_prompts, resolve_prompt
@@ -91,6 +91,13 @@ class ToyworldConfig(PriorConfig):
             raise UserError(f"unknown --prior.material '{self.material}'; valid: lambert, pbr")
         if self.mesh:
             load_mesh_file(self.mesh, name="user mesh")  # readable, with faces
+
+
+def split_evenly(total: int, parts: int) -> list[int]:
+    """`total` references over `parts` modes, as evenly as possible (the first ones take the remainder); the
+    reference sets are these runs of rows, mode after mode."""
+    base, extra = divmod(total, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
 
 
 def check_posterior_settings(temperature: Optional[float], data_noise: Optional[float]) -> None:
@@ -311,8 +318,7 @@ class ToyworldPrior(Prior):
             counts = [max(cfg.uncond_references_per_object // share, 1)] * len(meshes)
         else:
             meshes = self._meshes[set_id]
-            base, extra = divmod(max(cfg.num_references // share, len(meshes)), len(meshes))
-            counts = [base + (1 if i < extra else 0) for i in range(len(meshes))]
+            counts = split_evenly(max(cfg.num_references // share, len(meshes)), len(meshes))
         images, dirs = self._render_references(meshes, counts, cfg.reference_seed + set_id * 7919 + light * 104729, light)
         x = (images * 2.0 - 1.0).flatten(1).to(self.device, torch.float64)
         return ReferenceSet(x, dirs.to(self.device, torch.float64))
@@ -397,14 +403,9 @@ class ToyworldPrior(Prior):
 def reference_shape_problem(tensors: dict[str, Tensor], shapes: dict[str, tuple[int, ...]]) -> Optional[str]:
     """What is wrong with cached reference tensors (a missing name, a shape, a non-finite or out-of-range
     value), or None."""
-    for name, shape in shapes.items():
-        t = tensors.get(name)
-        if t is None:
-            return f"no '{name}'"
-        if tuple(t.shape) != shape:
-            return f"'{name}' has shape {list(t.shape)}, expected {list(shape)}"
-        if not torch.isfinite(t).all():
-            return f"'{name}' holds non-finite values"
+    problem = shape_problem(tensors, shapes)
+    if problem is not None:
+        return problem
     images = tensors.get("images", tensors.get("clips"))
     if images is not None and images.numel() and (images.min() < 0 or images.max() > 1):
         return "pixel values outside [0, 1]"

@@ -36,7 +36,8 @@ from ...core.motion import frame_times
 from ...render.mesh_torch import render_mesh
 from ...core.types import RenderOutput, TextEmbeddings
 from ..base import PRIORS, PriorConfig, VariationalConfig
-from .prior import UNCOND_ID, ReferenceSet, ToyworldConfig, ToyworldPrior, check_posterior_settings, reference_shape_problem
+from .prior import (UNCOND_ID, ReferenceSet, ToyworldConfig, ToyworldPrior, check_posterior_settings, reference_shape_problem,
+                    split_evenly)
 from .animated import AnimatedToy, animated_mesh, animated_prompts, resolve_animated
 from .catalogue import ToyMesh
 from .variational import ToyworldVariationalModel
@@ -183,8 +184,7 @@ class ToyworldVideoPrior(ToyworldPrior):
             counts = [cfg.uncond_references_per_object] * len(toys)
         else:
             toys = self._meshes[set_id]
-            base, extra = divmod(cfg.num_references, len(toys))
-            counts = [base + (1 if i < extra else 0) for i in range(len(toys))]
+            counts = split_evenly(cfg.num_references, len(toys))
         clips, dirs = self.render_reference_clips(toys, counts, cfg.reference_seed + set_id * 7919)
         x = (clips * 2.0 - 1.0).flatten(1).to(self.device, torch.float64)
         return ReferenceSet(x, dirs.to(self.device, torch.float64))
@@ -218,9 +218,7 @@ class ToyworldVideoPrior(ToyworldPrior):
         refs = self.reference_set(emb_id)
         logits = self.config.kappa * (refs.dirs @ cam.directions()[0].to(refs.dirs)) / self.temperature
         w = torch.softmax(logits, 0).cpu()
-        base, extra = divmod(self.config.num_references, len(self.modes(prompt)))
-        counts = [base + (1 if i < extra else 0) for i in range(len(self.modes(prompt)))]
-        return torch.stack([part.sum() for part in w.split(counts)])
+        return torch.stack([part.sum() for part in w.split(split_evenly(self.config.num_references, len(self.modes(prompt))))])
 
     # ------------------------------------------------------------------ denoiser
     def denoise(self, x_t: Tensor, t: Tensor, emb: Tensor, cameras: Optional[Cameras] = None) -> Tensor:
