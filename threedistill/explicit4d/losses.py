@@ -23,10 +23,15 @@ def l1(x: Tensor, target: Tensor) -> Tensor:
     return (x - target).abs().mean()
 
 
-def _gaussian_window(size: int, sigma: float, channels: int, like: Tensor) -> Tensor:
-    coords = torch.arange(size, dtype=like.dtype, device=like.device) - (size - 1) / 2.0
+def gaussian_kernel(radius: int, sigma: float, like: Tensor) -> Tensor:
+    """The normalised 1D Gaussian [2 radius + 1] of `sigma` pixels (dtype and device of `like`)."""
+    coords = torch.arange(-radius, radius + 1, dtype=like.dtype, device=like.device)
     g = torch.exp(-(coords**2) / (2.0 * sigma**2))
-    g = g / g.sum()
+    return g / g.sum()
+
+
+def _gaussian_window(size: int, sigma: float, channels: int, like: Tensor) -> Tensor:
+    g = gaussian_kernel(size // 2, sigma, like)
     return (g[:, None] * g[None, :]).expand(channels, 1, size, size).contiguous()
 
 
@@ -109,9 +114,7 @@ def blur(images: Tensor, sigma: float) -> Tensor:
     if sigma < 0.3:
         return images
     radius = min(int(math.ceil(3.0 * sigma)), (min(images.shape[-2:]) - 1) // 2)
-    coords = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
-    kernel = torch.exp(-(coords**2) / (2.0 * sigma**2))
-    kernel = kernel / kernel.sum()
+    kernel = gaussian_kernel(radius, sigma, images)
     channels = images.shape[1]
     x = F.pad(images, (radius, radius, radius, radius), mode="replicate")
     x = F.conv2d(x, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1).contiguous(), groups=channels)
