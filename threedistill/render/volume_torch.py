@@ -9,7 +9,8 @@ cameras:
 2. `samples_per_ray` equal intervals between the entry and exit points; the sample sits at
    the interval's middle, or at a uniformly jittered place in it when `stratified`;
 3. samples in empty cells of the binary occupancy grid are skipped (density 0, the field is
-   not evaluated there);
+   not evaluated there); a ray that misses the box around the occupied cells is not marched at
+   all (all its samples would be skipped; its offsets are still drawn, so results are equal);
 4. with `early_stop_eps` > 0, a no-grad pass over the remaining samples finds those behind an
    opaque surface (transmittance below the threshold) or nearly transparent (alpha below
    `alpha_threshold`) and skips them too: they would add (almost) nothing to the image;
@@ -83,17 +84,14 @@ def sample_offsets(rays: int, n: int, stratified: bool, generator: Optional[torc
     return torch.full((rays, n), 0.5, dtype=like.dtype, device=like.device)
 
 
-def sample_intervals(
-    t_near: Tensor, t_far: Tensor, n: int, stratified: bool, generator: Optional[torch.Generator] = None,
-    offsets: Optional[Tensor] = None,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """n equal intervals per ray: t_starts, t_ends and sample positions t [R,n] (at `offsets` [R,n] within the
-    intervals when given, else drawn by `sample_offsets`)."""
+def sample_intervals(t_near: Tensor, t_far: Tensor, offsets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """n = offsets.shape[1] equal intervals per ray: t_starts, t_ends and sample positions t [R,n], each at its
+    offset [R,n] (`sample_offsets`) within its interval."""
+    n = offsets.shape[1]
     steps = torch.linspace(0.0, 1.0, n + 1, device=t_near.device, dtype=t_near.dtype)
     edges = t_near[:, None] + (t_far - t_near)[:, None] * steps  # [R,n+1]
     t_starts, t_ends = edges[:, :-1], edges[:, 1:]
-    u = sample_offsets(t_near.shape[0], n, stratified, generator, t_near) if offsets is None else offsets
-    return t_starts, t_ends, t_starts + (t_ends - t_starts) * u
+    return t_starts, t_ends, t_starts + (t_ends - t_starts) * offsets
 
 
 # ---------------------------------------------------------------------- occupancy
@@ -262,7 +260,7 @@ def _march_rays(
     R, samples_per_ray = offsets.shape
     t_near, t_far, hit = ray_box_intersect(origins, dirs, bound)
     t_far = torch.where(hit, t_far, t_near)
-    t_starts, t_ends, t_mid = sample_intervals(t_near, t_far, samples_per_ray, False, offsets=offsets)
+    t_starts, t_ends, t_mid = sample_intervals(t_near, t_far, offsets)
     points = origins[:, None, :] + dirs[:, None, :] * t_mid[..., None]  # [R,n,3]
     mask = hit[:, None].expand(R, samples_per_ray).clone()
     if occupancy is not None:
