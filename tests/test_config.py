@@ -105,26 +105,31 @@ def test_default_run_length_depends_on_the_kind_of_run() -> None:
 
 
 def test_sds_on_toyworld_gaussians_starts_at_high_t_and_relocates_unless_told_otherwise(tmp_path: Path) -> None:
-    """SDS with 3D Gaussians on toyworld raises t's floor to 800 at the start (falling to 20 over the first 40 %) and
-    relocates faint Gaussians from step 250 to 450 (config.py SITUATIONAL_DEFAULTS); other objectives and priors keep
-    the components' defaults; flags and a config file's values win; the toyworld-sds preset spells the defaults out."""
+    """SDS with 3D Gaussians on toyworld raises t's floor to 800 at the start (falling to 20 over the first 40 %),
+    relocates faint Gaussians from step 250 to 450 and sharpens the prior's camera kernel (kappa 10000; config.py
+    SITUATIONAL_DEFAULTS); other objectives and priors keep the components' defaults; flags and a config file's values
+    win; the toyworld-sds preset spells the defaults out."""
     from threedistill.config import parse_run_args
+    from threedistill.priors.toyworld.prior import ToyworldConfig
 
-    def settings(*argv: str) -> tuple[object, int, int, int, float]:
+    def settings(*argv: str) -> tuple[object, int, int, int, float, object]:
         cfg = parse_run_args(["--prompt", "a red mug", *argv])[1]
         rep = cfg.representation
         return (cfg.guidance.min_step, rep.relocate_every, rep.relocate_from, rep.relocate_until,  # type: ignore[attr-defined]
-                rep.relocate_opacity)  # type: ignore[attr-defined]
+                rep.relocate_opacity, cfg.prior.kappa if isinstance(cfg.prior, ToyworldConfig) else None)  # type: ignore[attr-defined]
 
-    toyworld = ([(0.0, 800.0), (0.4, 20.0)], 25, 250, 450, 0.1)
+    toyworld = ([(0.0, 800.0), (0.4, 20.0)], 25, 250, 450, 0.1, 10000.0)
     assert settings("--prior", "toyworld") == toyworld
     assert settings("--prior", "toyworld", "--config", "toyworld-sds") == toyworld
-    assert settings("--prior", "toyworld", "--guidance", "vsd") == (None, 0, 100, 0, 0.02)
-    assert settings("--prior", "sd") == (None, 0, 100, 0, 0.02)
-    assert settings("--prior", "toyworld", "--guidance.min-step", "50", "--representation.relocate-every", "0")[:2] == (50.0, 0)
+    assert settings("--prior", "toyworld", "--guidance", "vsd") == (None, 0, 100, 0, 0.02, 200.0)
+    assert parse_run_args(["--prior", "toyworld", "--representation", "nerf"])[1].prior.kappa == 200.0  # type: ignore[attr-defined]
+    assert settings("--prior", "sd") == (None, 0, 100, 0, 0.02, None)
+    assert settings("--prior", "toyworld", "--guidance.min-step", "50", "--representation.relocate-every", "0",
+                    "--prior.kappa", "200")[:2] + settings("--prior", "toyworld", "--prior.kappa", "200")[-1:] == (50.0, 0, 200.0)
     preset = tmp_path / "p.yaml"
-    preset.write_text("prior: toyworld\nguidance: {name: sds, min_step: 100}\nrepresentation: {name: gaussians, relocate_until: 300}\n")
-    assert settings("--config", str(preset)) == (100.0, 25, 250, 300, 0.1)
+    preset.write_text("prior: {name: toyworld, kappa: 500}\nguidance: {name: sds, min_step: 100}\n"
+                      "representation: {name: gaussians, relocate_until: 300}\n")
+    assert settings("--config", str(preset)) == (100.0, 25, 250, 300, 0.1, 500.0)
 
 
 def test_toyworld_sd_gaussians_start_faint_unless_told_otherwise(tmp_path: Path) -> None:
