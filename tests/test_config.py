@@ -124,8 +124,8 @@ def test_sds_on_toyworld_gaussians_starts_at_high_t_and_relocates_unless_told_ot
     assert settings("--prior", "toyworld", "--guidance", "vsd") == (None, 0, 100, 0, 0.02, 200.0)
     assert parse_run_args(["--prior", "toyworld", "--representation", "nerf"])[1].prior.kappa == 200.0  # type: ignore[attr-defined]
     assert settings("--prior", "sd") == (None, 0, 100, 0, 0.02, None)
-    assert settings("--prior", "toyworld", "--guidance.min-step", "50", "--representation.relocate-every", "0",
-                    "--prior.kappa", "200")[:2] + settings("--prior", "toyworld", "--prior.kappa", "200")[-1:] == (50.0, 0, 200.0)
+    flagged = settings("--prior", "toyworld", "--guidance.min-step", "50", "--representation.relocate-every", "0", "--prior.kappa", "200")
+    assert (flagged[0], flagged[1], flagged[-1]) == (50.0, 0, 200.0)
     preset = tmp_path / "p.yaml"
     preset.write_text("prior: {name: toyworld, kappa: 500}\nguidance: {name: sds, min_step: 100}\n"
                       "representation: {name: gaussians, relocate_until: 300}\n")
